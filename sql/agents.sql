@@ -1,0 +1,174 @@
+-- amp: errors, channels, organizations and agents.
+
+-- Every error an amp function raises has its own SQLSTATE (class AM) and names it
+-- again in the HINT, because some drivers (psqlpy among them) pass on the message
+-- but not the code. The Python SDK maps each code to exactly one exception class.
+CREATE OR REPLACE FUNCTION amp.error_codes()
+RETURNS TABLE (code text, name text, description text)
+LANGUAGE sql IMMUTABLE AS $$
+    VALUES
+        ('AM001', 'invalid_input',                'an argument is empty, malformed or not allowed'),
+        ('AM010', 'organization_not_found',       'no organization has that external id'),
+        ('AM011', 'organization_already_exists',  'an organization with that external id exists'),
+        ('AM020', 'agent_not_found',              'no agent has that external id'),
+        ('AM021', 'agent_already_exists',         'an agent with that external id exists'),
+        ('AM030', 'session_not_found',            'no such conversation'),
+        ('AM031', 'invalid_session_state',        'the conversation is not in a state that allows this call'),
+        ('AM032', 'conversation_ended',           'the conversation has been ended'),
+        ('AM040', 'meeting_not_found',            'no meeting has that id'),
+        ('AM041', 'not_meeting_host',             'only the host may do this'),
+        ('AM042', 'agent_not_in_meeting',         'the agent is not a participant of the meeting'),
+        ('AM043', 'invalid_meeting_state',        'the meeting is not in a state that allows this call'),
+        ('AM044', 'not_current_speaker',          'only the current speaker may speak'),
+        ('AM045', 'host_cannot_leave',            'the host ends a meeting, it cannot leave it'),
+        ('AM050', 'delivery_not_found',           'no delivery with that id is leased by this worker')
+$$;
+
+CREATE OR REPLACE FUNCTION amp.raise_error(p_code text, p_message text)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING
+        ERRCODE = p_code,
+        MESSAGE = p_message,
+        HINT = format('amp error %s', p_code);
+END;
+$$;
+
+-- ---------------------------------------------------------------------------
+-- Channels. The rule lives here so no client has to know it:
+--   amp_agent_<agent uuid hex>      everything an agent may be waiting for
+--   amp_meeting_<meeting uuid hex>  turn changes and the end of one meeting
+--   amp_meeting_events              every meeting event, for observers
+-- ---------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION amp.agent_channel_by_id(p_agent_id uuid)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT 'amp_agent_' || replace(p_agent_id::text, '-', '')
+$$;
+
+CREATE OR REPLACE FUNCTION amp.meeting_channel(p_meeting_id uuid)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT 'amp_meeting_' || replace(p_meeting_id::text, '-', '')
+$$;
+
+-- LISTEN takes an identifier, not a parameter: this lets a client bind channel
+-- names (and subscribe to many in one round trip) instead of quoting them.
+CREATE OR REPLACE FUNCTION amp.listen(p_channels text[])
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_channel text;
+BEGIN
+    FOREACH v_channel IN ARRAY coalesce(p_channels, '{}') LOOP
+        EXECUTE format('LISTEN %I', v_channel);
+    END LOOP;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION amp.unlisten(p_channels text[])
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_channel text;
+BEGIN
+    FOREACH v_channel IN ARRAY coalesce(p_channels, '{}') LOOP
+        EXECUTE format('UNLISTEN %I', v_channel);
+    END LOOP;
+END;
+$$;
+
+-- ---------------------------------------------------------------------------
+-- Organizations and agents
+-- ---------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION amp.require_external_id(p_what text, p_external_id text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_external_id IS NULL OR btrim(p_external_id) = '' THEN
+        PERFORM amp.raise_error('AM001', format('%s external id must not be empty', p_what));
+    END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION amp.register_organization(p_external_id text, p_name text DEFAULT NULL)
+RETURNS amp.organizations
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_org amp.organizations;
+BEGIN
+    PERFORM amp.require_external_id('organization', p_external_id);
+    -- the unique index decides a race between two registrations
+    INSERT INTO amp.organizations (external_id, name)
+    VALUES (p_external_id, coalesce(nullif(btrim(p_name), ''), p_external_id))
+    ON CONFLICT (external_id) DO NOTHING
+    RETURNING * INTO v_org;
+    IF v_org.id IS NULL THEN
+        PERFORM amp.raise_error('AM011',
+            format('organization %L already exists', p_external_id));
+    END IF;
+    RETURN v_org;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION amp.get_organization(p_external_id text)
+RETURNS amp.organizations
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_org amp.organizations;
+BEGIN
+    PERFORM amp.require_external_id('organization', p_external_id);
+    SELECT * INTO v_org FROM amp.organizations WHERE external_id = p_external_id;
+    IF NOT FOUND THEN
+        PERFORM amp.raise_error('AM010', format('organization %L not found', p_external_id));
+    END IF;
+    RETURN v_org;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION amp.register_agent(
+    p_external_id text, p_organization_external_id text, p_name text DEFAULT NULL)
+RETURNS amp.agents
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_org   amp.organizations;
+    v_agent amp.agents;
+BEGIN
+    PERFORM amp.require_external_id('agent', p_external_id);
+    PERFORM amp.require_external_id('organization', p_organization_external_id);
+    v_org := amp.get_organization(p_organization_external_id);
+    INSERT INTO amp.agents (external_id, organization_id, name)
+    VALUES (p_external_id, v_org.id, coalesce(nullif(btrim(p_name), ''), p_external_id))
+    ON CONFLICT (external_id) DO NOTHING
+    RETURNING * INTO v_agent;
+    IF v_agent.id IS NULL THEN
+        PERFORM amp.raise_error('AM021', format('agent %L already exists', p_external_id));
+    END IF;
+    RETURN v_agent;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION amp.get_agent(p_external_id text)
+RETURNS amp.agents
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_agent amp.agents;
+BEGIN
+    PERFORM amp.require_external_id('agent', p_external_id);
+    SELECT * INTO v_agent FROM amp.agents WHERE external_id = p_external_id;
+    IF NOT FOUND THEN
+        PERFORM amp.raise_error('AM020', format('agent %L not found', p_external_id));
+    END IF;
+    RETURN v_agent;
+END;
+$$;
+
+-- An agent's channel by external id, for clients in any language.
+CREATE OR REPLACE FUNCTION amp.agent_channel(p_external_id text)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT amp.agent_channel_by_id((amp.get_agent(p_external_id)).id)
+$$;

@@ -1,0 +1,188 @@
+-- amp: the Agent Messaging Protocol, tables.
+--
+-- Everything lives in schema `amp`, so the library can share a database with an
+-- application. Tables hold all state; the functions in the other files of this
+-- folder are the only writers. Ids are uuids; users name organizations and agents
+-- by their own external ids (text).
+
+CREATE SCHEMA IF NOT EXISTS amp;
+
+CREATE TABLE amp.organizations (
+    id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    external_id text NOT NULL UNIQUE CHECK (external_id <> ''),
+    name        text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE amp.agents (
+    id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    external_id     text NOT NULL UNIQUE CHECK (external_id <> ''),
+    organization_id uuid NOT NULL REFERENCES amp.organizations (id),
+    name            text NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX agents_organization_idx ON amp.agents (organization_id);
+
+-- A conversation between two agents. The pair is stored in canonical order
+-- (agent_a_id < agent_b_id) so "the session of a pair" is one index lookup.
+-- Sync:  active -> waiting (someone blocks in send_and_wait) <-> active -> ended.
+-- Async: active -> ended.
+CREATE TABLE amp.sessions (
+    id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    agent_a_id      uuid NOT NULL REFERENCES amp.agents (id),
+    agent_b_id      uuid NOT NULL REFERENCES amp.agents (id),
+    session_type    text NOT NULL CHECK (session_type IN ('sync', 'async')),
+    status          text NOT NULL DEFAULT 'active'
+                    CHECK (status IN ('active', 'waiting', 'ended')),
+    -- the agent blocked in send_and_wait, and the request it waits on
+    locked_agent_id uuid REFERENCES amp.agents (id),
+    waiting_for     uuid,
+    waiting_since   timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    ended_at        timestamptz,
+    CHECK (agent_a_id < agent_b_id),
+    CHECK ((status = 'waiting') = (locked_agent_id IS NOT NULL))
+);
+-- One live session per pair and type; an ended one does not block a new one.
+CREATE UNIQUE INDEX sessions_one_live_per_pair
+    ON amp.sessions (agent_a_id, agent_b_id, session_type)
+    WHERE status <> 'ended';
+CREATE INDEX sessions_agent_b_idx ON amp.sessions (agent_b_id);
+
+-- Meeting:     created -> ready (all invitees attended) -> active -> ended.
+-- Participant: invited -> attending -> waiting <-> speaking -> left.
+CREATE TABLE amp.meetings (
+    id                 uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    host_id            uuid NOT NULL REFERENCES amp.agents (id),
+    status             text NOT NULL DEFAULT 'created'
+                       CHECK (status IN ('created', 'ready', 'active', 'ended')),
+    current_speaker_id uuid REFERENCES amp.agents (id),
+    -- NULL: turns never expire
+    turn_duration      interval CHECK (turn_duration > interval '0'),
+    turn_started_at    timestamptz,
+    -- stored so any process can tell when the turn expires
+    turn_deadline      timestamptz,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    started_at         timestamptz,
+    ended_at           timestamptz,
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX meetings_turn_deadline_idx ON amp.meetings (turn_deadline)
+    WHERE status = 'active' AND turn_deadline IS NOT NULL;
+
+CREATE TABLE amp.meeting_participants (
+    id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    meeting_id  uuid NOT NULL REFERENCES amp.meetings (id) ON DELETE CASCADE,
+    agent_id    uuid NOT NULL REFERENCES amp.agents (id),
+    -- position in the invitation list; the host is 0. Round-robin follows it.
+    join_order  integer NOT NULL,
+    status      text NOT NULL DEFAULT 'invited'
+                CHECK (status IN ('invited', 'attending', 'waiting', 'speaking', 'left')),
+    -- seq of the last message this participant spoke (or of the opening
+    -- message, for the host): a turn signal carries what was said after it
+    last_spoke_seq bigint NOT NULL DEFAULT 0,
+    joined_at   timestamptz,
+    left_at     timestamptz,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (meeting_id, agent_id),
+    UNIQUE (meeting_id, join_order)
+);
+CREATE INDEX meeting_participants_agent_idx ON amp.meeting_participants (agent_id);
+
+-- Every message of every pattern. `seq` is the total order (timestamps tie
+-- inside one transaction). Push delivery (one-way, sync requests, meeting
+-- invitations) is tracked in the delivery_* columns; inbox read state (read_at)
+-- is independent of it.
+CREATE TABLE amp.messages (
+    id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    seq              bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+    message_type     text NOT NULL CHECK (message_type IN (
+                         'one_way', 'sync_request', 'sync_reply', 'async',
+                         'meeting', 'meeting_invitation', 'system')),
+    -- NULL sender: a system message (a turn timeout, say)
+    sender_id        uuid REFERENCES amp.agents (id),
+    -- NULL recipient: said to a whole meeting
+    recipient_id     uuid REFERENCES amp.agents (id),
+    session_id       uuid REFERENCES amp.sessions (id),
+    meeting_id       uuid REFERENCES amp.meetings (id) ON DELETE CASCADE,
+    -- a sync reply points at the request it answers
+    reply_to         uuid REFERENCES amp.messages (id),
+    content          jsonb NOT NULL,
+    metadata         jsonb NOT NULL DEFAULT '{}'::jsonb,
+    -- a meeting message spoken after its speaker's turn had expired
+    is_late          boolean NOT NULL DEFAULT false,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    read_at          timestamptz,
+    -- push delivery: NULL for messages that are pulled, not pushed
+    delivery_status  text CHECK (delivery_status IN ('pending', 'delivered', 'failed')),
+    attempts         integer NOT NULL DEFAULT 0,
+    available_at     timestamptz NOT NULL DEFAULT now(),
+    claimed_by       uuid,
+    claim_expires_at timestamptz,
+    delivered_at     timestamptz,
+    last_error       text
+);
+-- the claim query: pending work of one recipient, oldest first
+CREATE INDEX messages_pending_delivery_idx ON amp.messages (recipient_id, seq)
+    WHERE delivery_status = 'pending';
+-- the inbox: unread messages of one recipient
+CREATE INDEX messages_unread_idx ON amp.messages (recipient_id, seq)
+    WHERE read_at IS NULL;
+CREATE INDEX messages_session_idx ON amp.messages (session_id, seq);
+CREATE INDEX messages_meeting_idx ON amp.messages (meeting_id, seq);
+CREATE INDEX messages_reply_to_idx ON amp.messages (reply_to) WHERE reply_to IS NOT NULL;
+
+CREATE TABLE amp.meeting_events (
+    id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    seq         bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+    meeting_id  uuid NOT NULL REFERENCES amp.meetings (id) ON DELETE CASCADE,
+    event_type  text NOT NULL CHECK (event_type IN (
+                    'agent_joined', 'agent_spoke', 'agent_left', 'agent_timed_out',
+                    'meeting_started', 'meeting_ended')),
+    agent_id    uuid REFERENCES amp.agents (id),
+    data        jsonb NOT NULL DEFAULT '{}'::jsonb,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX meeting_events_meeting_idx ON amp.meeting_events (meeting_id, seq);
+
+-- Presence: each SDK process registers itself and the agents whose handlers it
+-- runs, and beats a heartbeat. Powers "who is online" and `amp status`.
+CREATE TABLE amp.workers (
+    id           uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    hostname     text NOT NULL,
+    pid          integer NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE amp.worker_agents (
+    worker_id  uuid NOT NULL REFERENCES amp.workers (id) ON DELETE CASCADE,
+    agent_id   uuid NOT NULL REFERENCES amp.agents (id),
+    since      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (worker_id, agent_id)
+);
+CREATE INDEX worker_agents_agent_idx ON amp.worker_agents (agent_id);
+
+-- updated_at is kept by the database, not by each caller.
+CREATE FUNCTION amp.touch_updated_at() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.updated_at := now();
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER organizations_touch BEFORE UPDATE ON amp.organizations
+    FOR EACH ROW EXECUTE FUNCTION amp.touch_updated_at();
+CREATE TRIGGER agents_touch BEFORE UPDATE ON amp.agents
+    FOR EACH ROW EXECUTE FUNCTION amp.touch_updated_at();
+CREATE TRIGGER sessions_touch BEFORE UPDATE ON amp.sessions
+    FOR EACH ROW EXECUTE FUNCTION amp.touch_updated_at();
+CREATE TRIGGER meetings_touch BEFORE UPDATE ON amp.meetings
+    FOR EACH ROW EXECUTE FUNCTION amp.touch_updated_at();
+CREATE TRIGGER meeting_participants_touch BEFORE UPDATE ON amp.meeting_participants
+    FOR EACH ROW EXECUTE FUNCTION amp.touch_updated_at();

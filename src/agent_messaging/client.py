@@ -1,0 +1,142 @@
+"""``AgentMessaging``: the SDK's entry point.
+
+It resolves the server (configured or embedded), applies pending migrations, opens
+the psqlpy pool and the notification dispatcher, and hands out the messaging
+patterns. Everything it does to state is a call of an ``amp.*`` SQL function.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import Any, Generic, TypeVar, get_args
+from uuid import UUID
+
+from pydantic import TypeAdapter
+
+from . import agents, migrations
+from .config import Config
+from .database import Database, resolve_dsn
+from .dispatcher import Dispatcher
+from .models import Agent, Organization
+
+T = TypeVar("T")
+log = logging.getLogger("agent_messaging")
+
+
+class AgentMessaging(Generic[T]):
+    """One SDK instance: a pool, a listener, and the four messaging patterns.
+
+    ``T`` is the type of message content (a pydantic model, ``dict``, ``str``...);
+    content is stored as JSONB and validated back into ``T`` on receipt. Use as an
+    async context manager, or call :meth:`initialize` and :meth:`close`::
+
+        async with AgentMessaging[dict]() as sdk:
+            await sdk.register_organization("acme", "Acme")
+    """
+
+    def __init__(self, config: Config | None = None, *, message_type: Any = None) -> None:
+        self.config = config or Config()
+        self._explicit_type = message_type
+        self._adapter: TypeAdapter[Any] | None = None
+        self._db: Database | None = None
+        self._dispatcher: Dispatcher | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def initialize(self) -> None:
+        """Connect (starting the embedded server if none is configured), migrate
+        unless ``config.apply_migrations`` is false, and start listening."""
+        if self._db is not None:
+            return
+        dsn = await resolve_dsn(self.config)
+        db = Database.connect(dsn, self.config.max_pool_size)
+        try:
+            if self.config.apply_migrations:
+                await migrations.ensure_migrated(db.pool, dsn)
+            dispatcher = Dispatcher(db, check_interval=self.config.listener_check_interval)
+            await dispatcher.start()
+        except BaseException:
+            db.close()
+            raise
+        self._db, self._dispatcher = db, dispatcher
+
+    async def close(self) -> None:
+        """Stop listening and close the pool. Safe to call twice."""
+        if self._dispatcher is not None:
+            await self._dispatcher.close()
+            self._dispatcher = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def __aenter__(self) -> AgentMessaging[T]:
+        await self.initialize()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def db(self) -> Database:
+        """The connector (raises if not initialized)."""
+        if self._db is None:
+            raise RuntimeError(
+                "AgentMessaging is not initialized: use 'async with' or initialize()"
+            )
+        return self._db
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """The notification dispatcher (raises if not initialized)."""
+        if self._dispatcher is None:
+            raise RuntimeError(
+                "AgentMessaging is not initialized: use 'async with' or initialize()"
+            )
+        return self._dispatcher
+
+    @property
+    def message_adapter(self) -> TypeAdapter[Any]:
+        """The pydantic adapter for ``T`` (``Any`` when no type was given)."""
+        if self._adapter is None:
+            message_type = self._explicit_type
+            if message_type is None:
+                # AgentMessaging[Model]() records Model on the instance after __init__
+                orig = getattr(self, "__orig_class__", None)
+                args = get_args(orig) if orig is not None else ()
+                message_type = args[0] if args else Any
+            self._adapter = TypeAdapter(message_type)
+        return self._adapter
+
+    # -- organizations and agents -----------------------------------------
+
+    async def register_organization(self, external_id: str, name: str | None = None) -> UUID:
+        """Register an organization; returns its id.
+
+        Raises :class:`OrganizationAlreadyExistsError`, :class:`InvalidInputError`.
+        """
+        return (await agents.register_organization(self.db, external_id, name)).id
+
+    async def register_agent(
+        self, external_id: str, organization_external_id: str, name: str | None = None
+    ) -> UUID:
+        """Register an agent of an organization; returns its id.
+
+        Raises :class:`AgentAlreadyExistsError`, :class:`OrganizationNotFoundError`,
+        :class:`InvalidInputError`.
+        """
+        agent = await agents.register_agent(self.db, external_id, organization_external_id, name)
+        return agent.id
+
+    async def get_organization(self, external_id: str) -> Organization:
+        """The organization with that external id, or :class:`OrganizationNotFoundError`."""
+        return await agents.get_organization(self.db, external_id)
+
+    async def get_agent(self, external_id: str) -> Agent:
+        """The agent with that external id, or :class:`AgentNotFoundError`."""
+        return await agents.get_agent(self.db, external_id)

@@ -1,0 +1,99 @@
+"""The thin connector: a psqlpy pool, named ``amp.*`` calls, errors translated.
+
+Every query binds its parameters. Every call of an ``amp.*`` function is one
+statement and therefore one transaction (psqlpy connections autocommit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import psqlpy
+
+from .config import Config
+from .exceptions import from_database_error
+
+Row = dict[str, Any]
+
+
+class Database:
+    """A psqlpy pool plus the helpers every module uses to call ``amp.*``."""
+
+    def __init__(self, pool: psqlpy.ConnectionPool, dsn: str) -> None:
+        self.pool = pool
+        self.dsn = dsn
+
+    @classmethod
+    def connect(cls, dsn: str, max_pool_size: int) -> Database:
+        """Create the pool (connections are opened lazily)."""
+        return cls(psqlpy.ConnectionPool(dsn=dsn, max_db_pool_size=max_pool_size), dsn)
+
+    async def execute(self, query: str, params: Sequence[Any] | None = None) -> None:
+        """Run one statement with bound parameters, ignoring its result (``void``)."""
+        try:
+            conn = await self.pool.connection()
+            await conn.execute(query, list(params) if params is not None else None)
+        except psqlpy.Error as exc:
+            raise from_database_error(exc) from exc
+
+    async def fetch(self, query: str, params: Sequence[Any] | None = None) -> list[Row]:
+        """Run one statement with bound parameters; return its rows as dicts."""
+        try:
+            conn = await self.pool.connection()
+            result = await conn.execute(query, list(params) if params is not None else None)
+        except psqlpy.Error as exc:
+            raise from_database_error(exc) from exc
+        rows: list[Row] = result.result()
+        return rows
+
+    async def fetch_one(self, query: str, params: Sequence[Any] | None = None) -> Row:
+        """Like :meth:`fetch` for a statement that yields exactly one row."""
+        rows = await self.fetch(query, params)
+        if len(rows) != 1:
+            raise RuntimeError(f"expected one row, got {len(rows)}")
+        return rows[0]
+
+    async def fetch_value(self, query: str, params: Sequence[Any] | None = None) -> Any:
+        """The single column of the single row a statement yields."""
+        row = await self.fetch_one(query, params)
+        return next(iter(row.values()))
+
+    def close(self) -> None:
+        """Close the pool."""
+        self.pool.close()
+
+
+async def resolve_dsn(config: Config) -> str:
+    """The server to use: the configured one, else the embedded one (started here)."""
+    dsn = config.explicit_dsn()
+    if dsn is not None:
+        return dsn
+    from . import embedded
+
+    admin_dsn = await asyncio.to_thread(embedded.server_dsn, config.embedded_data_dir)
+    await create_database_if_missing(admin_dsn, config.embedded_database)
+    return await asyncio.to_thread(
+        embedded.server_dsn, config.embedded_data_dir, config.embedded_database
+    )
+
+
+async def create_database_if_missing(admin_dsn: str, name: str) -> None:
+    """CREATE DATABASE ``name`` unless it exists; safe when processes race."""
+    pool = psqlpy.ConnectionPool(dsn=admin_dsn, max_db_pool_size=2)
+    try:
+        conn = await pool.connection()
+        rows = (await conn.execute("SELECT 1 FROM pg_database WHERE datname = $1", [name])).result()
+        if not rows:
+            # CREATE DATABASE takes an identifier; format('%I') quotes it server-side.
+            stmt = (
+                await conn.execute("SELECT format('CREATE DATABASE %I', $1::text) AS s", [name])
+            ).result()[0]["s"]
+            try:
+                await conn.execute(stmt)
+            except psqlpy.Error as exc:
+                if "already exists" not in str(exc):
+                    raise
+    finally:
+        pool.close()

@@ -1,0 +1,72 @@
+"""NOTIFY payloads: tiny JSON objects (kind and ids, never content).
+
+They are wake-up hints; whoever receives one re-reads the tables. Parsed into a
+pydantic discriminated union on ``kind``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+
+class Ping(BaseModel):
+    """The dispatcher's NOTIFY round trip to itself (listener health check)."""
+
+    kind: Literal["ping"]
+    token: str
+
+
+class MessageStored(BaseModel):
+    """A message for the agent of this channel was stored (or became deliverable)."""
+
+    kind: Literal["message"]
+    message_id: UUID
+    message_type: str
+    session_id: UUID | None = None
+    meeting_id: UUID | None = None
+
+
+class SessionChanged(BaseModel):
+    """A conversation of this agent changed state (ended, wait cancelled)."""
+
+    kind: Literal["session"]
+    session_id: UUID
+    status: str
+
+
+class MeetingChanged(BaseModel):
+    """A meeting changed: the turn moved, someone joined or left, it ended."""
+
+    kind: Literal["meeting"]
+    meeting_id: UUID
+    status: str
+    event: str | None = None
+    speaker_id: UUID | None = None
+
+
+class Unknown(BaseModel):
+    """A payload this version does not know (sent by a newer client, say)."""
+
+    kind: str
+
+
+Notification = Annotated[
+    Ping | MessageStored | SessionChanged | MeetingChanged, Field(discriminator="kind")
+]
+_ADAPTER: TypeAdapter[Ping | MessageStored | SessionChanged | MeetingChanged] = TypeAdapter(
+    Notification
+)
+
+
+def parse(payload: str) -> Ping | MessageStored | SessionChanged | MeetingChanged | Unknown:
+    """Parse a NOTIFY payload; anything unrecognised becomes :class:`Unknown`."""
+    try:
+        return _ADAPTER.validate_json(payload)
+    except ValidationError:
+        try:
+            return Unknown.model_validate_json(payload)
+        except ValidationError:
+            return Unknown(kind="invalid")
