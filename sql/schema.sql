@@ -129,9 +129,9 @@ CREATE TABLE amp.messages (
 -- the claim query: pending work of one recipient, oldest first
 CREATE INDEX messages_pending_delivery_idx ON amp.messages (recipient_id, seq)
     WHERE delivery_status = 'pending';
--- the inbox: unread messages of one recipient
+-- the inbox: unread async messages of one recipient
 CREATE INDEX messages_unread_idx ON amp.messages (recipient_id, seq)
-    WHERE read_at IS NULL;
+    WHERE read_at IS NULL AND message_type = 'async';
 CREATE INDEX messages_session_idx ON amp.messages (session_id, seq);
 CREATE INDEX messages_meeting_idx ON amp.messages (meeting_id, seq);
 CREATE INDEX messages_reply_to_idx ON amp.messages (reply_to) WHERE reply_to IS NOT NULL;
