@@ -30,13 +30,7 @@ from .database import Database
 
 log = logging.getLogger("agent_messaging.dispatcher")
 
-AnyNotification = (
-    notifications.Ping
-    | notifications.MessageStored
-    | notifications.SessionChanged
-    | notifications.MeetingChanged
-    | notifications.Unknown
-)
+AnyNotification = notifications.Known | notifications.Unknown
 #: Called synchronously on the event loop for each notification; must not block.
 Callback = Callable[[str, AnyNotification], None]
 CatchUp = Callable[[], Awaitable[None]]
