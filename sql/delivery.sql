@@ -194,7 +194,7 @@ RETURNS TABLE (
     recipient_external_id text, recipient_name text)
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_failed amp.messages;
+    v_failed amp.messages;  -- a message settled here without a handler
 BEGIN
     FOR v_failed IN
         UPDATE amp.messages m
@@ -204,6 +204,22 @@ BEGIN
         WHERE wa.worker_id = p_worker AND m.recipient_id = wa.agent_id
           AND m.delivery_status = 'pending' AND m.claim_expires_at < now()
           AND m.attempts >= p_max_attempts
+        RETURNING m.*
+    LOOP
+        PERFORM amp.notify_delivery(v_failed);
+    END LOOP;
+
+    -- a sync request nobody waits on any more (answered directly, timed out, or
+    -- its conversation ended) is moot: do not run a handler for it
+    FOR v_failed IN
+        UPDATE amp.messages m
+        SET delivery_status = 'delivered', delivered_at = now(), claimed_by = NULL,
+            claim_expires_at = NULL, last_error = 'not handled: no longer awaited'
+        FROM amp.worker_agents wa
+        WHERE wa.worker_id = p_worker AND m.recipient_id = wa.agent_id
+          AND m.delivery_status = 'pending' AND m.message_type = 'sync_request'
+          AND (m.claim_expires_at IS NULL OR m.claim_expires_at < now())
+          AND NOT EXISTS (SELECT 1 FROM amp.sessions s WHERE s.waiting_for = m.id)
         RETURNING m.*
     LOOP
         PERFORM amp.notify_delivery(v_failed);

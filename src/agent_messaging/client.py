@@ -18,6 +18,7 @@ from pydantic import TypeAdapter
 
 from . import agents, migrations
 from .config import Config
+from .conversations import SyncConversation
 from .database import Database, resolve_dsn
 from .delivery import DeliveryWorker, Handler
 from .dispatcher import Dispatcher
@@ -52,6 +53,7 @@ class AgentMessaging(Generic[T]):
         self.handlers: dict[str, Handler] = {}
         self.one_way: OneWayMessenger[T] = OneWayMessenger(self)
         self.async_conversation: AsyncConversation[T] = AsyncConversation(self)
+        self.sync_conversation: SyncConversation[T] = SyncConversation(self)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -183,7 +185,7 @@ class AgentMessaging(Generic[T]):
 
     async def _reply_from_handler(self, context: MessageContext, answer: Any) -> None:
         """A sync request's handler returned ``answer``: send it as the reply."""
-        raise NotImplementedError("sync conversations are not implemented yet")
+        await self.sync_conversation.reply_from_handler(context, answer)
 
     # -- organizations and agents -----------------------------------------
 

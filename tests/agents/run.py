@@ -7,6 +7,8 @@ Commands print JSON lines on stdout ({"event": ...}) that the tests read:
   send   SENDER RECIPIENT N   one-way (or --kind async) messages {"n": i}
   wait   RECIPIENT SENDER     wait_for_message; prints "waiting", then "got" or "timeout"
   read   AGENT                on NOTIFY amp_test_go, take unread messages one by one until none
+  reply  SENDER RECIPIENT TEXT  on NOTIFY amp_test_go, reply; prints "replied" or "refused"
+  (handle --reply answers sync requests with {"answer": <request>})
 """
 
 from __future__ import annotations
@@ -95,6 +97,22 @@ async def read(args: argparse.Namespace) -> None:
         emit("read", contents=got)
 
 
+async def reply(args: argparse.Namespace) -> None:
+    """On NOTIFY amp_test_go, reply to the agent waiting on us; say if it was taken."""
+    from agent_messaging import InvalidSessionStateError
+
+    async with AgentMessaging[Any](config(args)) as sdk:
+        go = asyncio.Event()
+        await sdk.dispatcher.subscribe(["amp_test_go"], lambda _c, _n: go.set())
+        emit("ready")
+        await go.wait()
+        try:
+            await sdk.sync_conversation.reply(args.sender, args.recipient, args.text)
+            emit("replied")
+        except InvalidSessionStateError as exc:
+            emit("refused", error=str(exc))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("dsn")
@@ -120,8 +138,13 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=60.0)
     p = sub.add_parser("read")
     p.add_argument("agent")
+    p = sub.add_parser("reply")
+    p.add_argument("sender")
+    p.add_argument("recipient")
+    p.add_argument("text")
     args = parser.parse_args()
-    command = {"handle": handle, "send": send, "wait": wait, "read": read}[args.command]
+    commands = {"handle": handle, "send": send, "wait": wait, "read": read, "reply": reply}
+    command = commands[args.command]
     try:
         asyncio.run(command(args))
     except KeyboardInterrupt:
