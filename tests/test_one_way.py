@@ -245,3 +245,19 @@ def test_sql_enforces_content_limit_for_every_client(
         sql.execute("""SELECT amp.send_one_way('a', 'b', '"a long message"')""")
     assert failure.value.sqlstate == "AM001"
     assert sql.execute("SELECT count(*) FROM amp.messages").fetchone() == (0,)
+
+
+async def test_serving_process_is_online_until_it_closes(pair: SDK, dsn: str) -> None:
+    import os
+
+    worker = await handler_sdk(dsn)
+
+    @worker.register_handler("bob")
+    async def bob(message: dict[str, object], context: MessageContext) -> None:
+        return None
+
+    await worker.serve_handlers()
+    online = await pair.db.fetch("SELECT agent, pid FROM amp.online_agents")
+    assert online == [{"agent": "bob", "pid": os.getpid()}]
+    await worker.close()
+    assert await pair.db.fetch("SELECT agent FROM amp.online_agents") == []

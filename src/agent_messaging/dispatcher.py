@@ -117,6 +117,10 @@ class Dispatcher:
                 with contextlib.suppress(psqlpy.Error):
                     await self._listener.connection.execute("SELECT amp.unlisten($1)", [unused])
 
+    def subscribed(self, channel: str) -> bool:
+        """Whether someone in this process listens on ``channel``."""
+        return channel in self._subs
+
     def add_catch_up(self, callback: CatchUp) -> None:
         """Run ``callback`` after every reconnect (to re-read the tables)."""
         self._catch_ups.append(callback)
