@@ -5,25 +5,55 @@
 -- the request it waits on is waiting_for. Whoever waits LISTENs on its own agent
 -- channel and reads amp.sync_result(request) after every hint.
 
--- Serialise everything that touches the sync session of one pair, including its
--- creation, when no row exists yet to lock.
-CREATE OR REPLACE FUNCTION amp.lock_pair(p_agent_1 uuid, p_agent_2 uuid)
-RETURNS void
-LANGUAGE sql AS $$
-    SELECT pg_advisory_xact_lock(hashtextextended(
-        'amp.sync:' || least(p_agent_1, p_agent_2)::text || greatest(p_agent_1, p_agent_2)::text,
-        0))
+-- The two agents of a call and their live sync session, locked. Everything that
+-- touches the sync session of a pair goes through here: the advisory lock
+-- serialises it even when no session row exists yet (get-or-create), the row lock
+-- afterwards. The session is NULL when the pair has none.
+CREATE OR REPLACE FUNCTION amp.lock_sync_session(
+    p_agent text, p_other text,
+    OUT agent amp.agents, OUT other amp.agents, OUT session amp.sessions)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_pair record;
+BEGIN
+    v_pair := amp.resolve_pair(p_agent, p_other);
+    agent := v_pair.sender;
+    other := v_pair.recipient;
+    PERFORM pg_advisory_xact_lock(hashtextextended(
+        'amp.sync:' || least(agent.id, other.id)::text || greatest(agent.id, other.id)::text, 0));
+    SELECT * INTO session FROM amp.sessions s
+    WHERE s.agent_a_id = least(agent.id, other.id) AND s.agent_b_id = greatest(agent.id, other.id)
+      AND s.session_type = 'sync' AND s.status <> 'ended'
+    FOR UPDATE;
+END;
 $$;
 
--- The live sync session of a pair, locked, or NULL.
-CREATE OR REPLACE FUNCTION amp.live_sync_session(p_agent_1 uuid, p_agent_2 uuid)
-RETURNS amp.sessions
+-- The same, for calls that need the session to exist.
+CREATE OR REPLACE FUNCTION amp.require_sync_session(
+    p_agent text, p_other text,
+    OUT agent amp.agents, OUT other amp.agents, OUT session amp.sessions)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v record;
+BEGIN
+    v := amp.lock_sync_session(p_agent, p_other);
+    agent := v.agent;
+    other := v.other;
+    session := v.session;
+    IF session.id IS NULL THEN
+        PERFORM amp.raise_error('AM030', format('no conversation between %L and %L', p_agent, p_other));
+    END IF;
+END;
+$$;
+
+-- Nobody waits in the session any more.
+CREATE OR REPLACE FUNCTION amp.unlock_session(p_session_id uuid, p_status text DEFAULT 'active')
+RETURNS void
 LANGUAGE sql AS $$
-    SELECT * FROM amp.sessions
-    WHERE agent_a_id = least(p_agent_1, p_agent_2)
-      AND agent_b_id = greatest(p_agent_1, p_agent_2)
-      AND session_type = 'sync' AND status <> 'ended'
-    FOR UPDATE
+    UPDATE amp.sessions
+    SET status = p_status, locked_agent_id = NULL, waiting_for = NULL, waiting_since = NULL,
+        ended_at = CASE WHEN p_status = 'ended' THEN now() END
+    WHERE id = p_session_id
 $$;
 
 -- Ask: store the request and mark the sender as waiting for the answer.
@@ -35,29 +65,28 @@ CREATE OR REPLACE FUNCTION amp.sync_send(
     OUT session_id uuid, OUT request_id uuid)
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_pair record;
+    v record;
     v_session amp.sessions;
     v_answers uuid;
     v_message amp.messages;
 BEGIN
-    v_pair := amp.resolve_pair(p_sender, p_recipient);
-    PERFORM amp.lock_pair((v_pair.sender).id, (v_pair.recipient).id);
-    v_session := amp.live_sync_session((v_pair.sender).id, (v_pair.recipient).id);
+    v := amp.lock_sync_session(p_sender, p_recipient);
+    v_session := v.session;
     IF v_session.id IS NULL THEN
-        v_session := amp.get_or_create_session((v_pair.sender).id, (v_pair.recipient).id, 'sync');
+        v_session := amp.get_or_create_session((v.agent).id, (v.other).id, 'sync');
     END IF;
-    IF v_session.status = 'waiting' AND v_session.locked_agent_id = (v_pair.sender).id THEN
+    IF v_session.status = 'waiting' AND v_session.locked_agent_id = (v.agent).id THEN
         PERFORM amp.raise_error('AM031', format(
             'agent %L is already waiting for a reply from %L', p_sender, p_recipient));
     END IF;
     IF v_session.status = 'waiting' THEN
         v_answers := v_session.waiting_for;  -- the recipient waits on us: this answers it
     END IF;
-    v_message := amp.store_message('sync_request', (v_pair.sender).id, (v_pair.recipient).id,
+    v_message := amp.store_message('sync_request', (v.agent).id, (v.other).id,
                                    p_content, p_metadata, p_session_id => v_session.id,
                                    p_reply_to => v_answers, p_push => v_answers IS NULL);
     UPDATE amp.sessions
-    SET status = 'waiting', locked_agent_id = (v_pair.sender).id,
+    SET status = 'waiting', locked_agent_id = (v.agent).id,
         waiting_for = v_message.id, waiting_since = now()
     WHERE id = v_session.id;
     session_id := v_session.id;
@@ -74,28 +103,19 @@ CREATE OR REPLACE FUNCTION amp.sync_reply(
 RETURNS uuid
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_pair record;
-    v_session amp.sessions;
+    v record;
 BEGIN
-    v_pair := amp.resolve_pair(p_sender, p_recipient);
-    PERFORM amp.lock_pair((v_pair.sender).id, (v_pair.recipient).id);
-    v_session := amp.live_sync_session((v_pair.sender).id, (v_pair.recipient).id);
-    IF v_session.id IS NULL THEN
-        PERFORM amp.raise_error('AM030', format(
-            'no conversation between %L and %L', p_sender, p_recipient));
-    END IF;
-    IF v_session.status <> 'waiting' OR v_session.locked_agent_id <> (v_pair.recipient).id
-       OR v_session.waiting_for <> coalesce(p_request, v_session.waiting_for) THEN
+    v := amp.require_sync_session(p_sender, p_recipient);
+    IF (v.session).status <> 'waiting' OR (v.session).locked_agent_id <> (v.other).id
+       OR (v.session).waiting_for <> coalesce(p_request, (v.session).waiting_for) THEN
         PERFORM amp.raise_error('AM031', format(
             'agent %L is not waiting for a reply from %L%s', p_recipient, p_sender,
             CASE WHEN p_request IS NULL THEN '' ELSE format(' to request %s', p_request) END));
     END IF;
-    UPDATE amp.sessions
-    SET status = 'active', locked_agent_id = NULL, waiting_for = NULL, waiting_since = NULL
-    WHERE id = v_session.id;
-    RETURN (amp.store_message('sync_reply', (v_pair.sender).id, (v_pair.recipient).id,
-                              p_content, p_metadata, p_session_id => v_session.id,
-                              p_reply_to => v_session.waiting_for)).id;
+    PERFORM amp.unlock_session((v.session).id);
+    RETURN (amp.store_message('sync_reply', (v.agent).id, (v.other).id,
+                              p_content, p_metadata, p_session_id => (v.session).id,
+                              p_reply_to => (v.session).waiting_for)).id;
 END;
 $$;
 
@@ -105,20 +125,15 @@ CREATE OR REPLACE FUNCTION amp.cancel_wait(p_agent text, p_other text, p_request
 RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_pair record;
-    v_session amp.sessions;
+    v record;
 BEGIN
-    v_pair := amp.resolve_pair(p_agent, p_other);
-    PERFORM amp.lock_pair((v_pair.sender).id, (v_pair.recipient).id);
-    v_session := amp.live_sync_session((v_pair.sender).id, (v_pair.recipient).id);
-    IF v_session.id IS NULL OR v_session.waiting_for IS DISTINCT FROM p_request THEN
+    v := amp.lock_sync_session(p_agent, p_other);
+    IF (v.session).id IS NULL OR (v.session).waiting_for IS DISTINCT FROM p_request THEN
         RETURN false;
     END IF;
-    UPDATE amp.sessions
-    SET status = 'active', locked_agent_id = NULL, waiting_for = NULL, waiting_since = NULL
-    WHERE id = v_session.id;
-    PERFORM pg_notify(amp.agent_channel_by_id((v_pair.recipient).id), json_build_object(
-        'kind', 'session', 'session_id', v_session.id, 'status', 'active')::text);
+    PERFORM amp.unlock_session((v.session).id);
+    PERFORM pg_notify(amp.agent_channel_by_id((v.other).id), json_build_object(
+        'kind', 'session', 'session_id', (v.session).id, 'status', 'active')::text);
     RETURN true;
 END;
 $$;
@@ -128,26 +143,16 @@ CREATE OR REPLACE FUNCTION amp.end_conversation(p_requester text, p_other text)
 RETURNS uuid
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_pair record;
-    v_session amp.sessions;
+    v record;
     v_payload text;
 BEGIN
-    v_pair := amp.resolve_pair(p_requester, p_other);
-    PERFORM amp.lock_pair((v_pair.sender).id, (v_pair.recipient).id);
-    v_session := amp.live_sync_session((v_pair.sender).id, (v_pair.recipient).id);
-    IF v_session.id IS NULL THEN
-        PERFORM amp.raise_error('AM030', format(
-            'no conversation between %L and %L', p_requester, p_other));
-    END IF;
-    UPDATE amp.sessions
-    SET status = 'ended', ended_at = now(),
-        locked_agent_id = NULL, waiting_for = NULL, waiting_since = NULL
-    WHERE id = v_session.id;
+    v := amp.require_sync_session(p_requester, p_other);
+    PERFORM amp.unlock_session((v.session).id, 'ended');
     v_payload := json_build_object(
-        'kind', 'session', 'session_id', v_session.id, 'status', 'ended')::text;
-    PERFORM pg_notify(amp.agent_channel_by_id((v_pair.sender).id), v_payload);
-    PERFORM pg_notify(amp.agent_channel_by_id((v_pair.recipient).id), v_payload);
-    RETURN v_session.id;
+        'kind', 'session', 'session_id', (v.session).id, 'status', 'ended')::text;
+    PERFORM pg_notify(amp.agent_channel_by_id((v.agent).id), v_payload);
+    PERFORM pg_notify(amp.agent_channel_by_id((v.other).id), v_payload);
+    RETURN (v.session).id;
 END;
 $$;
 

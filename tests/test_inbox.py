@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,12 +22,8 @@ SDK = AgentMessaging[Any]
 
 
 @pytest.fixture
-async def pair(dsn: str) -> AsyncIterator[SDK]:
-    async with AgentMessaging[Any](make_config(dsn)) as sdk:
-        await sdk.register_organization("org1")
-        for name in ("alice", "bob", "carol"):
-            await sdk.register_agent(name, "org1", name.title())
-        yield sdk
+def pair(trio: SDK) -> SDK:
+    return trio
 
 
 async def test_send_then_read_oldest_first_and_marked_read(pair: SDK) -> None:

@@ -16,7 +16,7 @@ from uuid import UUID
 
 from pydantic import TypeAdapter
 
-from . import agents, migrations
+from . import agents, content, migrations
 from .config import Config
 from .conversations import SyncConversation
 from .database import Database, resolve_dsn
@@ -142,6 +142,15 @@ class AgentMessaging(Generic[T]):
                 message_type = args[0] if args else Any
             self._adapter = TypeAdapter(message_type)
         return self._adapter
+
+    def message_args(
+        self, sender: str, recipient: str, message: Any, metadata: dict[str, Any] | None
+    ) -> list[Any]:
+        """``[sender, recipient, content, metadata]`` for an ``amp.*`` call that stores a
+        message: content serialised as ``T`` (refused if not serialisable or larger
+        than ``max_message_bytes``), both as JSON text for ``$n::text::jsonb``."""
+        body = content.encode(self.message_adapter, message, self.config.max_message_bytes)
+        return [sender, recipient, body, content.encode_metadata(metadata)]
 
     # -- handlers ----------------------------------------------------------
 

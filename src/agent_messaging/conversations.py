@@ -51,7 +51,7 @@ class SyncConversation(Generic[T]):
         sdk = self._sdk
         if timeout is None:
             timeout = sdk.config.default_conversation_timeout
-        body = content.encode(sdk.message_adapter, message, sdk.config.max_message_bytes)
+        args = sdk.message_args(sender_external_id, recipient_external_id, message, metadata)
         channel = str(
             await sdk.db.fetch_value("SELECT amp.agent_channel($1)", [sender_external_id])
         )
@@ -70,12 +70,7 @@ class SyncConversation(Generic[T]):
         try:
             row = await sdk.db.fetch_one(
                 "SELECT request_id FROM amp.sync_send($1, $2, $3::text::jsonb, $4::text::jsonb)",
-                [
-                    sender_external_id,
-                    recipient_external_id,
-                    body,
-                    content.encode_metadata(metadata),
-                ],
+                args,
             )
             request = UUID(str(row["request_id"]))
             return await self._wait(
@@ -149,10 +144,9 @@ class SyncConversation(Generic[T]):
         request: UUID | None = None,
     ) -> UUID:
         sdk = self._sdk
-        body = content.encode(sdk.message_adapter, message, sdk.config.max_message_bytes)
         value = await sdk.db.fetch_value(
             "SELECT amp.sync_reply($1, $2, $3::text::jsonb, $4::text::jsonb, $5)",
-            [sender, recipient, body, content.encode_metadata(metadata), request],
+            [*sdk.message_args(sender, recipient, message, metadata), request],
         )
         return UUID(str(value))
 

@@ -48,10 +48,9 @@ class AsyncConversation(Generic[T]):
         Raises :class:`AgentNotFoundError` and :class:`InvalidInputError`.
         """
         sdk = self._sdk
-        body = content.encode(sdk.message_adapter, message, sdk.config.max_message_bytes)
         value = await sdk.db.fetch_value(
             "SELECT amp.async_send($1, $2, $3::text::jsonb, $4::text::jsonb)",
-            [sender_external_id, recipient_external_id, body, content.encode_metadata(metadata)],
+            sdk.message_args(sender_external_id, recipient_external_id, message, metadata),
         )
         return UUID(str(value))
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
-from . import content
-
 if TYPE_CHECKING:
     from .client import AgentMessaging
 
@@ -37,9 +35,8 @@ class OneWayMessenger(Generic[T]):
         ids, a message to oneself, or content that is not serialisable or too large.
         """
         sdk = self._sdk
-        body = content.encode(sdk.message_adapter, message, sdk.config.max_message_bytes)
         value = await sdk.db.fetch_value(
             "SELECT amp.send_one_way($1, $2, $3::text::jsonb, $4::text::jsonb)",
-            [sender_external_id, recipient_external_id, body, content.encode_metadata(metadata)],
+            sdk.message_args(sender_external_id, recipient_external_id, message, metadata),
         )
         return UUID(str(value))
