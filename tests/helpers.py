@@ -80,15 +80,13 @@ class AgentProcess:
 
     @classmethod
     async def start(cls, dsn: str, *args: str) -> AgentProcess:
+        return await cls.spawn(sys.executable, "-m", "tests.agents.run", dsn, *args)
+
+    @classmethod
+    async def spawn(cls, *command: str) -> AgentProcess:
+        """Any program that prints one JSON object a line (the Node agent, say)."""
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.agents.run",
-            dsn,
-            *args,
-            cwd=REPO,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            *command, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
         return cls(proc)
 
