@@ -77,10 +77,14 @@ class AsyncConversation(Generic[T]):
         return [self._decode(row) for row in rows]
 
     async def wait_for_message(
-        self, recipient_external_id: str, sender_external_id: str, timeout: float | None = None
+        self,
+        recipient_external_id: str,
+        sender_external_id: str | None,
+        timeout: float | None = None,
     ) -> T | None:
-        """Wait for the next unread message from ``sender`` (taking it, marked read);
-        ``None`` if none arrives within ``timeout`` seconds (``None``: wait forever).
+        """Wait for the next unread message from ``sender`` (any sender if ``None``),
+        taking it (marked read); ``None`` if none arrives within ``timeout`` seconds
+        (``timeout=None``: wait forever).
 
         Listen first, then check the table, then wait for a notification (or the
         fallback poll), then check again: a lost notification only costs a poll.
