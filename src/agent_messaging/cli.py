@@ -67,7 +67,7 @@ def status(
         try:
             found = await inspection.collect(db)
         finally:
-            db.close()
+            await db.close()
         if as_json:
             print(inspection.to_json(found))
         else:
@@ -93,7 +93,7 @@ def watch(
             await Watcher(db, dispatcher, lambda line: print(line, flush=True)).run(seconds)
         finally:
             await dispatcher.close()
-            db.close()
+            await db.close()
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())

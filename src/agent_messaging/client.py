@@ -16,7 +16,7 @@ from uuid import UUID
 
 from pydantic import TypeAdapter
 
-from . import agents, content, migrations
+from . import agents, content, migrations, tasks
 from .config import Config
 from .conversations import SyncConversation
 from .database import Database, resolve_dsn
@@ -70,7 +70,7 @@ class AgentMessaging(Generic[T]):
             dispatcher = Dispatcher(db, check_interval=self.config.listener_check_interval)
             await dispatcher.start()
         except BaseException:
-            db.close()
+            await db.close()
             raise
         self._db, self._dispatcher = db, dispatcher
         self._delivery = DeliveryWorker(
@@ -87,9 +87,8 @@ class AgentMessaging(Generic[T]):
     async def close(self) -> None:
         """Stop delivering (running handlers get a grace period), stop listening and
         close the pool. Safe to call twice."""
-        if self._serving is not None:
-            self._serving.cancel()
-            self._serving = None
+        await tasks.stop(self._serving)
+        self._serving = None
         if self._delivery is not None:
             await self._delivery.close()
             self._delivery = None
@@ -97,7 +96,7 @@ class AgentMessaging(Generic[T]):
             await self._dispatcher.close()
             self._dispatcher = None
         if self._db is not None:
-            self._db.close()
+            await self._db.close()
             self._db = None
 
     async def __aenter__(self) -> AgentMessaging[T]:

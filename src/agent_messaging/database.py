@@ -7,6 +7,7 @@ statement and therefore one transaction (psqlpy connections autocommit).
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ from .config import Config
 from .exceptions import from_database_error
 
 Row = dict[str, Any]
+_SETTLE_SECONDS = 0.05
 
 
 class Database:
@@ -60,9 +62,15 @@ class Database:
         row = await self.fetch_one(query, params)
         return next(iter(row.values()))
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Close the pool."""
         self.pool.close()
+        gc.collect()  # drop unreachable psqlpy objects now, not during finalization
+        # psqlpy drops its connections on its own (tokio) threads, which take the
+        # GIL to do so; if the interpreter finalizes meanwhile the process aborts
+        # ("PyGILState_Release: thread state must be current"), in about one exit
+        # in five here. A moment for them to finish makes that go away.
+        await asyncio.sleep(_SETTLE_SECONDS)
 
 
 async def resolve_dsn(config: Config) -> str:
@@ -97,3 +105,4 @@ async def create_database_if_missing(admin_dsn: str, name: str) -> None:
                     raise
     finally:
         pool.close()
+        await asyncio.sleep(_SETTLE_SECONDS)

@@ -27,7 +27,7 @@ from uuid import UUID
 
 from pydantic import TypeAdapter, ValidationError
 
-from . import content
+from . import content, tasks
 from .config import Config
 from .database import Database, Row
 from .dispatcher import AnyNotification, Dispatcher
@@ -153,15 +153,12 @@ class DeliveryWorker:
         """Stop claiming, let running handlers finish (up to ``grace`` seconds),
         and hand back unfinished claims."""
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await tasks.stop(task)
         self._tasks = []
         if self._inflight:
             _, pending = await asyncio.wait(self._inflight, timeout=grace)
             for task in pending:
-                task.cancel()
+                await tasks.stop(task, patience=1.0)
         if self._channels:
             await self._dispatcher.unsubscribe(self._channels, self._on_notification)
         self._dispatcher.remove_catch_up(self._catch_up)

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import psqlpy
 
-from . import notifications
+from . import notifications, tasks
 from .database import Database
 
 log = logging.getLogger("agent_messaging.dispatcher")
@@ -65,11 +65,8 @@ class Dispatcher:
     async def close(self) -> None:
         """Stop listening and release the connection."""
         self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.stop(self._task)
+        self._task = None
 
     @property
     def connected(self) -> bool:
@@ -202,9 +199,7 @@ class Dispatcher:
                     log.warning("listener lost: %s", task.exception())
         finally:
             for task in (reader, checker):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                await tasks.stop(task)
 
     async def _read(self, listener: psqlpy.Listener) -> None:
         async for message in listener:
