@@ -7,7 +7,10 @@ patterns. Everything it does to state is a call of an ``amp.*`` SQL function.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar, get_args
 from uuid import UUID
@@ -18,7 +21,9 @@ from . import agents, migrations
 from .config import Config
 from .database import Database, resolve_dsn
 from .dispatcher import Dispatcher
-from .models import Agent, Organization
+from .meeting_events import EventHandler, EventRelay
+from .meetings import MeetingManager
+from .models import Agent, MeetingEvent, Organization
 
 T = TypeVar("T")
 log = logging.getLogger("agent_messaging")
@@ -41,6 +46,11 @@ class AgentMessaging(Generic[T]):
         self._adapter: TypeAdapter[Any] | None = None
         self._db: Database | None = None
         self._dispatcher: Dispatcher | None = None
+        self._meeting: MeetingManager[T] | None = None
+        self._event_handlers: dict[MeetingEvent, list[EventHandler]] = {}
+        self._relay: EventRelay | None = None
+        self._relay_start: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -60,9 +70,23 @@ class AgentMessaging(Generic[T]):
             db.close()
             raise
         self._db, self._dispatcher = db, dispatcher
+        self._sweeper = asyncio.create_task(self._sweep(), name="amp-turn-sweep")
+        if self._event_handlers:
+            self._start_relay()
+            await self.events_ready()
 
     async def close(self) -> None:
         """Stop listening and close the pool. Safe to call twice."""
+        for task in (self._sweeper, self._relay_start):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._sweeper = self._relay_start = None
+        if self._relay is not None:
+            with contextlib.suppress(Exception):
+                await self._relay.close()
+            self._relay = None
         if self._dispatcher is not None:
             await self._dispatcher.close()
             self._dispatcher = None
@@ -112,6 +136,62 @@ class AgentMessaging(Generic[T]):
                 message_type = args[0] if args else Any
             self._adapter = TypeAdapter(message_type)
         return self._adapter
+
+    @property
+    def meeting(self) -> MeetingManager[T]:
+        """The meeting pattern: create, attend, start, speak, leave, end."""
+        if self._meeting is None:
+            self._meeting = MeetingManager(self)
+        return self._meeting
+
+    # -- meeting events ------------------------------------------------------
+
+    def register_event_handler(
+        self, event_type: MeetingEvent
+    ) -> Callable[[EventHandler], EventHandler]:
+        """Decorator: call ``handler(meeting_id, agent_external_id, data)`` for every
+        meeting event of ``event_type`` recorded from now on (by any process)::
+
+            @sdk.register_event_handler(MeetingEvent.AGENT_TIMED_OUT)
+            async def on_timeout(meeting_id, agent_external_id, data): ...
+
+        ``data`` is the event's JSON (``agent_spoke`` carries the content as
+        ``data["message"]``). Errors in handlers are logged and do not stop others.
+        """
+        event = MeetingEvent(event_type)
+
+        def decorator(handler: EventHandler) -> EventHandler:
+            self._event_handlers.setdefault(event, []).append(handler)
+            if self._db is not None:
+                self._start_relay()
+            return handler
+
+        return decorator
+
+    def _start_relay(self) -> None:
+        if self._relay is None:
+            self._relay = EventRelay(
+                self.db, self.dispatcher, poll_interval=self.config.poll_interval
+            )
+            self._relay.handlers = self._event_handlers
+            self._relay_start = asyncio.get_running_loop().create_task(self._relay.start())
+
+    async def events_ready(self) -> None:
+        """Wait until the event relay (if handlers are registered) is listening, so
+        events caused after this call reach the handlers."""
+        task = self._relay_start
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def _sweep(self) -> None:
+        """Expire overdue meeting turns every ``poll_interval``, so meetings whose
+        participants' processes died still go on."""
+        while True:
+            await asyncio.sleep(self.config.poll_interval)
+            try:
+                await self.db.fetch_value("SELECT amp.expire_turns() AS n")
+            except Exception as exc:
+                log.warning("turn sweep failed: %s", exc)
 
     # -- organizations and agents -----------------------------------------
 

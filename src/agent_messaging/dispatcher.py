@@ -35,6 +35,7 @@ AnyNotification = (
     | notifications.MessageStored
     | notifications.SessionChanged
     | notifications.MeetingChanged
+    | notifications.MeetingEventRecorded
     | notifications.Unknown
 )
 #: Called synchronously on the event loop for each notification; must not block.

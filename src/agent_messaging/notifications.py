@@ -47,6 +47,16 @@ class MeetingChanged(BaseModel):
     speaker_id: UUID | None = None
 
 
+class MeetingEventRecorded(BaseModel):
+    """A meeting event was recorded (global channel ``amp_meeting_events``)."""
+
+    kind: Literal["meeting_event"]
+    meeting_id: UUID
+    seq: int
+    event: str
+    agent_id: UUID | None = None
+
+
 class Unknown(BaseModel):
     """A payload this version does not know (sent by a newer client, say)."""
 
@@ -54,14 +64,17 @@ class Unknown(BaseModel):
 
 
 Notification = Annotated[
-    Ping | MessageStored | SessionChanged | MeetingChanged, Field(discriminator="kind")
+    Ping | MessageStored | SessionChanged | MeetingChanged | MeetingEventRecorded,
+    Field(discriminator="kind"),
 ]
-_ADAPTER: TypeAdapter[Ping | MessageStored | SessionChanged | MeetingChanged] = TypeAdapter(
-    Notification
-)
+_ADAPTER: TypeAdapter[
+    Ping | MessageStored | SessionChanged | MeetingChanged | MeetingEventRecorded
+] = TypeAdapter(Notification)
 
 
-def parse(payload: str) -> Ping | MessageStored | SessionChanged | MeetingChanged | Unknown:
+def parse(
+    payload: str,
+) -> Ping | MessageStored | SessionChanged | MeetingChanged | MeetingEventRecorded | Unknown:
     """Parse a NOTIFY payload; anything unrecognised becomes :class:`Unknown`."""
     try:
         return _ADAPTER.validate_json(payload)
