@@ -149,11 +149,9 @@ async def test_full_meeting_in_process(sdk: SDK) -> None:
         ("b", False),
     ]
     assert [m.seq for m in history] == sorted(m.seq for m in history)
-    assert system_events(history)[:3] == [
-        ("agent_joined", "host"),
-        ("agent_joined", "a"),
-        ("agent_joined", "b"),
-    ]
+    joins = system_events(history)[:3]  # a and b attended concurrently
+    assert joins[0] == ("agent_joined", "host")
+    assert sorted(joins[1:]) == [("agent_joined", "a"), ("agent_joined", "b")]
     assert system_events(history)[-1] == ("meeting_ended", "host")
     final = await sdk.meeting.get_meeting_status(meeting)
     assert final.status == "ended" and final.current_speaker_external_id is None

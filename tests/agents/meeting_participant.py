@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 from uuid import UUID
@@ -61,3 +62,8 @@ async def main(dsn: str, agent: str, meeting_id: UUID, plan: list[dict[str, Any]
 
 if __name__ == "__main__":
     asyncio.run(main(sys.argv[1], sys.argv[2], UUID(sys.argv[3]), json.loads(sys.argv[4])))
+    # Even after a clean close, psqlpy 0.13's runtime sometimes aborts during interpreter
+    # finalization ("PyGILState_Release ... must be current"; about 1 exit in 6, also with
+    # a bare initialize/close). Skip finalization so the exit code reports this script.
+    sys.stdout.flush()
+    os._exit(0)
