@@ -93,6 +93,20 @@ LANGUAGE sql AS $$
             'meeting_id', p_message.meeting_id))::text)
 $$;
 
+-- Tell the sender how a pushed message ended (delivered or failed): a sender,
+-- a test or an observer can wait for that instead of polling.
+CREATE OR REPLACE FUNCTION amp.notify_delivery(p_message amp.messages)
+RETURNS void
+LANGUAGE sql AS $$
+    SELECT pg_notify(
+        amp.agent_channel_by_id(p_message.sender_id),
+        json_build_object(
+            'kind', 'delivery',
+            'message_id', p_message.id,
+            'status', p_message.delivery_status)::text)
+    WHERE p_message.sender_id IS NOT NULL
+$$;
+
 -- ---------------------------------------------------------------------------
 -- One-way
 -- ---------------------------------------------------------------------------
@@ -179,14 +193,37 @@ RETURNS TABLE (
     sender_external_id text, sender_name text,
     recipient_external_id text, recipient_name text)
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_failed amp.messages;  -- a message settled here without a handler
 BEGIN
-    UPDATE amp.messages m
-    SET delivery_status = 'failed', claimed_by = NULL, claim_expires_at = NULL,
-        last_error = coalesce(m.last_error, 'lease expired: the handler process stopped')
-    FROM amp.worker_agents wa
-    WHERE wa.worker_id = p_worker AND m.recipient_id = wa.agent_id
-      AND m.delivery_status = 'pending' AND m.claim_expires_at < now()
-      AND m.attempts >= p_max_attempts;
+    FOR v_failed IN
+        UPDATE amp.messages m
+        SET delivery_status = 'failed', claimed_by = NULL, claim_expires_at = NULL,
+            last_error = coalesce(m.last_error, 'lease expired: the handler process stopped')
+        FROM amp.worker_agents wa
+        WHERE wa.worker_id = p_worker AND m.recipient_id = wa.agent_id
+          AND m.delivery_status = 'pending' AND m.claim_expires_at < now()
+          AND m.attempts >= p_max_attempts
+        RETURNING m.*
+    LOOP
+        PERFORM amp.notify_delivery(v_failed);
+    END LOOP;
+
+    -- a sync request nobody waits on any more (answered directly, timed out, or
+    -- its conversation ended) is moot: do not run a handler for it
+    FOR v_failed IN
+        UPDATE amp.messages m
+        SET delivery_status = 'delivered', delivered_at = now(), claimed_by = NULL,
+            claim_expires_at = NULL, last_error = 'not handled: no longer awaited'
+        FROM amp.worker_agents wa
+        WHERE wa.worker_id = p_worker AND m.recipient_id = wa.agent_id
+          AND m.delivery_status = 'pending' AND m.message_type = 'sync_request'
+          AND (m.claim_expires_at IS NULL OR m.claim_expires_at < now())
+          AND NOT EXISTS (SELECT 1 FROM amp.sessions s WHERE s.waiting_for = m.id)
+        RETURNING m.*
+    LOOP
+        PERFORM amp.notify_delivery(v_failed);
+    END LOOP;
 
     RETURN QUERY
     WITH candidates AS (
@@ -219,15 +256,19 @@ $$;
 CREATE OR REPLACE FUNCTION amp.ack_delivery(p_worker uuid, p_message_id uuid)
 RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_message amp.messages;
 BEGIN
     UPDATE amp.messages
     SET delivery_status = 'delivered', delivered_at = now(),
         claimed_by = NULL, claim_expires_at = NULL
-    WHERE id = p_message_id AND claimed_by = p_worker AND delivery_status = 'pending';
+    WHERE id = p_message_id AND claimed_by = p_worker AND delivery_status = 'pending'
+    RETURNING * INTO v_message;
     IF NOT FOUND THEN
         PERFORM amp.raise_error('AM050', format(
             'message %s is not leased by worker %s (lease expired?)', p_message_id, p_worker));
     END IF;
+    PERFORM amp.notify_delivery(v_message);
 END;
 $$;
 
@@ -251,7 +292,9 @@ BEGIN
         PERFORM amp.raise_error('AM050', format(
             'message %s is not leased by worker %s (lease expired?)', p_message_id, p_worker));
     END IF;
-    IF v_message.delivery_status = 'pending' AND p_retry_in <= interval '0' THEN
+    IF v_message.delivery_status = 'failed' THEN
+        PERFORM amp.notify_delivery(v_message);
+    ELSIF p_retry_in <= interval '0' THEN
         PERFORM amp.notify_message(v_message);   -- deliverable again right now
     END IF;
     RETURN v_message.delivery_status;

@@ -88,3 +88,18 @@ BEGIN
     ORDER BY m.seq;
 END;
 $$;
+
+-- Put a taken message back (its handler failed in resume_agent_handler).
+CREATE OR REPLACE FUNCTION amp.mark_unread(p_agent text, p_message_id uuid)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE amp.messages SET read_at = NULL
+    WHERE id = p_message_id AND recipient_id = (amp.get_agent(p_agent)).id
+      AND message_type = 'async';
+    IF NOT FOUND THEN
+        PERFORM amp.raise_error('AM001', format(
+            'message %s is not an async message of agent %L', p_message_id, p_agent));
+    END IF;
+END;
+$$;

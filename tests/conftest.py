@@ -13,6 +13,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -85,6 +86,16 @@ def empty_dsn(server_dsn: str) -> Iterator[str]:
 async def sdk(dsn: str) -> AsyncIterator[AgentMessaging[dict[str, object]]]:
     """An initialized SDK on this test's database."""
     async with AgentMessaging[dict[str, object]](make_config(dsn)) as instance:
+        yield instance
+
+
+@pytest.fixture
+async def trio(dsn: str) -> AsyncIterator[AgentMessaging[Any]]:
+    """An SDK typed ``Any`` with organization org1 and agents alice, bob and carol."""
+    async with AgentMessaging[Any](make_config(dsn)) as instance:
+        await instance.register_organization("org1")
+        for name in ("alice", "bob", "carol"):
+            await instance.register_agent(name, "org1", name.title())
         yield instance
 
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
-from agent_messaging import Config
+from agent_messaging import AgentMessaging, Config
 
 
 def psql_binary() -> str:
@@ -53,3 +60,186 @@ def make_config(dsn: str, **overrides: object) -> Config:
     }
     values.update(overrides)
     return Config.model_validate(values)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class AgentProcess:
+    """``python -m tests.agents.run ...`` in its own OS process.
+
+    A background task reads its stdout continuously (so it never blocks on a full
+    pipe) into ``events`` and a queue that :meth:`next_event` takes from.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.events: list[dict[str, Any]] = []
+        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, dsn: str, *args: str) -> AgentProcess:
+        return await cls.spawn(sys.executable, "-m", "tests.agents.run", dsn, *args)
+
+    @classmethod
+    async def spawn(cls, *command: str) -> AgentProcess:
+        """Any program that prints one JSON object a line (the Node agent, say)."""
+        proc = await asyncio.create_subprocess_exec(
+            *command, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        return cls(proc)
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            event: dict[str, Any] = json.loads(line)
+            self.events.append(event)
+            self._queue.put_nowait(event)
+        self._queue.put_nowait(None)
+
+    async def next_event(self, timeout: float = 30.0) -> dict[str, Any]:
+        event = await asyncio.wait_for(self._queue.get(), timeout)
+        if event is None:
+            self._queue.put_nowait(None)
+            err = b""
+            if self.proc.stderr is not None:
+                err = await self.proc.stderr.read()
+            raise AssertionError(f"agent process exited: {err.decode()[-3000:]}")
+        return event
+
+    async def expect(self, name: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Take events until one named ``name`` arrives."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            event = await self.next_event(max(0.01, deadline - loop.time()))
+            if event["event"] == name:
+                return event
+
+    async def drain(self) -> None:
+        """After the process exited: wait until every event it printed is in ``events``."""
+        await asyncio.wait_for(self._reader, 30)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGKILL)
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.kill()
+                await self.proc.wait()
+        await self.drain()
+
+
+async def wait_delivered(
+    sdk: AgentMessaging[Any], sender: str, message_ids: list[UUID], timeout: float = 60.0
+) -> dict[UUID, str]:
+    """Wait until each pushed message is delivered or failed (listen, check, wait)."""
+    finished = asyncio.Event()
+
+    def hint(_channel: str, _notification: object) -> None:
+        finished.set()
+
+    channel = await sdk.db.fetch_value("SELECT amp.agent_channel($1)", [sender])
+    await sdk.dispatcher.subscribe([channel], hint)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            finished.clear()
+            rows = await sdk.db.fetch(
+                "SELECT id, delivery_status FROM amp.messages WHERE id = ANY($1) "
+                "AND delivery_status IN ('delivered', 'failed')",
+                [message_ids],
+            )
+            if len(rows) == len(message_ids):
+                return {UUID(str(r["id"])): r["delivery_status"] for r in rows}
+            await asyncio.wait_for(finished.wait(), max(0.01, deadline - loop.time()))
+    finally:
+        await sdk.dispatcher.unsubscribe([channel], hint)
+
+
+class PsqlSession:
+    """An interactive psql process: a party that is plain SQL, driven step by step."""
+
+    MARK = "__amp_step_done__"
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        #: the "Asynchronous notification ..." lines psql printed so far
+        self.notifications: list[str] = []
+
+    @classmethod
+    async def start(cls, dsn: str) -> PsqlSession:
+        proc = await asyncio.create_subprocess_exec(
+            psql_binary(),
+            "-X",
+            "-q",
+            "--no-align",
+            "--tuples-only",
+            "-v",
+            "ON_ERROR_STOP=0",
+            "-d",
+            dsn,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        return cls(proc)
+
+    async def run(self, script: str, timeout: float = 30.0) -> list[str]:
+        """Run ``script``; return what psql printed, notifications set apart."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{script}\n\\echo {self.MARK}\n".encode())
+        await self.proc.stdin.drain()
+        lines: list[str] = []
+        while True:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+            if not line:
+                raise AssertionError("psql exited: " + "\n".join(lines))
+            text = line.decode().rstrip("\n")
+            if text == self.MARK:
+                return lines
+            if text.startswith("Asynchronous notification"):
+                self.notifications.append(text)
+            else:
+                lines.append(text)
+
+    async def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except TimeoutError:
+            self.proc.kill()
+
+
+async def wait_for_notification(
+    sdk: AgentMessaging[Any], agent: str, check: Any, timeout: float = 30.0
+) -> Any:
+    """Listen on ``agent``'s channel, then await ``check()`` (a coroutine function)
+    until it returns something truthy, re-checking after each notification."""
+    woken = asyncio.Event()
+
+    def hint(_channel: str, _notification: object) -> None:
+        woken.set()
+
+    channel = await sdk.db.fetch_value("SELECT amp.agent_channel($1)", [agent])
+    await sdk.dispatcher.subscribe([channel], hint)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            woken.clear()
+            result = await check()
+            if result:
+                return result
+            await asyncio.wait_for(woken.wait(), max(0.01, deadline - loop.time()))
+    finally:
+        await sdk.dispatcher.unsubscribe([channel], hint)

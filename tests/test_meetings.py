@@ -33,7 +33,7 @@ from agent_messaging import (
     NotCurrentSpeakerError,
     NotMeetingHostError,
 )
-from agent_messaging.models import MeetingMessage
+from agent_messaging.models import MeetingMessage, MessageContext
 
 from .helpers import make_config, psql
 
@@ -623,3 +623,28 @@ async def test_bad_input_is_refused_and_stores_nothing(sdk: SDK) -> None:
         await speak_sql(sdk, "stranger", meeting, "let me in")
     assert await sdk.db.fetch_value("SELECT count(*) AS n FROM amp.messages") == before
     assert await current_speaker(sdk, meeting) == "a"
+
+
+# -- invitations reach handlers (push delivery) -----------------------------------
+
+
+async def test_invitation_reaches_invitee_handler(sdk: SDK) -> None:
+    await register(sdk, "host", "a", "b")
+    invited: asyncio.Queue[tuple[dict[str, object], MessageContext]] = asyncio.Queue()
+
+    @sdk.register_handler("a")
+    async def on_message(message: dict[str, object], context: MessageContext) -> None:
+        invited.put_nowait((message, context))
+        # an invitee typically attends from its handler (without waiting for the turn)
+        await attend_sql(sdk, context.meeting_id, "a")  # type: ignore[arg-type]
+
+    await sdk.serve_handlers()
+    meeting = await sdk.meeting.create_meeting("host", ["host", "a", "b"])
+    message, context = await asyncio.wait_for(invited.get(), WAIT)
+    assert context.is_meeting_message and context.meeting_id == meeting
+    assert context.message_type == "meeting_invitation"
+    assert context.sender_external_id == "host"
+    assert message["meeting_id"] == str(meeting)
+    assert message["participants"] == ["host", "a", "b"]
+    await attend_sql(sdk, meeting, "b")
+    assert (await sdk.meeting.wait_until_ready(meeting, timeout=WAIT)).status == "ready"

@@ -10,20 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar, get_args
 from uuid import UUID
 
 from pydantic import TypeAdapter
 
-from . import agents, migrations
+from . import agents, content, migrations
 from .config import Config
+from .conversations import SyncConversation
 from .database import Database, resolve_dsn
+from .delivery import DeliveryWorker, Handler
 from .dispatcher import Dispatcher
+from .inbox import AsyncConversation
 from .meeting_events import EventHandler, EventRelay
 from .meetings import MeetingManager
-from .models import Agent, MeetingEvent, Organization
+from .models import Agent, MeetingEvent, MessageContext, Organization
+from .one_way import OneWayMessenger
 
 T = TypeVar("T")
 log = logging.getLogger("agent_messaging")
@@ -46,6 +50,13 @@ class AgentMessaging(Generic[T]):
         self._adapter: TypeAdapter[Any] | None = None
         self._db: Database | None = None
         self._dispatcher: Dispatcher | None = None
+        self._delivery: DeliveryWorker | None = None
+        self._serving: asyncio.Task[None] | None = None
+        #: handlers registered in this process, by agent external id
+        self.handlers: dict[str, Handler] = {}
+        self.one_way: OneWayMessenger[T] = OneWayMessenger(self)
+        self.async_conversation: AsyncConversation[T] = AsyncConversation(self)
+        self.sync_conversation: SyncConversation[T] = SyncConversation(self)
         self._meeting: MeetingManager[T] | None = None
         self._event_handlers: dict[MeetingEvent, list[EventHandler]] = {}
         self._relay: EventRelay | None = None
@@ -70,13 +81,24 @@ class AgentMessaging(Generic[T]):
             db.close()
             raise
         self._db, self._dispatcher = db, dispatcher
+        self._delivery = DeliveryWorker(
+            db,
+            dispatcher,
+            self.config,
+            lambda: self.message_adapter,
+            self.handlers,
+            reply_hook=self._reply_from_handler,
+        )
+        if self.handlers:
+            await self.serve_handlers()
         self._sweeper = asyncio.create_task(self._sweep(), name="amp-turn-sweep")
         if self._event_handlers:
             self._start_relay()
             await self.events_ready()
 
     async def close(self) -> None:
-        """Stop listening and close the pool. Safe to call twice."""
+        """Stop delivering (running handlers get a grace period), stop listening and
+        close the pool. Safe to call twice."""
         for task in (self._sweeper, self._relay_start):
             if task is not None:
                 task.cancel()
@@ -87,6 +109,12 @@ class AgentMessaging(Generic[T]):
             with contextlib.suppress(Exception):
                 await self._relay.close()
             self._relay = None
+        if self._serving is not None:
+            self._serving.cancel()
+            self._serving = None
+        if self._delivery is not None:
+            await self._delivery.close()
+            self._delivery = None
         if self._dispatcher is not None:
             await self._dispatcher.close()
             self._dispatcher = None
@@ -136,6 +164,59 @@ class AgentMessaging(Generic[T]):
                 message_type = args[0] if args else Any
             self._adapter = TypeAdapter(message_type)
         return self._adapter
+
+    def message_args(
+        self, sender: str, recipient: str, message: Any, metadata: dict[str, Any] | None
+    ) -> list[Any]:
+        """``[sender, recipient, content, metadata]`` for an ``amp.*`` call that stores a
+        message: content serialised as ``T`` (refused if not serialisable or larger
+        than ``max_message_bytes``), both as JSON text for ``$n::text::jsonb``."""
+        body = content.encode(self.message_adapter, message, self.config.max_message_bytes)
+        return [sender, recipient, body, content.encode_metadata(metadata)]
+
+    # -- handlers ----------------------------------------------------------
+
+    def register_handler(
+        self, agent_external_id: str
+    ) -> Callable[
+        [Callable[[T, MessageContext], Awaitable[T | None]]],
+        Callable[[T, MessageContext], Awaitable[T | None]],
+    ]:
+        """Decorator: run this coroutine for messages pushed to the agent.
+
+        ``async def handler(message: T, context: MessageContext) -> T | None``. It
+        gets one-way messages, sync requests (``context.requires_reply``; returning
+        a value replies) and meeting invitations (``context.is_meeting_message``),
+        at least once. A handler that raises is retried with backoff, then the
+        message is marked failed (``amp.failed_deliveries``). Registering makes this
+        process serve the agent (any number of processes may serve the same one).
+        """
+
+        def register(
+            handler: Callable[[T, MessageContext], Awaitable[T | None]],
+        ) -> Callable[[T, MessageContext], Awaitable[T | None]]:
+            self.handlers[agent_external_id] = handler
+            if self._delivery is not None:
+                self._serving = asyncio.ensure_future(self._delivery.serve(list(self.handlers)))
+            return handler
+
+        return register
+
+    async def serve_handlers(self) -> None:
+        """Wait until every registered handler is served: its agent recorded in
+        ``amp.worker_agents``, its channel LISTENed, pending messages being claimed.
+
+        Raises :class:`AgentNotFoundError` for a handler of an unknown agent.
+        """
+        if self._delivery is None:
+            raise RuntimeError(
+                "AgentMessaging is not initialized: use 'async with' or initialize()"
+            )
+        await self._delivery.serve(list(self.handlers))
+
+    async def _reply_from_handler(self, context: MessageContext, answer: Any) -> None:
+        """A sync request's handler returned ``answer``: send it as the reply."""
+        await self.sync_conversation.reply_from_handler(context, answer)
 
     @property
     def meeting(self) -> MeetingManager[T]:

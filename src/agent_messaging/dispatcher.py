@@ -30,14 +30,7 @@ from .database import Database
 
 log = logging.getLogger("agent_messaging.dispatcher")
 
-AnyNotification = (
-    notifications.Ping
-    | notifications.MessageStored
-    | notifications.SessionChanged
-    | notifications.MeetingChanged
-    | notifications.MeetingEventRecorded
-    | notifications.Unknown
-)
+AnyNotification = notifications.Known | notifications.Unknown
 #: Called synchronously on the event loop for each notification; must not block.
 Callback = Callable[[str, AnyNotification], None]
 CatchUp = Callable[[], Awaitable[None]]
@@ -123,6 +116,10 @@ class Dispatcher:
             if unused and self._listener is not None:
                 with contextlib.suppress(psqlpy.Error):
                     await self._listener.connection.execute("SELECT amp.unlisten($1)", [unused])
+
+    def subscribed(self, channel: str) -> bool:
+        """Whether someone in this process listens on ``channel``."""
+        return channel in self._subs
 
     def add_catch_up(self, callback: CatchUp) -> None:
         """Run ``callback`` after every reconnect (to re-read the tables)."""

@@ -29,6 +29,14 @@ class MessageStored(BaseModel):
     meeting_id: UUID | None = None
 
 
+class DeliveryFinished(BaseModel):
+    """A pushed message this agent sent was delivered, or failed for good."""
+
+    kind: Literal["delivery"]
+    message_id: UUID
+    status: str
+
+
 class SessionChanged(BaseModel):
     """A conversation of this agent changed state (ended, wait cancelled)."""
 
@@ -63,18 +71,14 @@ class Unknown(BaseModel):
     kind: str
 
 
-Notification = Annotated[
-    Ping | MessageStored | SessionChanged | MeetingChanged | MeetingEventRecorded,
-    Field(discriminator="kind"),
-]
-_ADAPTER: TypeAdapter[
-    Ping | MessageStored | SessionChanged | MeetingChanged | MeetingEventRecorded
-] = TypeAdapter(Notification)
+Known = (
+    Ping | MessageStored | DeliveryFinished | SessionChanged | MeetingChanged | MeetingEventRecorded
+)
+Notification = Annotated[Known, Field(discriminator="kind")]
+_ADAPTER: TypeAdapter[Known] = TypeAdapter(Notification)
 
 
-def parse(
-    payload: str,
-) -> Ping | MessageStored | SessionChanged | MeetingChanged | MeetingEventRecorded | Unknown:
+def parse(payload: str) -> Known | Unknown:
     """Parse a NOTIFY payload; anything unrecognised becomes :class:`Unknown`."""
     try:
         return _ADAPTER.validate_json(payload)

@@ -1,5 +1,4 @@
-"""Meetings: the turn-taking state machine (create, attend, start, speak, leave, end,
-expire turns) and its read functions.
+"""Synchronous conversations.
 
 Revision ID: 0003
 Revises: 0002
@@ -11,7 +10,7 @@ revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
-FILES = ("meetings.sql",)
+FILES = ("conversations.sql",)
 
 
 def upgrade() -> None:

@@ -1,0 +1,200 @@
+-- amp: synchronous conversations (ask and wait for the answer).
+--
+-- One sync session per pair: active -> waiting (an agent blocks in send_and_wait)
+-- <-> active (it got its reply) -> ended. The waiting agent is locked_agent_id and
+-- the request it waits on is waiting_for. Whoever waits LISTENs on its own agent
+-- channel and reads amp.sync_result(request) after every hint.
+
+-- The two agents of a call and their live sync session, locked. Everything that
+-- touches the sync session of a pair goes through here: the advisory lock
+-- serialises it even when no session row exists yet (get-or-create), the row lock
+-- afterwards. The session is NULL when the pair has none.
+CREATE OR REPLACE FUNCTION amp.lock_sync_session(
+    p_agent text, p_other text,
+    OUT agent amp.agents, OUT other amp.agents, OUT session amp.sessions)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_pair record;
+BEGIN
+    v_pair := amp.resolve_pair(p_agent, p_other);
+    agent := v_pair.sender;
+    other := v_pair.recipient;
+    PERFORM pg_advisory_xact_lock(hashtextextended(
+        'amp.sync:' || least(agent.id, other.id)::text || greatest(agent.id, other.id)::text, 0));
+    SELECT * INTO session FROM amp.sessions s
+    WHERE s.agent_a_id = least(agent.id, other.id) AND s.agent_b_id = greatest(agent.id, other.id)
+      AND s.session_type = 'sync' AND s.status <> 'ended'
+    FOR UPDATE;
+END;
+$$;
+
+-- The same, for calls that need the session to exist.
+CREATE OR REPLACE FUNCTION amp.require_sync_session(
+    p_agent text, p_other text,
+    OUT agent amp.agents, OUT other amp.agents, OUT session amp.sessions)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v record;
+BEGIN
+    v := amp.lock_sync_session(p_agent, p_other);
+    agent := v.agent;
+    other := v.other;
+    session := v.session;
+    IF session.id IS NULL THEN
+        PERFORM amp.raise_error('AM030', format('no conversation between %L and %L', p_agent, p_other));
+    END IF;
+END;
+$$;
+
+-- Nobody waits in the session any more.
+CREATE OR REPLACE FUNCTION amp.unlock_session(p_session_id uuid, p_status text DEFAULT 'active')
+RETURNS void
+LANGUAGE sql AS $$
+    UPDATE amp.sessions
+    SET status = p_status, locked_agent_id = NULL, waiting_for = NULL, waiting_since = NULL,
+        ended_at = CASE WHEN p_status = 'ended' THEN now() END
+    WHERE id = p_session_id
+$$;
+
+-- Ask: store the request and mark the sender as waiting for the answer.
+-- If the recipient is itself waiting on the sender, this message is the reply to
+-- it (the conversation is a ping-pong) and is not pushed to a handler; either
+-- way the sender now waits. Returns the session and the request's id.
+CREATE OR REPLACE FUNCTION amp.sync_send(
+    p_sender text, p_recipient text, p_content jsonb, p_metadata jsonb DEFAULT '{}'::jsonb,
+    OUT session_id uuid, OUT request_id uuid)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v record;
+    v_session amp.sessions;
+    v_answers uuid;
+    v_message amp.messages;
+BEGIN
+    v := amp.lock_sync_session(p_sender, p_recipient);
+    v_session := v.session;
+    IF v_session.id IS NULL THEN
+        v_session := amp.get_or_create_session((v.agent).id, (v.other).id, 'sync');
+    END IF;
+    IF v_session.status = 'waiting' AND v_session.locked_agent_id = (v.agent).id THEN
+        PERFORM amp.raise_error('AM031', format(
+            'agent %L is already waiting for a reply from %L', p_sender, p_recipient));
+    END IF;
+    IF v_session.status = 'waiting' THEN
+        v_answers := v_session.waiting_for;  -- the recipient waits on us: this answers it
+    END IF;
+    v_message := amp.store_message('sync_request', (v.agent).id, (v.other).id,
+                                   p_content, p_metadata, p_session_id => v_session.id,
+                                   p_reply_to => v_answers, p_push => v_answers IS NULL);
+    UPDATE amp.sessions
+    SET status = 'waiting', locked_agent_id = (v.agent).id,
+        waiting_for = v_message.id, waiting_since = now()
+    WHERE id = v_session.id;
+    session_id := v_session.id;
+    request_id := v_message.id;
+END;
+$$;
+
+-- Answer the agent that waits on us. p_request, when given, must be the request
+-- it waits on (a handler answering a request that was already answered, timed
+-- out or ended gets AM031, as does anyone answering an agent that is not waiting).
+CREATE OR REPLACE FUNCTION amp.sync_reply(
+    p_sender text, p_recipient text, p_content jsonb, p_metadata jsonb DEFAULT '{}'::jsonb,
+    p_request uuid DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    v record;
+BEGIN
+    v := amp.require_sync_session(p_sender, p_recipient);
+    IF (v.session).status <> 'waiting' OR (v.session).locked_agent_id <> (v.other).id
+       OR (v.session).waiting_for <> coalesce(p_request, (v.session).waiting_for) THEN
+        PERFORM amp.raise_error('AM031', format(
+            'agent %L is not waiting for a reply from %L%s', p_recipient, p_sender,
+            CASE WHEN p_request IS NULL THEN '' ELSE format(' to request %s', p_request) END));
+    END IF;
+    PERFORM amp.unlock_session((v.session).id);
+    RETURN (amp.store_message('sync_reply', (v.agent).id, (v.other).id,
+                              p_content, p_metadata, p_session_id => (v.session).id,
+                              p_reply_to => (v.session).waiting_for)).id;
+END;
+$$;
+
+-- The waiter gives up (timeout). Returns false if the request was answered (or
+-- the conversation ended) first: then the waiter reads that outcome instead.
+CREATE OR REPLACE FUNCTION amp.cancel_wait(p_agent text, p_other text, p_request uuid)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v record;
+BEGIN
+    v := amp.lock_sync_session(p_agent, p_other);
+    IF (v.session).id IS NULL OR (v.session).waiting_for IS DISTINCT FROM p_request THEN
+        RETURN false;
+    END IF;
+    PERFORM amp.unlock_session((v.session).id);
+    PERFORM pg_notify(amp.agent_channel_by_id((v.other).id), json_build_object(
+        'kind', 'session', 'session_id', (v.session).id, 'status', 'active')::text);
+    RETURN true;
+END;
+$$;
+
+-- End the pair's conversation: every waiter wakes with "ended"; nobody stays locked.
+CREATE OR REPLACE FUNCTION amp.end_conversation(p_requester text, p_other text)
+RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    v record;
+    v_payload text;
+BEGIN
+    v := amp.require_sync_session(p_requester, p_other);
+    PERFORM amp.unlock_session((v.session).id, 'ended');
+    v_payload := json_build_object(
+        'kind', 'session', 'session_id', (v.session).id, 'status', 'ended')::text;
+    PERFORM pg_notify(amp.agent_channel_by_id((v.agent).id), v_payload);
+    PERFORM pg_notify(amp.agent_channel_by_id((v.other).id), v_payload);
+    RETURN (v.session).id;
+END;
+$$;
+
+-- What became of a request: 'replied' (with the reply), 'waiting', 'ended' (the
+-- conversation was ended first) or 'cancelled' (the wait was given up).
+CREATE OR REPLACE FUNCTION amp.sync_result(p_request uuid)
+RETURNS TABLE (status text, reply_id uuid, content jsonb, metadata jsonb)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_request amp.messages;
+    v_session amp.sessions;
+    v_reply amp.messages;
+BEGIN
+    SELECT * INTO v_request FROM amp.messages m
+    WHERE m.id = p_request AND m.message_type = 'sync_request';
+    IF NOT FOUND THEN
+        PERFORM amp.raise_error('AM030', format('no sync request %s', p_request));
+    END IF;
+    SELECT * INTO v_reply FROM amp.messages m WHERE m.reply_to = p_request ORDER BY m.seq LIMIT 1;
+    IF FOUND THEN
+        RETURN QUERY SELECT 'replied', v_reply.id, v_reply.content, v_reply.metadata;
+        RETURN;
+    END IF;
+    SELECT * INTO v_session FROM amp.sessions s WHERE s.id = v_request.session_id;
+    RETURN QUERY SELECT CASE
+        WHEN v_session.status = 'ended' THEN 'ended'
+        WHEN v_session.waiting_for = p_request THEN 'waiting'
+        ELSE 'cancelled' END, NULL::uuid, NULL::jsonb, NULL::jsonb;
+END;
+$$;
+
+-- Requests waiting for this agent's answer (for clients without a handler).
+CREATE OR REPLACE FUNCTION amp.awaiting_reply(p_agent text)
+RETURNS TABLE (session_id uuid, request_id uuid, sender_external_id text, content jsonb,
+               metadata jsonb, waiting_since timestamptz)
+LANGUAGE sql STABLE AS $$
+    SELECT s.id, m.id, w.external_id, m.content, m.metadata, s.waiting_since
+    FROM amp.sessions s
+    JOIN amp.messages m ON m.id = s.waiting_for
+    JOIN amp.agents w ON w.id = s.locked_agent_id
+    WHERE s.session_type = 'sync' AND s.status = 'waiting'
+      AND (amp.get_agent(p_agent)).id IN (s.agent_a_id, s.agent_b_id)
+      AND s.locked_agent_id <> (amp.get_agent(p_agent)).id
+    ORDER BY s.waiting_since
+$$;

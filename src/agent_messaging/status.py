@@ -1,0 +1,145 @@
+"""``amp status`` and ``amp watch``: live inspection with plain SQL and LISTEN.
+
+Status reads the ``amp.*`` views; watch LISTENs on every agent's channel and on
+``amp_meeting_events`` and prints what happened, reading the rows each hint names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from rich.console import Console
+from rich.table import Table
+
+from .database import Database, Row
+from .dispatcher import AnyNotification, Dispatcher
+from .notifications import DeliveryFinished, MessageStored, SessionChanged, Unknown
+
+#: section name -> query over the inspection views
+SECTIONS: dict[str, str] = {
+    "conversations": (
+        "SELECT session_type, status, agent_a, agent_b, waiting_agent, waiting_on, "
+        "waiting_since, messages FROM amp.active_conversations ORDER BY created_at"
+    ),
+    "meetings": (
+        "SELECT meeting_id, status, host, current_speaker, turn_deadline, participants, "
+        "messages FROM amp.active_meetings ORDER BY created_at"
+    ),
+    "inboxes": "SELECT agent, unread, oldest_unread_at FROM amp.agent_inbox ORDER BY agent",
+    "online": (
+        "SELECT agent, hostname, pid, heartbeat_at FROM amp.online_agents ORDER BY agent, pid"
+    ),
+    "failed_deliveries": (
+        "SELECT message_id, message_type, sender, recipient, attempts, last_error "
+        "FROM amp.failed_deliveries ORDER BY created_at"
+    ),
+}
+
+
+async def collect(db: Database) -> dict[str, list[Row]]:
+    """Every section of the status, as rows."""
+    return {name: await db.fetch(query) for name, query in SECTIONS.items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, UUID):
+        return str(value)
+    return value
+
+
+def to_json(status: dict[str, list[Row]]) -> str:
+    """The status as a JSON document (``amp status --json``)."""
+    plain = {
+        k: [{c: _plain(v) for c, v in row.items()} for row in rows] for k, rows in status.items()
+    }
+    return json.dumps(plain, indent=2, default=str)
+
+
+def render(status: dict[str, list[Row]], console: Console) -> None:
+    """The status as rich tables."""
+    for name, rows in status.items():
+        title = name.replace("_", " ")
+        if not rows:
+            console.print(f"[dim]{title}: none[/dim]")
+            continue
+        table = Table(title=title, title_justify="left")
+        for column in rows[0]:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*("" if v is None else str(_plain(v)) for v in row.values()))
+        console.print(table)
+
+
+class Watcher:
+    """Prints a line for every message and meeting event as it happens."""
+
+    def __init__(self, db: Database, dispatcher: Dispatcher, out: Callable[[str], None]) -> None:
+        self._db = db
+        self._dispatcher = dispatcher
+        self._out = out
+        self._channels: set[str] = set()
+        self._queue: asyncio.Queue[AnyNotification] = asyncio.Queue()
+
+    async def refresh_agents(self) -> None:
+        """LISTEN on the channels of agents registered since the last refresh."""
+        rows = await self._db.fetch("SELECT amp.agent_channel_by_id(id) AS c FROM amp.agents")
+        fresh = [r["c"] for r in rows if r["c"] not in self._channels]
+        if fresh:
+            await self._dispatcher.subscribe(fresh, self._hint)
+            self._channels.update(fresh)
+
+    async def run(self, seconds: float | None = None, refresh: float = 2.0) -> None:
+        """Watch for ``seconds`` (forever if ``None``)."""
+        await self._dispatcher.subscribe(["amp_meeting_events"], self._hint)
+        loop = asyncio.get_running_loop()
+        deadline = None if seconds is None else loop.time() + seconds
+        await self.refresh_agents()
+        self._out("watching (Ctrl-C to stop)")
+        while deadline is None or loop.time() < deadline:
+            wait = refresh if deadline is None else max(0.0, min(refresh, deadline - loop.time()))
+            try:
+                notification = await asyncio.wait_for(self._queue.get(), wait)
+            except TimeoutError:
+                await self.refresh_agents()
+                continue
+            with contextlib.suppress(Exception):
+                await self._show(notification)
+
+    def _hint(self, _channel: str, notification: AnyNotification) -> None:
+        self._queue.put_nowait(notification)
+
+    async def _show(self, n: AnyNotification) -> None:
+        if isinstance(n, MessageStored):
+            row = await self._db.fetch_one(
+                "SELECT m.message_type, s.external_id AS sender, r.external_id AS recipient, "
+                "m.content::text AS content FROM amp.messages m "
+                "LEFT JOIN amp.agents s ON s.id = m.sender_id "
+                "LEFT JOIN amp.agents r ON r.id = m.recipient_id WHERE m.id = $1",
+                [n.message_id],
+            )
+            self._out(
+                f"message  {row['message_type']:<18} {row['sender'] or 'system'} -> "
+                f"{row['recipient']}: {_clip(row['content'])}"
+            )
+        elif isinstance(n, DeliveryFinished):
+            self._out(f"delivery {n.status:<18} {n.message_id}")
+        elif isinstance(n, SessionChanged):
+            self._out(f"session  {n.status:<18} {n.session_id}")
+        elif isinstance(n, Unknown):
+            self._out(f"{n.kind}")
+        else:
+            self._out(f"{n.kind:<8} {n.model_dump_json(exclude={'kind'})}")
+
+
+def _clip(text: str, width: int = 80) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

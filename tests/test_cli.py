@@ -1,0 +1,109 @@
+"""The amp CLI against a live scenario."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from agent_messaging import AgentMessaging, MessageContext
+
+from .helpers import make_config, wait_for_notification
+
+SDK = AgentMessaging[Any]
+
+
+def amp(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent_messaging.cli", *args, "--database-url", dsn],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+async def live(dsn: str) -> AsyncIterator[SDK]:
+    async with AgentMessaging[Any](make_config(dsn)) as sdk:
+        await sdk.register_organization("org1")
+        for name in ("alice", "bob", "carol"):
+            await sdk.register_agent(name, "org1")
+        yield sdk
+
+
+async def test_status_json_shows_the_live_state(live: SDK, dsn: str) -> None:
+    @live.register_handler("carol")
+    async def carol(message: Any, context: MessageContext) -> None:
+        return None
+
+    await live.serve_handlers()
+    await live.async_conversation.send("alice", "carol", "unread 1")
+    await live.async_conversation.send("bob", "carol", "unread 2")
+    asking = asyncio.create_task(
+        live.sync_conversation.send_and_wait("alice", "bob", "waiting...", timeout=60)
+    )
+
+    async def stored() -> bool:
+        return bool(await live.db.fetch("SELECT 1 FROM amp.awaiting_reply('bob')"))
+
+    await wait_for_notification(live, "bob", stored)
+    done = await asyncio.to_thread(amp, dsn, "status", "--json")
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    sync = [c for c in status["conversations"] if c["session_type"] == "sync"]
+    assert (sync[0]["waiting_agent"], sync[0]["waiting_on"], sync[0]["status"]) == (
+        "alice",
+        "bob",
+        "waiting",
+    )
+    assert status["inboxes"] == [
+        {
+            "agent": "carol",
+            "unread": 2,
+            "oldest_unread_at": status["inboxes"][0]["oldest_unread_at"],
+        }
+    ]
+    assert [o["agent"] for o in status["online"]] == ["carol"]
+    assert status["failed_deliveries"] == []
+    tables = await asyncio.to_thread(amp, dsn, "status")
+    assert tables.returncode == 0 and "conversations" in tables.stdout and "carol" in tables.stdout
+    await live.sync_conversation.reply("bob", "alice", "done")
+    assert await asking == "done"
+
+
+async def test_watch_streams_messages(live: SDK, dsn: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent_messaging.cli",
+        "watch",
+        "--seconds",
+        "60",
+        "--database-url",
+        dsn,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line.decode().startswith("watching")
+        await live.one_way.send("alice", "bob", {"hello": "bob"})
+        await live.async_conversation.send("bob", "carol", "psst")
+        seen: list[str] = []
+        while len(seen) < 2:
+            text = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+            if text.startswith("message"):
+                seen.append(" ".join(text.split()))
+    finally:
+        proc.kill()
+        await proc.wait()
+    assert seen == [
+        'message one_way alice -> bob: {"hello": "bob"}',
+        'message async bob -> carol: "psst"',
+    ]
