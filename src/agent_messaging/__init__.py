@@ -32,7 +32,17 @@ from .exceptions import (
     SessionNotFoundError,
     TimeoutError,
 )
-from .models import Agent, MeetingEvent, MessageContext, Organization
+from .meetings import MeetingManager
+from .models import (
+    Agent,
+    MeetingEvent,
+    MeetingMessage,
+    MeetingParticipant,
+    MeetingStatusResponse,
+    MessageContext,
+    Organization,
+    TurnSignal,
+)
 
 __all__ = [
     "Agent",
@@ -54,7 +64,11 @@ __all__ = [
     "InvalidSessionStateError",
     "MeetingError",
     "MeetingEvent",
+    "MeetingManager",
+    "MeetingMessage",
     "MeetingNotFoundError",
+    "MeetingParticipant",
+    "MeetingStatusResponse",
     "MeetingTimeoutError",
     "MessageContext",
     "NotCurrentSpeakerError",
@@ -65,4 +79,5 @@ __all__ = [
     "SessionError",
     "SessionNotFoundError",
     "TimeoutError",
+    "TurnSignal",
 ]

@@ -8,6 +8,7 @@ patterns. Everything it does to state is a call of an ``amp.*`` SQL function.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -23,7 +24,9 @@ from .database import Database, resolve_dsn
 from .delivery import DeliveryWorker, Handler
 from .dispatcher import Dispatcher
 from .inbox import AsyncConversation
-from .models import Agent, MessageContext, Organization
+from .meeting_events import EventHandler, EventRelay
+from .meetings import MeetingManager
+from .models import Agent, MeetingEvent, MessageContext, Organization
 from .one_way import OneWayMessenger
 
 T = TypeVar("T")
@@ -54,6 +57,11 @@ class AgentMessaging(Generic[T]):
         self.one_way: OneWayMessenger[T] = OneWayMessenger(self)
         self.async_conversation: AsyncConversation[T] = AsyncConversation(self)
         self.sync_conversation: SyncConversation[T] = SyncConversation(self)
+        self._meeting: MeetingManager[T] | None = None
+        self._event_handlers: dict[MeetingEvent, list[EventHandler]] = {}
+        self._relay: EventRelay | None = None
+        self._relay_start: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -83,12 +91,21 @@ class AgentMessaging(Generic[T]):
         )
         if self.handlers:
             await self.serve_handlers()
+        self._sweeper = asyncio.create_task(self._sweep(), name="amp-turn-sweep")
+        if self._event_handlers:
+            self._start_relay()
+            await self.events_ready()
 
     async def close(self) -> None:
         """Stop delivering (running handlers get a grace period), stop listening and
         close the pool. Safe to call twice."""
-        await tasks.stop(self._serving)
-        self._serving = None
+        for task in (self._sweeper, self._relay_start, self._serving):
+            await tasks.stop(task)
+        self._sweeper = self._relay_start = self._serving = None
+        if self._relay is not None:
+            with contextlib.suppress(Exception):
+                await self._relay.close()
+            self._relay = None
         if self._delivery is not None:
             await self._delivery.close()
             self._delivery = None
@@ -194,6 +211,62 @@ class AgentMessaging(Generic[T]):
     async def _reply_from_handler(self, context: MessageContext, answer: Any) -> None:
         """A sync request's handler returned ``answer``: send it as the reply."""
         await self.sync_conversation.reply_from_handler(context, answer)
+
+    @property
+    def meeting(self) -> MeetingManager[T]:
+        """The meeting pattern: create, attend, start, speak, leave, end."""
+        if self._meeting is None:
+            self._meeting = MeetingManager(self)
+        return self._meeting
+
+    # -- meeting events ------------------------------------------------------
+
+    def register_event_handler(
+        self, event_type: MeetingEvent
+    ) -> Callable[[EventHandler], EventHandler]:
+        """Decorator: call ``handler(meeting_id, agent_external_id, data)`` for every
+        meeting event of ``event_type`` recorded from now on (by any process)::
+
+            @sdk.register_event_handler(MeetingEvent.AGENT_TIMED_OUT)
+            async def on_timeout(meeting_id, agent_external_id, data): ...
+
+        ``data`` is the event's JSON (``agent_spoke`` carries the content as
+        ``data["message"]``). Errors in handlers are logged and do not stop others.
+        """
+        event = MeetingEvent(event_type)
+
+        def decorator(handler: EventHandler) -> EventHandler:
+            self._event_handlers.setdefault(event, []).append(handler)
+            if self._db is not None:
+                self._start_relay()
+            return handler
+
+        return decorator
+
+    def _start_relay(self) -> None:
+        if self._relay is None:
+            self._relay = EventRelay(
+                self.db, self.dispatcher, poll_interval=self.config.poll_interval
+            )
+            self._relay.handlers = self._event_handlers
+            self._relay_start = asyncio.get_running_loop().create_task(self._relay.start())
+
+    async def events_ready(self) -> None:
+        """Wait until the event relay (if handlers are registered) is listening, so
+        events caused after this call reach the handlers."""
+        task = self._relay_start
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def _sweep(self) -> None:
+        """Expire overdue meeting turns every ``poll_interval``, so meetings whose
+        participants' processes died still go on."""
+        while True:
+            await asyncio.sleep(self.config.poll_interval)
+            try:
+                await self.db.fetch_value("SELECT amp.expire_turns() AS n")
+            except Exception as exc:
+                log.warning("turn sweep failed: %s", exc)
 
     # -- organizations and agents -----------------------------------------
 

@@ -55,13 +55,25 @@ class MeetingChanged(BaseModel):
     speaker_id: UUID | None = None
 
 
+class MeetingEventRecorded(BaseModel):
+    """A meeting event was recorded (global channel ``amp_meeting_events``)."""
+
+    kind: Literal["meeting_event"]
+    meeting_id: UUID
+    seq: int
+    event: str
+    agent_id: UUID | None = None
+
+
 class Unknown(BaseModel):
     """A payload this version does not know (sent by a newer client, say)."""
 
     kind: str
 
 
-Known = Ping | MessageStored | DeliveryFinished | SessionChanged | MeetingChanged
+Known = (
+    Ping | MessageStored | DeliveryFinished | SessionChanged | MeetingChanged | MeetingEventRecorded
+)
 Notification = Annotated[Known, Field(discriminator="kind")]
 _ADAPTER: TypeAdapter[Known] = TypeAdapter(Notification)
 
