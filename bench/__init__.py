@@ -1,0 +1,1 @@
+"""Benchmark harness: the SDK against raw PostgreSQL doing the same work (SPEC §8)."""

@@ -1,0 +1,36 @@
+"""Smoke test of the benchmark harness: ``python -m bench --quick`` runs and reports.
+
+Speed is never asserted here (SPEC §8): only that every figure is produced.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .helpers import REPO
+
+
+def test_bench_quick_reports_positive_figures(dsn: str, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--database-url", dsn, "--out", str(out)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    result = json.loads(out.read_text())
+    for tasks in (1, 4):
+        row = result["oneway_throughput"][f"senders_{tasks}"]
+        assert row["sdk_msgs_per_s"] > 0 and row["raw_msgs_per_s"] > 0
+    for side in ("sdk", "raw"):
+        assert result["sync_round_trip"][side]["p50_ms"] > 0
+    assert all(fp["rss_mib"] > 0 and fp["connections"] > 0 for fp in result["footprint"])
+    assert result["meetings"] is None and result["meetings_reason"]
+    ratios = result["ratios"]
+    assert set(ratios) >= {"oneway_throughput", "oneway_throughput_4_senders", "sync_p50"}
+    assert all(value > 0 for value in ratios.values())
+    assert result["machine"]["cores"] and result["server_version"]
