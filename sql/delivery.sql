@@ -182,6 +182,16 @@ $$;
 -- Claim, acknowledge, fail
 -- ---------------------------------------------------------------------------
 
+-- Leases and acknowledgements are bookkeeping whose loss only means delivering
+-- again (at least once): their transactions commit without waiting for the WAL
+-- flush, which takes a disk flush off the critical path of every delivery. The
+-- messages themselves (sends, replies) keep the server's durable commit.
+CREATE OR REPLACE FUNCTION amp.lease_commit()
+RETURNS void
+LANGUAGE sql AS $$
+    SELECT set_config('synchronous_commit', 'off', true)
+$$;
+
 -- Lease up to p_limit deliverable messages of the agents this worker serves,
 -- oldest first. A message whose lease expired after its last allowed attempt
 -- (its worker died every time) is marked failed instead of claimed again.
@@ -196,6 +206,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_failed amp.messages;  -- a message settled here without a handler
 BEGIN
+    PERFORM amp.lease_commit();
     FOR v_failed IN
         UPDATE amp.messages m
         SET delivery_status = 'failed', claimed_by = NULL, claim_expires_at = NULL,
@@ -269,6 +280,28 @@ BEGIN
             'message %s is not leased by worker %s (lease expired?)', p_message_id, p_worker));
     END IF;
     PERFORM amp.notify_delivery(v_message);
+END;
+$$;
+
+-- Acknowledge many at once (a worker's group commit): returns the ids that were
+-- still leased to this worker and are now delivered; the others lost their lease.
+CREATE OR REPLACE FUNCTION amp.ack_deliveries(p_worker uuid, p_message_ids uuid[])
+RETURNS SETOF uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_message amp.messages;
+BEGIN
+    PERFORM amp.lease_commit();
+    FOR v_message IN
+        UPDATE amp.messages
+        SET delivery_status = 'delivered', delivered_at = now(),
+            claimed_by = NULL, claim_expires_at = NULL
+        WHERE id = ANY (p_message_ids) AND claimed_by = p_worker AND delivery_status = 'pending'
+        RETURNING *
+    LOOP
+        PERFORM amp.notify_delivery(v_message);
+        RETURN NEXT v_message.id;
+    END LOOP;
 END;
 $$;
 

@@ -61,12 +61,20 @@ async def test_unsubscribe_stops_routing(sdk: SDK) -> None:
     await notify(sdk, "amp_test_c")
     await kept.next()
     assert dropped.queue.empty()
-    # the channel stays LISTENed while someone still uses it; unused, it is dropped
+    # unused, the channel stays LISTENed (the next waiter on it needs no round trip)
+    # but nothing is routed to the callbacks that left
     await sdk.dispatcher.unsubscribe(["amp_test_c"], kept)
+    assert not sdk.dispatcher.subscribed("amp_test_c")
     listening = await sdk.dispatcher._listener.connection.execute(  # type: ignore[union-attr]
         "SELECT count(*) AS n FROM pg_listening_channels() c WHERE c = 'amp_test_c'"
     )
-    assert listening.result()[0]["n"] == 0
+    assert listening.result()[0]["n"] == 1
+    probe = Inbox()
+    await sdk.dispatcher.subscribe(["amp_test_probe"], probe)
+    await notify(sdk, "amp_test_c")
+    await notify(sdk, "amp_test_probe")
+    await probe.next()  # notifications arrive in order: amp_test_c's was routed first
+    assert kept.queue.empty() and dropped.queue.empty()
 
 
 async def test_health_check_round_trip(sdk: SDK) -> None:

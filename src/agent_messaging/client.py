@@ -52,6 +52,7 @@ class AgentMessaging(Generic[T]):
         self._dispatcher: Dispatcher | None = None
         self._delivery: DeliveryWorker | None = None
         self._serving: asyncio.Task[None] | None = None
+        self._channels: dict[str, str] = {}
         #: handlers registered in this process, by agent external id
         self.handlers: dict[str, Handler] = {}
         self.one_way: OneWayMessenger[T] = OneWayMessenger(self)
@@ -158,6 +159,15 @@ class AgentMessaging(Generic[T]):
                 message_type = args[0] if args else Any
             self._adapter = TypeAdapter(message_type)
         return self._adapter
+
+    async def agent_channel(self, external_id: str) -> str:
+        """The channel an agent's notifications arrive on (``amp.agent_channel``),
+        cached: an agent's id, and so its channel, never changes."""
+        channel = self._channels.get(external_id)
+        if channel is None:
+            channel = await agents.agent_channel(self.db, external_id)
+            self._channels[external_id] = channel
+        return channel
 
     def message_args(
         self, sender: str, recipient: str, message: Any, metadata: dict[str, Any] | None

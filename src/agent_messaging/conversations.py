@@ -52,9 +52,7 @@ class SyncConversation(Generic[T]):
         if timeout is None:
             timeout = sdk.config.default_conversation_timeout
         args = sdk.message_args(sender_external_id, recipient_external_id, message, metadata)
-        channel = str(
-            await sdk.db.fetch_value("SELECT amp.agent_channel($1)", [sender_external_id])
-        )
+        channel = await sdk.agent_channel(sender_external_id)
         woken = asyncio.Event()
 
         def hint(_: str, notification: AnyNotification) -> None:
@@ -86,13 +84,19 @@ class SyncConversation(Generic[T]):
         sdk = self._sdk
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        # No check before the first wait: the request was stored a moment ago while
+        # we already listened, so its reply (or the end) will notify us.
         while True:
+            remaining = deadline - loop.time()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    woken.wait(), max(0.0, min(remaining, sdk.config.poll_interval))
+                )
             woken.clear()
             outcome = await self._outcome(request)
             if outcome is not None:
                 return outcome
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            if deadline - loop.time() <= 0:
                 cancelled = await sdk.db.fetch_value(
                     "SELECT amp.cancel_wait($1, $2, $3)", [sender, recipient, request]
                 )
@@ -100,9 +104,7 @@ class SyncConversation(Generic[T]):
                     raise ConversationTimeoutError(
                         f"{recipient!r} did not reply to {sender!r} within {timeout} s"
                     )
-                continue  # the reply (or the end) won the race: read it
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), min(remaining, sdk.config.poll_interval))
+                # the reply (or the end) won the race: the next check reads it
 
     async def _outcome(self, request: UUID) -> T | None:
         """The reply if there is one; raises if the wait is over without one."""

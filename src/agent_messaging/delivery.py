@@ -117,6 +117,10 @@ class DeliveryWorker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._serve_lock = asyncio.Lock()
+        self._acks: list[UUID] = []
+        self._ack_wake = asyncio.Event()
+        self._ack_task: asyncio.Task[None] | None = None
+        self._closing = False
         self.worker_id: UUID | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -134,8 +138,10 @@ class DeliveryWorker:
                 )
                 self.worker_id = UUID(str(row["id"]))
                 self._dispatcher.add_catch_up(self._catch_up)
+                self._ack_task = asyncio.create_task(self._ack_loop(), name="amp-acks")
                 self._tasks = [
                     asyncio.create_task(self._loop(), name="amp-delivery"),
+                    self._ack_task,
                     asyncio.create_task(self._heartbeat(), name="amp-heartbeat"),
                 ]
             rows = await self._db.fetch(
@@ -152,13 +158,25 @@ class DeliveryWorker:
     async def close(self, grace: float = 5.0) -> None:
         """Stop claiming, let running handlers finish (up to ``grace`` seconds),
         and hand back unfinished claims."""
+        acks = self._ack_task
         for task in self._tasks:
-            await tasks.stop(task)
-        self._tasks = []
+            if task is not acks:
+                await tasks.stop(task)
         if self._inflight:
             _, pending = await asyncio.wait(self._inflight, timeout=grace)
             for task in pending:
                 await tasks.stop(task, patience=1.0)
+        # the ack loop ends once it has committed every ack, so that unregistering
+        # (which hands unacknowledged claims back) cannot cause a second delivery
+        self._closing = True
+        self._ack_wake.set()
+        if acks is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(acks), grace)
+            except Exception:
+                await tasks.stop(acks)
+        self._tasks = []
+        self._ack_task = None
         if self._channels:
             await self._dispatcher.unsubscribe(self._channels, self._on_notification)
         self._dispatcher.remove_catch_up(self._catch_up)
@@ -190,7 +208,12 @@ class DeliveryWorker:
             claimed = await self._claim(free) if free > 0 else 0
             if free > 0 and claimed == free:
                 continue  # there may be more waiting
-            await self._sleep(await self._idle_timeout() if free > 0 else None)
+            if claimed or free == 0:
+                # a delivery finishing wakes us; the next claim happens then, and the
+                # hot path is spared the next_delivery_at query
+                await self._sleep(self._config.poll_interval)
+            else:
+                await self._sleep(await self._idle_timeout())
 
     async def _claim(self, limit: int) -> int:
         try:
@@ -213,8 +236,12 @@ class DeliveryWorker:
         return len(rows)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
+        was_full = len(self._inflight) >= self._config.handler_concurrency
         self._inflight.discard(task)
-        self._wake.set()
+        if was_full:
+            # a slot is free again; otherwise new work announces itself by NOTIFY
+            # and a failed delivery wakes the loop itself (to time its retry)
+            self._wake.set()
 
     async def _idle_timeout(self) -> float:
         """Seconds until the next retry or lease expiry, clamped to the poll interval."""
@@ -273,10 +300,34 @@ class DeliveryWorker:
                 claimed, f"{type(exc).__name__}: {exc}", retry_in=self._backoff(claimed)
             )
             return
-        try:
-            await self._db.execute("SELECT amp.ack_delivery($1, $2)", [self.worker_id, claimed.id])
-        except DeliveryError as exc:
-            log.warning("ack of %s refused: %s", claimed.id, exc)
+        self._acks.append(claimed.id)
+        self._ack_wake.set()
+
+    async def _ack_loop(self) -> None:
+        """Acknowledge in batches: whatever finished while the previous batch was
+        being committed goes in the next one (group commit), so under load a commit
+        covers many messages, and with one message it costs nothing extra."""
+        while not (self._closing and not self._acks):
+            await self._ack_wake.wait()
+            self._ack_wake.clear()
+            await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        while self._acks:
+            batch, self._acks = self._acks, []
+            try:
+                rows = await self._db.fetch(
+                    "SELECT amp.ack_deliveries($1, $2) AS id", [self.worker_id, batch]
+                )
+            except Exception:
+                # not acknowledged: the leases expire and the messages are delivered
+                # again (at least once), so nothing is lost
+                log.exception("acknowledging %d deliveries failed", len(batch))
+                continue
+            if len(rows) < len(batch):
+                acked = {str(r["id"]) for r in rows}
+                lost = [str(i) for i in batch if str(i) not in acked]
+                log.warning("leases lost before the ack (delivered again elsewhere): %s", lost)
 
     def _backoff(self, claimed: Claimed) -> float:
         delay = self._config.delivery_backoff_base * 2 ** (claimed.attempts - 1)
@@ -294,6 +345,7 @@ class DeliveryWorker:
         except DeliveryError as exc:
             log.warning("could not record the failure of %s: %s", claimed.id, exc)
             return
+        self._wake.set()  # recompute when to look again (the retry's available_at)
         if status == "failed":
             log.error(
                 "message %s failed after %d attempts: %s", claimed.id, claimed.attempts, error

@@ -43,6 +43,8 @@ class Dispatcher:
         self._db = db
         self._check_interval = check_interval
         self._subs: dict[str, list[Callback]] = {}
+        #: channels LISTENed on the current (and every future) listener connection
+        self._listening: set[str] = set()
         self._catch_ups: list[CatchUp] = []
         self._lock = asyncio.Lock()
         self._listener: psqlpy.Listener | None = None
@@ -83,16 +85,21 @@ class Dispatcher:
         """Route notifications of ``channels`` to ``callback`` (LISTEN if new).
 
         When this returns the channels are LISTENed, or the listener is down and
-        will LISTEN them (then run the catch-ups) when it is back.
+        will LISTEN them (then run the catch-ups) when it is back. A channel once
+        LISTENed stays LISTENed: waits on the same agent come and go quickly, and a
+        LISTEN/UNLISTEN round trip on each would sit on every wait's critical path.
         """
+        channels = list(channels)
+        for channel in channels:
+            self._subs.setdefault(channel, []).append(callback)
+        if all(channel in self._listening for channel in channels):
+            return
         async with self._lock:
-            fresh = []
-            for channel in channels:
-                callbacks = self._subs.setdefault(channel, [])
-                if not callbacks:
-                    fresh.append(channel)
-                callbacks.append(callback)
-            if fresh and self._listener is not None:
+            fresh = [c for c in dict.fromkeys(channels) if c not in self._listening]
+            if not fresh:
+                return
+            self._listening.update(fresh)  # a reconnect LISTENs them if this fails
+            if self._listener is not None:
                 try:
                     await self._listener.connection.execute("SELECT amp.listen($1)", [fresh])
                 except psqlpy.Error as exc:
@@ -100,19 +107,13 @@ class Dispatcher:
                     log.warning("LISTEN failed, listener will be rebuilt: %s", exc)
 
     async def unsubscribe(self, channels: Iterable[str], callback: Callback) -> None:
-        """Stop routing ``channels`` to ``callback``; UNLISTEN channels left unused."""
-        async with self._lock:
-            unused = []
-            for channel in channels:
-                callbacks = self._subs.get(channel, [])
-                with contextlib.suppress(ValueError):
-                    callbacks.remove(callback)
-                if not callbacks and channel in self._subs:
-                    del self._subs[channel]
-                    unused.append(channel)
-            if unused and self._listener is not None:
-                with contextlib.suppress(psqlpy.Error):
-                    await self._listener.connection.execute("SELECT amp.unlisten($1)", [unused])
+        """Stop routing ``channels`` to ``callback`` (the channels stay LISTENed)."""
+        for channel in channels:
+            callbacks = self._subs.get(channel, [])
+            with contextlib.suppress(ValueError):
+                callbacks.remove(callback)
+            if not callbacks:
+                self._subs.pop(channel, None)
 
     def subscribed(self, channel: str) -> bool:
         """Whether someone in this process listens on ``channel``."""
@@ -163,7 +164,7 @@ class Dispatcher:
                 listener = self._db.pool.listener()
                 await listener.startup()
                 async with self._lock:
-                    channels = [self.channel, *self._subs]
+                    channels = [self.channel, *self._listening]
                     await listener.connection.execute("SELECT amp.listen($1)", [channels])
                     self._listener = listener
                 self._connected.set()

@@ -90,9 +90,7 @@ class AsyncConversation(Generic[T]):
         fallback poll), then check again: a lost notification only costs a poll.
         """
         sdk = self._sdk
-        channel = str(
-            await sdk.db.fetch_value("SELECT amp.agent_channel($1)", [recipient_external_id])
-        )
+        channel = await sdk.agent_channel(recipient_external_id)
         woken = asyncio.Event()
 
         def hint(_: str, notification: AnyNotification) -> None:
