@@ -26,6 +26,7 @@ import psycopg
 
 from agent_messaging import AgentMessaging, Config, migrations
 from agent_messaging.database import resolve_dsn
+from bench.meetings import meetings
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP_TIMEOUT = 120.0
@@ -285,6 +286,7 @@ async def bench(server: str, quick: bool) -> dict[str, Any]:
                 "sdk": latency(await sync_sdk(dsn, sdk, n_sync)),
                 "raw": latency(await sync_raw(dsn, n_sync)),
             }
+            meeting_figures = await meetings(sdk, quick)
             prints = [await footprint(server, database, sdk, k) for k in agent_counts]
     finally:
         with psycopg.connect(server, autocommit=True) as admin:
@@ -296,13 +298,16 @@ async def bench(server: str, quick: bool) -> dict[str, Any]:
         "note": "2-core machine shared with other test runs: figures are noisy",
         "oneway_throughput": oneway,
         "sync_round_trip": sync,
-        "meetings": None,
-        "meetings_reason": "TODO: MeetingManager is not on main yet; no meeting benchmark",
+        "meetings": meeting_figures,
         "footprint": prints,
         "ratios": {
             "oneway_throughput": oneway["senders_1"]["ratio"],
             "oneway_throughput_4_senders": oneway["senders_4"]["ratio"],
             "sync_p50": round(sync["sdk"]["p50_ms"] / sync["raw"]["p50_ms"], 3),
+            # a hand-off is one hop (speak -> next speaker), a ping-pong two
+            "meeting_handoff_p50_vs_raw_hop": round(
+                meeting_figures["handoff_5_agents"]["p50_ms"] / (sync["raw"]["p50_ms"] / 2), 3
+            ),
         },
     }
 
@@ -339,7 +344,29 @@ def print_table(result: dict[str, Any]) -> None:
             "",
             "",
         )
-    table.add_row("meetings", "TODO (not on main)", "", "")
+    m = result["meetings"]
+    hop = sync["raw"]["p50_ms"] / 2
+    table.add_row(
+        f"meeting turn hand-off p50 ms (5 agents, N={m['handoff_5_agents']['n']})",
+        f"{m['handoff_5_agents']['p50_ms']:.2f}",
+        f"{hop:.2f} (one raw hop)",
+        f"{result['ratios']['meeting_handoff_p50_vs_raw_hop']:.2f}",
+    )
+    table.add_row("meeting turn hand-off p99 ms", f"{m['handoff_5_agents']['p99_ms']:.2f}", "", "")
+    c = m["concurrent"]
+    table.add_row(
+        f"{c['meetings']} concurrent {c['agents']}-agent meetings x {c['rounds']} rounds",
+        f"{c['seconds']:.2f} s",
+        "",
+        "",
+    )
+    big = m["large"]
+    table.add_row(
+        f"one {big['agents']}-agent meeting x {big['rounds']} rounds",
+        f"{big['seconds']:.2f} s",
+        "",
+        "",
+    )
     Console().print(table)
 
 
