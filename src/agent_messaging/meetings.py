@@ -15,8 +15,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
-from pydantic_core import PydanticSerializationError
-
+from . import content
 from .dispatcher import AnyNotification
 from .exceptions import AgentNotInMeetingError, InvalidInputError, MeetingTimeoutError
 from .models import MeetingMessage, MeetingParticipant, MeetingStatusResponse, TurnSignal
@@ -52,16 +51,8 @@ class MeetingManager(Generic[T]):
     # -- helpers -------------------------------------------------------------
 
     def _dump(self, message: T) -> str:
-        try:
-            text = self._sdk.message_adapter.dump_json(message).decode()
-        except (PydanticSerializationError, TypeError, ValueError) as exc:
-            raise InvalidInputError(f"message cannot be serialised to JSON: {exc}") from exc
-        if len(text.encode()) > self._sdk.config.max_message_bytes:
-            raise InvalidInputError(
-                f"message is {len(text.encode())} bytes, more than the limit of "
-                f"{self._sdk.config.max_message_bytes}"
-            )
-        return text
+        sdk = self._sdk
+        return content.encode(sdk.message_adapter, message, sdk.config.max_message_bytes)
 
     def _message(self, row: dict[str, Any]) -> MeetingMessage[T]:
         system = row["message_type"] == "system"
