@@ -75,6 +75,13 @@ async def test_unsubscribe_stops_routing(sdk: SDK) -> None:
     await notify(sdk, "amp_test_probe")
     await probe.next()  # notifications arrive in order: amp_test_c's was routed first
     assert kept.queue.empty() and dropped.queue.empty()
+    # a channel that will not be used again can be UNLISTENed
+    await sdk.dispatcher.subscribe(["amp_test_c"], kept)
+    await sdk.dispatcher.unsubscribe(["amp_test_c"], kept, keep_listening=False)
+    listening = await sdk.dispatcher._listener.connection.execute(  # type: ignore[union-attr]
+        "SELECT count(*) AS n FROM pg_listening_channels() c WHERE c = 'amp_test_c'"
+    )
+    assert listening.result()[0]["n"] == 0
 
 
 async def test_health_check_round_trip(sdk: SDK) -> None:

@@ -648,3 +648,17 @@ async def test_invitation_reaches_invitee_handler(sdk: SDK) -> None:
     assert message["participants"] == ["host", "a", "b"]
     await attend_sql(sdk, meeting, "b")
     assert (await sdk.meeting.wait_until_ready(meeting, timeout=WAIT)).status == "ready"
+
+
+async def test_an_ended_meeting_is_no_longer_listened_to(trio: Any) -> None:
+    sdk = trio
+    meeting = await sdk.meeting.create_meeting("alice", ["alice", "bob"], turn_duration=None)
+    attending = asyncio.create_task(sdk.meeting.attend_meeting("bob", meeting, timeout=30))
+    await sdk.meeting.wait_until_ready(meeting, timeout=30)
+    await sdk.meeting.end_meeting("alice", meeting)
+    assert (await asyncio.wait_for(attending, 30)).meeting_ended
+    rows = await sdk.dispatcher._listener.connection.execute(
+        "SELECT count(*) AS n FROM pg_listening_channels() c WHERE c = $1",
+        [f"amp_meeting_{meeting.hex}"],
+    )
+    assert rows.result()[0]["n"] == 0

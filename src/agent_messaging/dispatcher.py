@@ -106,14 +106,29 @@ class Dispatcher:
                     # the run loop notices the dead connection and re-LISTENs all
                     log.warning("LISTEN failed, listener will be rebuilt: %s", exc)
 
-    async def unsubscribe(self, channels: Iterable[str], callback: Callback) -> None:
-        """Stop routing ``channels`` to ``callback`` (the channels stay LISTENed)."""
+    async def unsubscribe(
+        self, channels: Iterable[str], callback: Callback, keep_listening: bool = True
+    ) -> None:
+        """Stop routing ``channels`` to ``callback``. The channels stay LISTENed
+        unless ``keep_listening`` is false (for channels that will not be used again,
+        such as an ended meeting's) and nobody else uses them."""
+        unused = []
         for channel in channels:
             callbacks = self._subs.get(channel, [])
             with contextlib.suppress(ValueError):
                 callbacks.remove(callback)
             if not callbacks:
                 self._subs.pop(channel, None)
+                if not keep_listening and channel in self._listening:
+                    unused.append(channel)
+        if not unused:
+            return
+        async with self._lock:
+            unused = [c for c in unused if c not in self._subs]
+            self._listening.difference_update(unused)
+            if unused and self._listener is not None:
+                with contextlib.suppress(psqlpy.Error):
+                    await self._listener.connection.execute("SELECT amp.unlisten($1)", [unused])
 
     def subscribed(self, channel: str) -> bool:
         """Whether someone in this process listens on ``channel``."""

@@ -309,11 +309,13 @@ class MeetingManager(Generic[T]):
 
         await sdk.dispatcher.subscribe([channel], on_notify)
         sdk.dispatcher.add_catch_up(on_reconnect)
+        ended = False
         try:
             while True:
                 woken.clear()
                 row: dict[str, Any] = await check()
                 if not row.get("wait"):
+                    ended = bool(row.get("meeting_ended"))
                     return row
                 now = loop.time()
                 if now >= limit:
@@ -330,4 +332,5 @@ class MeetingManager(Generic[T]):
                     await self.expire_turns()
         finally:
             sdk.dispatcher.remove_catch_up(on_reconnect)
-            await sdk.dispatcher.unsubscribe([channel], on_notify)
+            # an ended meeting's channel is of no further use: UNLISTEN it
+            await sdk.dispatcher.unsubscribe([channel], on_notify, keep_listening=not ended)
