@@ -184,3 +184,16 @@ async def test_watch_streams_meeting_events(live: SDK, dsn: str) -> None:
         f'meeting agent_spoke bob in {meeting_id}: {{"text": "my point"}}',
         f"meeting meeting_ended alice in {meeting_id}",
     ]
+
+
+def test_demo_shows_all_four_patterns_across_processes(dsn: str) -> None:
+    for _ in range(2):  # unique ids per run: it works again on the same database
+        done = amp(dsn, "demo")
+        assert done.returncode == 0, done.stderr[-3000:]
+        out = " ".join(done.stdout.split())
+        assert "one-way delivered: bob's handler (pid" in out
+        assert "got 'the build is green' from alice" in out
+        assert "sync answer: carol says yes to 'can we ship on Friday?'" in out
+        assert "async reply in alice's inbox: done: review PR 42" in out
+        assert "meeting ended: spoke in turn: alice, carol, alice, bob, carol" in out
+        assert "bob is served by a separate process" in out

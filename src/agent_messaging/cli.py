@@ -42,7 +42,7 @@ def migrate(database_url: str | None = DatabaseUrl) -> None:
 
 @app.command()
 def demo(database_url: str | None = DatabaseUrl) -> None:
-    """Register an organization and two agents, and show them."""
+    """A live scenario: one-way, sync, async and a meeting across three processes."""
     from .demo import run_demo
 
     asyncio.run(run_demo(_config(database_url), console))
