@@ -197,3 +197,29 @@ def test_demo_shows_all_four_patterns_across_processes(dsn: str) -> None:
         assert "async reply in alice's inbox: done: review PR 42" in out
         assert "meeting ended: spoke in turn: alice, carol, alice, bob, carol" in out
         assert "bob is served by a separate process" in out
+
+
+def test_bench_command_is_there() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "agent_messaging.cli", "bench", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    for option in ("--quick", "--out", "--database-url"):
+        assert option in done.stdout
+
+
+def test_bench_says_so_when_the_harness_is_not_installed(tmp_path: Any) -> None:
+    # as from an installed wheel: no bench package anywhere
+    script = (
+        "import sys; sys.modules['bench'] = None; sys.modules['bench.__main__'] = None\n"
+        "from agent_messaging.cli import app\n"
+        "app(['bench', '--quick'])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 1
+    assert "not importable" in " ".join(done.stdout.split())
