@@ -14,9 +14,9 @@ from .helpers import REPO
 EXAMPLES = REPO / "examples"
 
 
-def run_example(dsn: str, name: str) -> str:
+def run_example(dsn: str, name: str, *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)],
+        [sys.executable, str(EXAMPLES / name), *args],
         env={**os.environ, "AMP_DATABASE_URL": dsn},
         capture_output=True,
         text=True,
@@ -37,6 +37,24 @@ def run_example(dsn: str, name: str) -> str:
 )
 def test_example(dsn: str, name: str, expected: str) -> None:
     assert expected in run_example(dsn, name)
+
+
+def test_brainstorming_example(dsn: str) -> None:
+    """Turns of 2 s: the silent skeptic's turn times out, the rest is round robin."""
+    for _ in range(2):  # a fresh meeting per run, on the same agents
+        out = run_example(dsn, "brainstorming.py", "2")
+        history = out[out.index("history:") :].splitlines()[5:]
+        assert [line.strip() for line in history] == [
+            "facilitator: How should agents talk?",
+            "designer: a live meeting view",
+            "[timeout] skeptic: turn of 2.000 s expired without a message",
+            "facilitator: One more round.",
+            "engineer: store everything in PostgreSQL",
+            "designer: colour the speaker's row",
+            "skeptic: what if the database is down?",
+            "[system] facilitator ended the meeting",
+        ]
+        assert "(event: skeptic's turn timed out)" in out
 
 
 def test_examples_can_run_twice_on_one_database(dsn: str) -> None:

@@ -3,6 +3,7 @@ through the amp.* functions only."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from typing import Any
@@ -51,3 +52,55 @@ async def test_node_agent_answers_python_sync_requests(
         )
         == "node-org"
     )
+
+
+async def test_node_agent_takes_part_in_a_python_hosted_meeting(
+    trio: AgentMessaging[Any], dsn: str, node_agent: list[str]
+) -> None:
+    node = await AgentProcess.spawn(*node_agent, dsn, "nodey")
+    try:
+        await node.expect("ready")
+        meeting_id = await trio.meeting.create_meeting(
+            "alice", ["alice", "nodey", "bob"], turn_duration=30
+        )
+
+        async def bob() -> int:
+            signal = await trio.meeting.attend_meeting("bob", meeting_id, timeout=60)
+            spoke = 0
+            while not signal.meeting_ended:
+                spoke += 1
+                signal = await trio.meeting.speak("bob", meeting_id, {"text": f"bob {spoke}"})
+            return spoke
+
+        bob_task = asyncio.create_task(bob())
+        # node attends from its delivery worker, on the invitation pushed to it
+        assert (await node.expect("attended"))["host"] == "alice"
+        await trio.meeting.wait_until_ready(meeting_id, timeout=30)
+        # round robin from the host: nodey, bob, alice, twice
+        await trio.meeting.start_meeting("alice", meeting_id, {"text": "agenda"})
+        signal = await trio.meeting.attend_meeting("alice", meeting_id, timeout=60)
+        assert [m.content for m in signal.messages if m.message_type == "meeting"] == [
+            {"text": "node speaking (1)", "by": "node"},
+            {"text": "bob 1"},
+        ]
+        signal = await trio.meeting.speak("alice", meeting_id, {"text": "again"}, timeout=60)
+        assert signal.your_turn
+        await trio.meeting.end_meeting("alice", meeting_id)
+        assert await asyncio.wait_for(bob_task, 30) == 2
+        assert (await node.expect("meeting_ended"))["meeting"] == str(meeting_id)
+    finally:
+        await node.stop()
+    said = [
+        (m.sender_external_id, m.content)
+        for m in await trio.meeting.get_meeting_history(meeting_id)
+        if m.message_type == "meeting"
+    ]
+    assert said == [
+        ("alice", {"text": "agenda"}),
+        ("nodey", {"text": "node speaking (1)", "by": "node"}),
+        ("bob", {"text": "bob 1"}),
+        ("alice", {"text": "again"}),
+        ("nodey", {"text": "node speaking (2)", "by": "node"}),
+        ("bob", {"text": "bob 2"}),
+    ]
+    assert [e["turn"] for e in node.events if e["event"] == "spoke"] == [1, 2]

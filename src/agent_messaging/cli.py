@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -42,7 +43,7 @@ def migrate(database_url: str | None = DatabaseUrl) -> None:
 
 @app.command()
 def demo(database_url: str | None = DatabaseUrl) -> None:
-    """Register an organization and two agents, and show them."""
+    """A live scenario: one-way, sync, async and a meeting across three processes."""
     from .demo import run_demo
 
     asyncio.run(run_demo(_config(database_url), console))
@@ -97,6 +98,56 @@ def watch(
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
+
+
+def _bench_main() -> Any:
+    """``bench.__main__.main`` from the repository (``bench/`` is not in the wheel)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    try:
+        return importlib.import_module("bench.__main__").main
+    except ImportError:
+        pass
+    repo = Path(__file__).resolve().parents[2]  # an editable install: src/agent_messaging
+    if (repo / "bench" / "__main__.py").is_file() and str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+        with contextlib.suppress(ImportError):
+            return importlib.import_module("bench.__main__").main
+    return None
+
+
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="small N, a few seconds"),
+    out: str | None = typer.Option(None, "--out", help="JSON results file"),
+    database_url: str | None = DatabaseUrl,
+) -> None:
+    """Run the benchmark harness (SDK vs raw psqlpy); the same as ``python -m bench``."""
+    import sys
+
+    main = _bench_main()
+    if main is None:
+        console.print(
+            "[red]the benchmark harness (the bench/ package) is not importable: it ships "
+            "with the repository, not the wheel. Clone the repository and run "
+            "'amp bench' (or 'python -m bench') from an editable install there.[/red]"
+        )
+        raise typer.Exit(1)
+    argv = ["python -m bench"]
+    if quick:
+        argv.append("--quick")
+    if out:
+        argv += ["--out", out]
+    if database_url:
+        argv += ["--database-url", database_url]
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        main()
+    finally:
+        sys.argv = saved
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,7 +19,13 @@ from rich.table import Table
 
 from .database import Database, Row
 from .dispatcher import AnyNotification, Dispatcher
-from .notifications import DeliveryFinished, MessageStored, SessionChanged, Unknown
+from .notifications import (
+    DeliveryFinished,
+    MeetingEventRecorded,
+    MessageStored,
+    SessionChanged,
+    Unknown,
+)
 
 #: section name -> query over the inspection views
 SECTIONS: dict[str, str] = {
@@ -135,6 +141,18 @@ class Watcher:
             self._out(f"delivery {n.status:<18} {n.message_id}")
         elif isinstance(n, SessionChanged):
             self._out(f"session  {n.status:<18} {n.session_id}")
+        elif isinstance(n, MeetingEventRecorded):
+            row = await self._db.fetch_one(
+                "SELECT e.event_type, a.external_id AS agent, m.content::text AS content "
+                "FROM amp.meeting_events e LEFT JOIN amp.agents a ON a.id = e.agent_id "
+                "LEFT JOIN amp.messages m ON m.id = (e.data ->> 'message_id')::uuid "
+                "WHERE e.seq = $1",
+                [n.seq],
+            )
+            said = f": {_clip(row['content'])}" if row["content"] is not None else ""
+            self._out(
+                f"meeting  {row['event_type']:<18} {row['agent'] or '-'} in {n.meeting_id}{said}"
+            )
         elif isinstance(n, Unknown):
             self._out(f"{n.kind}")
         else:
