@@ -76,7 +76,8 @@ async def test_status_json_shows_the_live_state(live: SDK, dsn: str) -> None:
     assert await asking == "done"
 
 
-async def test_watch_streams_messages(live: SDK, dsn: str) -> None:
+async def start_watch(dsn: str) -> asyncio.subprocess.Process:
+    """`amp watch` in a subprocess, returned once it says it is watching."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -90,9 +91,15 @@ async def test_watch_streams_messages(live: SDK, dsn: str) -> None:
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert line.decode().startswith("watching")
+    return proc
+
+
+async def test_watch_streams_messages(live: SDK, dsn: str) -> None:
+    proc = await start_watch(dsn)
+    assert proc.stdout is not None
     try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert line.decode().startswith("watching")
         await live.one_way.send("alice", "bob", {"hello": "bob"})
         await live.async_conversation.send("bob", "carol", "psst")
         seen: list[str] = []
@@ -143,22 +150,9 @@ async def test_status_json_shows_a_live_meeting(live: SDK, dsn: str) -> None:
 
 
 async def test_watch_streams_meeting_events(live: SDK, dsn: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "agent_messaging.cli",
-        "watch",
-        "--seconds",
-        "60",
-        "--database-url",
-        dsn,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await start_watch(dsn)
     assert proc.stdout is not None
     try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert line.decode().startswith("watching")
         meeting_id = await live.meeting.create_meeting("alice", ["alice", "bob"], turn_duration=60)
         [bob] = await _attend(live, meeting_id, "bob")
         await live.meeting.start_meeting("alice", meeting_id, {"text": "agenda"})
