@@ -29,8 +29,16 @@ def test_bench_quick_reports_positive_figures(dsn: str, tmp_path: Path) -> None:
     for side in ("sdk", "raw"):
         assert result["sync_round_trip"][side]["p50_ms"] > 0
     assert all(fp["rss_mib"] > 0 and fp["connections"] > 0 for fp in result["footprint"])
-    assert result["meetings"] is None and result["meetings_reason"]
+    meetings = result["meetings"]
+    handoff = meetings["handoff_5_agents"]
+    assert handoff["n"] > 0 and 0 < handoff["p50_ms"] <= handoff["p99_ms"]
+    assert meetings["concurrent"]["seconds"] > 0 and meetings["large"]["seconds"] > 0
     ratios = result["ratios"]
-    assert set(ratios) >= {"oneway_throughput", "oneway_throughput_4_senders", "sync_p50"}
+    assert set(ratios) >= {
+        "oneway_throughput",
+        "oneway_throughput_4_senders",
+        "sync_p50",
+        "meeting_handoff_p50_vs_raw_hop",
+    }
     assert all(value > 0 for value in ratios.values())
     assert result["machine"]["cores"] and result["server_version"]
