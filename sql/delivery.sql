@@ -19,14 +19,15 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_limit bigint := coalesce(nullif(current_setting('amp.max_content_bytes', true), '')::bigint,
                                1048576);
+    v_size bigint;
 BEGIN
     IF p_content IS NULL THEN
         PERFORM amp.raise_error('AM001', 'message content must not be null');
     END IF;
-    IF octet_length(p_content::text) > v_limit THEN
+    v_size := octet_length(p_content::text);
+    IF v_size > v_limit THEN
         PERFORM amp.raise_error('AM001', format(
-            'message content is %s bytes, more than the limit of %s',
-            octet_length(p_content::text), v_limit));
+            'message content is %s bytes, more than the limit of %s', v_size, v_limit));
     END IF;
 END;
 $$;

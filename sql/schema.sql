@@ -132,8 +132,11 @@ CREATE INDEX messages_pending_delivery_idx ON amp.messages (recipient_id, seq)
 -- the inbox: unread async messages of one recipient
 CREATE INDEX messages_unread_idx ON amp.messages (recipient_id, seq)
     WHERE read_at IS NULL AND message_type = 'async';
-CREATE INDEX messages_session_idx ON amp.messages (session_id, seq);
-CREATE INDEX messages_meeting_idx ON amp.messages (meeting_id, seq);
+-- partial: one-way messages (no session, no meeting) skip both on insert
+CREATE INDEX messages_session_idx ON amp.messages (session_id, seq)
+    WHERE session_id IS NOT NULL;
+CREATE INDEX messages_meeting_idx ON amp.messages (meeting_id, seq)
+    WHERE meeting_id IS NOT NULL;
 CREATE INDEX messages_reply_to_idx ON amp.messages (reply_to) WHERE reply_to IS NOT NULL;
 
 CREATE TABLE amp.meeting_events (
