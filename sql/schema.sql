@@ -129,6 +129,12 @@ CREATE TABLE amp.messages (
 -- the claim query: pending work of one recipient, oldest first
 CREATE INDEX messages_pending_delivery_idx ON amp.messages (recipient_id, seq)
     WHERE delivery_status = 'pending';
+-- a claim's housekeeping must not scan the backlog: leases that may have expired,
+-- and sync requests that may have become moot, are indexed apart
+CREATE INDEX messages_leased_idx ON amp.messages (claim_expires_at)
+    WHERE delivery_status = 'pending' AND claim_expires_at IS NOT NULL;
+CREATE INDEX messages_pending_requests_idx ON amp.messages (recipient_id)
+    WHERE delivery_status = 'pending' AND message_type = 'sync_request';
 -- the inbox: unread async messages of one recipient
 CREATE INDEX messages_unread_idx ON amp.messages (recipient_id, seq)
     WHERE read_at IS NULL AND message_type = 'async';
