@@ -286,23 +286,34 @@ $$;
 
 -- Acknowledge many at once (a worker's group commit): returns the ids that were
 -- still leased to this worker and are now delivered; the others lost their lease.
+-- Each sender hears one `delivery` hint per batch (with a count, not the ids):
+-- NOTIFYing commits are serialised by the server, so one per message would halve
+-- the throughput of a busy stream; whoever waits re-reads the rows anyway.
 CREATE OR REPLACE FUNCTION amp.ack_deliveries(p_worker uuid, p_message_ids uuid[])
 RETURNS SETOF uuid
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_message amp.messages;
+    v_acked uuid[];
+    v_sender record;
 BEGIN
     PERFORM amp.lease_commit();
-    FOR v_message IN
+    WITH acked AS (
         UPDATE amp.messages
         SET delivery_status = 'delivered', delivered_at = now(),
             claimed_by = NULL, claim_expires_at = NULL
         WHERE id = ANY (p_message_ids) AND claimed_by = p_worker AND delivery_status = 'pending'
-        RETURNING *
+        RETURNING id
+    )
+    SELECT coalesce(array_agg(id), '{}') INTO v_acked FROM acked;
+    FOR v_sender IN
+        SELECT sender_id, count(*) AS n FROM amp.messages
+        WHERE id = ANY (v_acked) AND sender_id IS NOT NULL
+        GROUP BY sender_id
     LOOP
-        PERFORM amp.notify_delivery(v_message);
-        RETURN NEXT v_message.id;
+        PERFORM pg_notify(amp.agent_channel_by_id(v_sender.sender_id), json_build_object(
+            'kind', 'delivery', 'status', 'delivered', 'count', v_sender.n)::text);
     END LOOP;
+    RETURN QUERY SELECT unnest(v_acked);
 END;
 $$;
 

@@ -30,11 +30,13 @@ class MessageStored(BaseModel):
 
 
 class DeliveryFinished(BaseModel):
-    """A pushed message this agent sent was delivered, or failed for good."""
+    """Pushed messages this agent sent were delivered, or one failed for good: one
+    message (``message_id``), or ``count`` of them acknowledged in one batch."""
 
     kind: Literal["delivery"]
-    message_id: UUID
     status: str
+    message_id: UUID | None = None
+    count: int = 1
 
 
 class SessionChanged(BaseModel):

@@ -138,7 +138,8 @@ class Watcher:
                 f"{row['recipient']}: {_clip(row['content'])}"
             )
         elif isinstance(n, DeliveryFinished):
-            self._out(f"delivery {n.status:<18} {n.message_id}")
+            what = str(n.message_id) if n.message_id else f"{n.count} message(s)"
+            self._out(f"delivery {n.status:<18} {what}")
         elif isinstance(n, SessionChanged):
             self._out(f"session  {n.status:<18} {n.session_id}")
         elif isinstance(n, MeetingEventRecorded):
