@@ -261,3 +261,21 @@ async def test_serving_process_is_online_until_it_closes(pair: SDK, dsn: str) ->
     assert online == [{"agent": "bob", "pid": os.getpid()}]
     await worker.close()
     assert await pair.db.fetch("SELECT agent FROM amp.online_agents") == []
+
+
+async def test_one_way_sent_from_psql_reaches_a_handler_process(pair: SDK, dsn: str) -> None:
+    from .helpers import psql
+
+    proc = await AgentProcess.start(dsn, "handle", "bob")
+    try:
+        await proc.expect("ready")
+        psql(
+            dsn,
+            """SELECT amp.send_one_way('alice', 'bob', '{"from": "psql"}', '{"via": "sql"}');""",
+        )
+        event = await proc.expect("handled")
+    finally:
+        await proc.stop()
+    assert event["content"] == {"from": "psql"}
+    assert event["context"]["sender_external_id"] == "alice"
+    assert event["context"]["metadata"] == {"via": "sql"}
