@@ -29,27 +29,29 @@ async def pair(sdk: SDK) -> SDK:
     return sdk
 
 
+def handled(procs: list[AgentProcess]) -> list[int]:
+    """Every n the processes reported handled so far (events taken by ``expect``
+    included: a process may handle messages before it prints "ready")."""
+    return [e["content"]["n"] for p in procs for e in p.events if e["event"] == "handled"]
+
+
 async def handled_ns(
     procs: list[AgentProcess], want: int | set[int], timeout: float = 60
 ) -> list[int]:
-    """Read 'handled' events from the processes until every n of ``want`` (a set,
-    or ``range(want)``) was handled; returns every n handled, duplicates included."""
+    """Wait until every n of ``want`` (a set, or ``range(want)``) was handled by one
+    of the processes; returns every n handled, duplicates included."""
     target = set(range(want)) if isinstance(want, int) else want
-    seen: list[int] = []
-
-    async def pump(proc: AgentProcess) -> None:
-        while not target <= set(seen):
-            event = await proc.next_event(timeout)
-            if event["event"] == "handled":
-                seen.append(event["content"]["n"])
-
-    tasks = [asyncio.create_task(pump(p)) for p in procs]
-    # the first pump to finish either saw the target reached or raised
-    done, pending = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    for task in done:
-        task.result()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not target <= set(handled(procs)) and loop.time() < deadline:
+        # any new line from any process (the reader task records it in .events)
+        waits = [asyncio.create_task(p.next_event(deadline - loop.time())) for p in procs]
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        for task in done:
+            task.result()  # raises if a process died
+    seen = handled(procs)
     assert target <= set(seen), f"not handled: {sorted(target - set(seen))[:10]}"
     return seen
 
