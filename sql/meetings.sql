@@ -33,6 +33,20 @@ BEGIN
 END;
 $$;
 
+-- Lock the meeting for its host, or AM041 for anyone else (p_verb names the call).
+CREATE OR REPLACE FUNCTION amp.meeting_lock_as_host(
+    p_host text, p_meeting uuid, p_verb text, OUT host amp.agents, OUT meeting amp.meetings)
+LANGUAGE plpgsql AS $$
+BEGIN
+    host := amp.get_agent(p_host);
+    meeting := amp.meeting_lock(p_meeting);
+    IF meeting.host_id <> host.id THEN
+        PERFORM amp.raise_error('AM041', format(
+            'only the host may %s meeting %s, not %L', p_verb, p_meeting, p_host));
+    END IF;
+END;
+$$;
+
 -- The participant row of an agent who has not left, or AM042.
 CREATE OR REPLACE FUNCTION amp.meeting_member(p_meeting uuid, p_agent amp.agents)
 RETURNS amp.meeting_participants
@@ -275,17 +289,15 @@ CREATE OR REPLACE FUNCTION amp.start_meeting(
 RETURNS uuid
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_locked  record;
     v_host    amp.agents;
     v_meeting amp.meetings;
     v_next    uuid;
     v_message amp.messages;
 BEGIN
-    v_host := amp.get_agent(p_host);
-    v_meeting := amp.meeting_lock(p_meeting);
-    IF v_meeting.host_id <> v_host.id THEN
-        PERFORM amp.raise_error('AM041', format(
-            'only the host may start meeting %s, not %L', p_meeting, p_host));
-    END IF;
+    v_locked := amp.meeting_lock_as_host(p_host, p_meeting, 'start');
+    v_host := v_locked.host;
+    v_meeting := v_locked.meeting;
     IF v_meeting.status <> 'ready' THEN
         PERFORM amp.raise_error('AM043', format(
             'meeting %s is %s; it starts when ready (every invitee attended)',
@@ -405,15 +417,13 @@ CREATE OR REPLACE FUNCTION amp.end_meeting(p_host text, p_meeting uuid)
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_locked  record;
     v_host    amp.agents;
     v_meeting amp.meetings;
 BEGIN
-    v_host := amp.get_agent(p_host);
-    v_meeting := amp.meeting_lock(p_meeting);
-    IF v_meeting.host_id <> v_host.id THEN
-        PERFORM amp.raise_error('AM041', format(
-            'only the host may end meeting %s, not %L', p_meeting, p_host));
-    END IF;
+    v_locked := amp.meeting_lock_as_host(p_host, p_meeting, 'end');
+    v_host := v_locked.host;
+    v_meeting := v_locked.meeting;
     IF v_meeting.status = 'ended' THEN
         PERFORM amp.raise_error('AM043', format('meeting %s has already ended', p_meeting));
     END IF;
