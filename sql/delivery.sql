@@ -81,17 +81,30 @@ BEGIN
 END;
 $$;
 
+-- With the setting amp.notify_content = on (ALTER DATABASE ... SET), a sync reply's
+-- hint also carries the request it answers and, when its content is at most
+-- amp.notify_content_bytes (default 4000; NOTIFY payloads are capped at 8000), the
+-- content itself ("reply": {"content": ...}), so the waiting asker need not read it
+-- back. Off by default: any role that can connect can LISTEN on any channel, so
+-- content in payloads is readable beyond the table grants.
 CREATE OR REPLACE FUNCTION amp.notify_message(p_message amp.messages)
 RETURNS void
 LANGUAGE sql AS $$
     SELECT pg_notify(
         amp.agent_channel_by_id(p_message.recipient_id),
-        json_strip_nulls(json_build_object(
+        (json_strip_nulls(json_build_object(
             'kind', 'message',
             'message_id', p_message.id,
             'message_type', p_message.message_type,
             'session_id', p_message.session_id,
-            'meeting_id', p_message.meeting_id))::text)
+            'meeting_id', p_message.meeting_id,
+            'reply_to', p_message.reply_to))::jsonb
+         || CASE WHEN p_message.message_type = 'sync_reply'
+                  AND current_setting('amp.notify_content', true) = 'on'
+                  AND octet_length(p_message.content::text) <= coalesce(nullif(
+                      current_setting('amp.notify_content_bytes', true), '')::int, 4000)
+             THEN jsonb_build_object('reply', jsonb_build_object('content', p_message.content))
+             ELSE '{}'::jsonb END)::text)
 $$;
 
 -- Tell the sender how a pushed message ended (delivered or failed): a sender,
