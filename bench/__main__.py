@@ -146,8 +146,19 @@ async def bench(
                     "sdk": latency(await sync_sdk(dsn, sdk, n_sync)),
                     "raw": latency(await sync_raw(dsn, n_sync)),
                 }
+                # the same with the reply's content carried in its NOTIFY (opt-in setting)
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute(f'ALTER DATABASE "{database}" SET amp.notify_content = on')
+                try:
+                    sync["sdk_reply_in_notify"] = latency(await sync_sdk(dsn, sdk, n_sync))
+                finally:
+                    with psycopg.connect(dsn, autocommit=True) as conn:
+                        conn.execute(f'ALTER DATABASE "{database}" RESET amp.notify_content')
                 result["sync_round_trip"] = sync
                 ratios["sync_p50"] = round(sync["sdk"]["p50_ms"] / sync["raw"]["p50_ms"], 3)
+                ratios["sync_p50_reply_in_notify"] = round(
+                    sync["sdk_reply_in_notify"]["p50_ms"] / sync["raw"]["p50_ms"], 3
+                )
             if "latency" in run:
                 start: dict[str, Any] = {
                     "n": n_latency,
@@ -236,6 +247,13 @@ def print_table(result: dict[str, Any]) -> None:
                 f"{sync['raw'][key]:.2f}",
                 f"{ratio:.2f}",
             )
+        carried = sync["sdk_reply_in_notify"]
+        table.add_row(
+            "sync p50 / p99 ms, reply content in its NOTIFY (amp.notify_content = on)",
+            f"{carried['p50_ms']:.2f} / {carried['p99_ms']:.2f}",
+            "",
+            f"{carried['p50_ms'] / sync['raw']['p50_ms']:.2f}",
+        )
     start = result.get("handler_start")
     if start:
         for key in ("p50_ms", "p95_ms", "p99_ms"):
