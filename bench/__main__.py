@@ -1,4 +1,5 @@
-"""``python -m bench [--quick] [--out FILE] [--database-url URL]``.
+"""``python -m bench [--quick|--smoke] [--only SECTIONS] [--processes 1,10,50] [--out FILE]
+[--database-url URL]``.
 
 Runs every benchmark in one run on one server: the SDK and the raw psqlpy baseline
 doing the same work, across two OS processes. Creates a scratch database on the
@@ -12,200 +13,20 @@ import asyncio
 import json
 import os
 import platform
-import statistics
-import sys
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import psqlpy
 import psycopg
 
 from agent_messaging import AgentMessaging, Config, migrations
 from agent_messaging.database import resolve_dsn
+from bench import peers
+from bench.basics import oneway_raw, oneway_sdk, sync_raw, sync_sdk
+from bench.common import ROOT, Child, latency, with_database
+from bench.delivery import batch_sdk, handler_start_raw, handler_start_sdk
 from bench.meetings import meetings
-
-ROOT = Path(__file__).resolve().parents[1]
-STEP_TIMEOUT = 120.0
-
-
-class Child:
-    """``python -m bench.worker ...`` in its own OS process, JSON lines on stdout."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    @classmethod
-    async def start(cls, *args: str) -> Child:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bench.worker",
-            *args,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        return cls(proc)
-
-    async def expect(self, name: str, timeout: float = STEP_TIMEOUT) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        while True:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-            if not line:
-                err = b""
-                if self.proc.stderr is not None:
-                    err = await self.proc.stderr.read()
-                raise RuntimeError(f"bench worker exited: {err.decode()[-2000:]}")
-            event: dict[str, Any] = json.loads(line)
-            if event["event"] == name:
-                return event
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-        await asyncio.wait_for(self.proc.wait(), 10)
-
-
-def with_database(dsn: str, name: str, application_name: str | None = None) -> str:
-    parts = urlsplit(dsn)
-    query = parts.query
-    if application_name:
-        query = (query + "&" if query else "") + f"application_name={application_name}"
-    return urlunsplit(parts._replace(path="/" + name, query=query))
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
-
-
-async def run_senders(tasks: int, n: int, send: Callable[[int], Awaitable[Any]]) -> None:
-    counter = iter(range(n))
-
-    async def sender() -> None:
-        for i in counter:
-            await send(i)
-
-    await asyncio.gather(*(sender() for _ in range(tasks)))
-
-
-# -- 1. one-way throughput ---------------------------------------------------
-
-
-async def oneway_sdk(dsn: str, sdk: AgentMessaging[Any], n: int, tasks: int) -> float:
-    recipient = f"bench_rcv_{uuid.uuid4().hex[:8]}"
-    await sdk.register_agent(recipient, "bench")
-    child = await Child.start("sdk-handle", dsn, recipient, str(n))
-    try:
-        await child.expect("ready")
-        start = time.perf_counter()
-        await run_senders(tasks, n, lambda i: sdk.one_way.send("bench_sender", recipient, {"n": i}))
-        await child.expect("done")
-        deadline = time.monotonic() + STEP_TIMEOUT
-        while True:  # handled is not acknowledged: wait for every ack
-            delivered = await sdk.db.fetch_value(
-                "SELECT count(*) FROM amp.messages m JOIN amp.agents a ON a.id = m.recipient_id"
-                " WHERE a.external_id = $1 AND m.delivery_status = 'delivered'",
-                [recipient],
-            )
-            if delivered >= n:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {delivered}/{n} acknowledged")
-            await asyncio.sleep(0.005)
-        return n / (time.perf_counter() - start)
-    finally:
-        await child.stop()
-
-
-async def oneway_raw(dsn: str, n: int, tasks: int) -> float:
-    channel = f"bench_raw_{uuid.uuid4().hex[:8]}"
-    pool = psqlpy.ConnectionPool(dsn=dsn, max_db_pool_size=tasks + 1)
-    child = await Child.start("raw-listen", dsn, channel, str(n))
-    try:
-        await child.expect("ready")
-        conns = [await pool.connection() for _ in range(tasks)]
-        free = list(conns)
-
-        async def send(i: int) -> None:
-            conn = free.pop()
-            try:
-                await conn.execute(
-                    "WITH i AS (INSERT INTO bench_raw (body) VALUES ($1::text::jsonb)"
-                    " RETURNING id) SELECT pg_notify($2, i.id::text) FROM i",
-                    [json.dumps({"n": i}), channel],
-                )
-            finally:
-                free.append(conn)
-
-        start = time.perf_counter()
-        await run_senders(tasks, n, send)
-        await child.expect("done")
-        return n / (time.perf_counter() - start)
-    finally:
-        await child.stop()
-        pool.close()
-
-
-# -- 2. sync round trip -------------------------------------------------------
-
-
-async def sync_sdk(dsn: str, sdk: AgentMessaging[Any], n: int) -> list[float]:
-    recipient = f"bench_sync_{uuid.uuid4().hex[:8]}"
-    await sdk.register_agent(recipient, "bench")
-    child = await Child.start("sdk-handle", dsn, recipient, str(10**9))
-    try:
-        await child.expect("ready")
-        await sdk.sync_conversation.send_and_wait("bench_sender", recipient, {"warm": 1}, 30)
-        samples = []
-        for i in range(n):
-            start = time.perf_counter()
-            await sdk.sync_conversation.send_and_wait("bench_sender", recipient, {"n": i}, 30)
-            samples.append((time.perf_counter() - start) * 1000)
-        return samples
-    finally:
-        await child.stop()
-
-
-async def sync_raw(dsn: str, n: int) -> list[float]:
-    pool = psqlpy.ConnectionPool(dsn=dsn, max_db_pool_size=2)
-    child = await Child.start("raw-pong", dsn)
-    listener = pool.listener()
-    try:
-        await child.expect("ready")
-        conn = await pool.connection()
-        await listener.startup()
-        await listener.connection.execute('LISTEN "bench_pong"')
-        messages = aiter(listener)
-        samples = []
-        for i in range(-1, n):  # -1: warm-up
-            start = time.perf_counter()
-            await conn.execute("SELECT pg_notify('bench_ping', $1)", [str(i)])
-            while True:
-                message = await asyncio.wait_for(anext(messages), 30)
-                if message.payload == str(i):
-                    break
-            if i >= 0:
-                samples.append((time.perf_counter() - start) * 1000)
-        return samples
-    finally:
-        await child.stop()
-        await listener.shutdown()
-        pool.close()
-
-
-def latency(samples: list[float]) -> dict[str, float]:
-    return {
-        "p50_ms": round(statistics.median(samples), 3),
-        "p95_ms": round(percentile(samples, 0.95), 3),
-        "p99_ms": round(percentile(samples, 0.99), 3),
-    }
-
+from bench.scale import attached_processes
 
 # -- 4. footprint ---------------------------------------------------------------
 
@@ -251,14 +72,46 @@ def machine() -> dict[str, Any]:
     }
 
 
-async def bench(server: str, quick: bool) -> dict[str, Any]:
+SECTIONS = (
+    "oneway",
+    "sync",
+    "latency",
+    "batch",
+    "peers",
+    "meetings",
+    "footprint",
+    "attached",
+)
+
+
+async def bench(
+    server: str,
+    quick: bool,
+    only: set[str] | None = None,
+    processes: list[int] | None = None,
+    smoke: bool = False,
+) -> dict[str, Any]:
+    """Every section of ``only`` (all by default); ``quick`` and ``smoke`` (the test's:
+    smaller still) use small N."""
+    quick = quick or smoke
     n_oneway = 500 if quick else 5000
     n_sync = 100 if quick else 1000
+    n_latency = 50 if quick else 1000
+    n_batch, batch_size = (2000, 500) if quick else (20000, 1000)
     agent_counts = [1, 100] if quick else [1, 100, 1000]
+    if smoke:
+        n_oneway, n_sync, n_latency, n_batch, batch_size = 100, 20, 10, 500, 100
+        agent_counts = [1, 10]
+    if processes is None:
+        processes = [1, 2] if quick else [1, 10, 50]
+    run = only if only else set(SECTIONS)
     database = f"amp_bench_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{database}"')
     dsn = with_database(server, database)
+    mode = "smoke" if smoke else "quick" if quick else "full"
+    result: dict[str, Any] = {"quick": quick, "mode": mode, "machine": machine()}
+    ratios: dict[str, float] = {}
     try:
         await asyncio.to_thread(migrations.upgrade, dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -267,119 +120,245 @@ async def bench(server: str, quick: bool) -> dict[str, Any]:
                 " created_at timestamptz NOT NULL DEFAULT now())"
             )
             row = conn.execute("SHOW server_version").fetchone()
-            version = str(row[0]) if row else None
+            result["server_version"] = str(row[0]) if row else None
+        result["note"] = "2-core machine shared with other test runs: figures are noisy"
         config = Config(database_url=dsn, apply_migrations=False)
         async with AgentMessaging[Any](config) as sdk:
             await sdk.register_organization("bench", "Bench")
             await sdk.register_agent("bench_sender", "bench")
-            oneway: dict[str, Any] = {"n": n_oneway}
-            for tasks in (1, 4):
-                sdk_rate = await oneway_sdk(dsn, sdk, n_oneway, tasks)
-                raw_rate = await oneway_raw(dsn, n_oneway, tasks)
-                oneway[f"senders_{tasks}"] = {
-                    "sdk_msgs_per_s": round(sdk_rate, 1),
-                    "raw_msgs_per_s": round(raw_rate, 1),
-                    "ratio": round(sdk_rate / raw_rate, 3),
+            if "oneway" in run:
+                oneway: dict[str, Any] = {"n": n_oneway}
+                for tasks in (1, 4):
+                    sdk_rate = await oneway_sdk(dsn, sdk, n_oneway, tasks)
+                    raw_rate = await oneway_raw(dsn, n_oneway, tasks)
+                    oneway[f"senders_{tasks}"] = {
+                        "sdk_msgs_per_s": round(sdk_rate, 1),
+                        "raw_msgs_per_s": round(raw_rate, 1),
+                        "ratio": round(sdk_rate / raw_rate, 3),
+                    }
+                result["oneway_throughput"] = oneway
+                ratios["oneway_throughput"] = oneway["senders_1"]["ratio"]
+                ratios["oneway_throughput_4_senders"] = oneway["senders_4"]["ratio"]
+            sync: dict[str, Any] | None = None
+            if "sync" in run or "meetings" in run:
+                sync = {
+                    "n": n_sync,
+                    "sdk": latency(await sync_sdk(dsn, sdk, n_sync)),
+                    "raw": latency(await sync_raw(dsn, n_sync)),
                 }
-            sync: dict[str, Any] = {
-                "n": n_sync,
-                "sdk": latency(await sync_sdk(dsn, sdk, n_sync)),
-                "raw": latency(await sync_raw(dsn, n_sync)),
-            }
-            meeting_figures = await meetings(sdk, quick)
-            prints = [await footprint(server, database, sdk, k) for k in agent_counts]
+                # the same with the reply's content carried in its NOTIFY (opt-in setting)
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute(f'ALTER DATABASE "{database}" SET amp.notify_content = on')
+                try:
+                    sync["sdk_reply_in_notify"] = latency(await sync_sdk(dsn, sdk, n_sync))
+                finally:
+                    with psycopg.connect(dsn, autocommit=True) as conn:
+                        conn.execute(f'ALTER DATABASE "{database}" RESET amp.notify_content')
+                result["sync_round_trip"] = sync
+                ratios["sync_p50"] = round(sync["sdk"]["p50_ms"] / sync["raw"]["p50_ms"], 3)
+                ratios["sync_p50_reply_in_notify"] = round(
+                    sync["sdk_reply_in_notify"]["p50_ms"] / sync["raw"]["p50_ms"], 3
+                )
+            if "latency" in run:
+                start: dict[str, Any] = {
+                    "n": n_latency,
+                    "sdk": latency(await handler_start_sdk(dsn, sdk, n_latency)),
+                    "raw_notify_hop": latency(await handler_start_raw(dsn, n_latency)),
+                }
+                result["handler_start"] = start
+                ratios["handler_start_p50_vs_notify_hop"] = round(
+                    start["sdk"]["p50_ms"] / start["raw_notify_hop"]["p50_ms"], 3
+                )
+            if "batch" in run:
+                rate = await batch_sdk(dsn, sdk, n_batch, batch_size)
+                result["batch_throughput"] = {
+                    "n": n_batch,
+                    "batch_size": batch_size,
+                    "sdk_msgs_per_s": round(rate, 1),
+                }
+            if "peers" in run:
+                result["peers"] = {
+                    peer: await peers.measure(peer, dsn, n_latency, n_oneway, batch_size)
+                    for peer in peers.PEERS
+                }
+            if "meetings" in run:
+                meeting_figures = await meetings(sdk, quick)
+                result["meetings"] = meeting_figures
+                assert sync is not None
+                # a hand-off is one hop (speak -> next speaker), a ping-pong two
+                ratios["meeting_handoff_p50_vs_raw_hop"] = round(
+                    meeting_figures["handoff_5_agents"]["p50_ms"] / (sync["raw"]["p50_ms"] / 2),
+                    3,
+                )
+            if "footprint" in run:
+                result["footprint"] = [
+                    await footprint(server, database, sdk, k) for k in agent_counts
+                ]
+            if "attached" in run:
+                result["attached_processes"] = await attached_processes(
+                    server,
+                    database,
+                    sdk,
+                    processes,
+                    n_oneway // 2,
+                    n_sync // 2,
+                    1.0 if quick else 5.0,
+                )
     finally:
         with psycopg.connect(server, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    return {
-        "quick": quick,
-        "machine": machine(),
-        "server_version": version,
-        "note": "2-core machine shared with other test runs: figures are noisy",
-        "oneway_throughput": oneway,
-        "sync_round_trip": sync,
-        "meetings": meeting_figures,
-        "footprint": prints,
-        "ratios": {
-            "oneway_throughput": oneway["senders_1"]["ratio"],
-            "oneway_throughput_4_senders": oneway["senders_4"]["ratio"],
-            "sync_p50": round(sync["sdk"]["p50_ms"] / sync["raw"]["p50_ms"], 3),
-            # a hand-off is one hop (speak -> next speaker), a ping-pong two
-            "meeting_handoff_p50_vs_raw_hop": round(
-                meeting_figures["handoff_5_agents"]["p50_ms"] / (sync["raw"]["p50_ms"] / 2), 3
-            ),
-        },
-    }
+    result["ratios"] = ratios
+    return result
 
 
 def print_table(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"agent-messaging bench ({'quick' if result['quick'] else 'full'})")
+    mode = result.get("mode", "quick" if result["quick"] else "full")
+    table = Table(title=f"agent-messaging bench ({mode})")
     for column in ("measure", "SDK", "raw psqlpy", "SDK/raw"):
         table.add_column(column)
-    ow = result["oneway_throughput"]
-    for tasks in (1, 4):
-        row = ow[f"senders_{tasks}"]
+    ow = result.get("oneway_throughput")
+    if ow:
+        for tasks in (1, 4):
+            row = ow[f"senders_{tasks}"]
+            table.add_row(
+                f"one-way msgs/s, {tasks} sender task(s), N={ow['n']}",
+                f"{row['sdk_msgs_per_s']:.0f}",
+                f"{row['raw_msgs_per_s']:.0f}",
+                f"{row['ratio']:.2f}",
+            )
+    batch = result.get("batch_throughput")
+    if batch:
         table.add_row(
-            f"one-way msgs/s, {tasks} sender task(s), N={ow['n']}",
-            f"{row['sdk_msgs_per_s']:.0f}",
-            f"{row['raw_msgs_per_s']:.0f}",
-            f"{row['ratio']:.2f}",
+            f"send_many msgs/s delivered, batches of {batch['batch_size']}, N={batch['n']}",
+            f"{batch['sdk_msgs_per_s']:.0f}",
+            "",
+            "",
         )
-    sync = result["sync_round_trip"]
-    for key in ("p50_ms", "p95_ms", "p99_ms"):
-        ratio = sync["sdk"][key] / sync["raw"][key]
+    sync = result.get("sync_round_trip")
+    if sync:
+        for key in ("p50_ms", "p95_ms", "p99_ms"):
+            ratio = sync["sdk"][key] / sync["raw"][key]
+            table.add_row(
+                f"sync round trip {key[:3]} ms, N={sync['n']}",
+                f"{sync['sdk'][key]:.2f}",
+                f"{sync['raw'][key]:.2f}",
+                f"{ratio:.2f}",
+            )
+        carried = sync["sdk_reply_in_notify"]
         table.add_row(
-            f"sync round trip {key[:3]} ms, N={sync['n']}",
-            f"{sync['sdk'][key]:.2f}",
-            f"{sync['raw'][key]:.2f}",
-            f"{ratio:.2f}",
+            "sync p50 / p99 ms, reply content in its NOTIFY (amp.notify_content = on)",
+            f"{carried['p50_ms']:.2f} / {carried['p99_ms']:.2f}",
+            "",
+            f"{carried['p50_ms'] / sync['raw']['p50_ms']:.2f}",
         )
-    for fp in result["footprint"]:
+    start = result.get("handler_start")
+    if start:
+        for key in ("p50_ms", "p95_ms", "p99_ms"):
+            ratio = start["sdk"][key] / start["raw_notify_hop"][key]
+            table.add_row(
+                f"send -> handler start {key[:3]} ms, N={start['n']}",
+                f"{start['sdk'][key]:.2f}",
+                f"{start['raw_notify_hop'][key]:.2f} (NOTIFY hop)",
+                f"{ratio:.2f}",
+            )
+    for peer, figures in result.get("peers", {}).items():
+        if "skipped" in figures:
+            table.add_row(f"peer {peer}", "skipped: not installed", "", "")
+            continue
+        name = f"{peer} {figures['version']}"
+        hs = figures["handler_start"]
+        table.add_row(f"{name}: msgs/s one by one", f"{figures['oneway_msgs_per_s']:.0f}", "", "")
+        table.add_row(
+            f"{name}: msgs/s, batches of {figures['batch_size']}",
+            f"{figures['batch_msgs_per_s']:.0f}",
+            "",
+            "",
+        )
+        table.add_row(
+            f"{name}: enqueue -> job start p50/p95/p99 ms",
+            f"{hs['p50_ms']:.2f} / {hs['p95_ms']:.2f} / {hs['p99_ms']:.2f}",
+            "",
+            "",
+        )
+    for fp in result.get("footprint", []):
         table.add_row(
             f"idle SDK process, {fp['agents']} agent(s)",
             f"{fp['rss_mib']} MiB RSS, {fp['connections']} conn",
             "",
             "",
         )
-    m = result["meetings"]
-    hop = sync["raw"]["p50_ms"] / 2
-    table.add_row(
-        f"meeting turn hand-off p50 ms (5 agents, N={m['handoff_5_agents']['n']})",
-        f"{m['handoff_5_agents']['p50_ms']:.2f}",
-        f"{hop:.2f} (one raw hop)",
-        f"{result['ratios']['meeting_handoff_p50_vs_raw_hop']:.2f}",
-    )
-    table.add_row("meeting turn hand-off p99 ms", f"{m['handoff_5_agents']['p99_ms']:.2f}", "", "")
-    c = m["concurrent"]
-    table.add_row(
-        f"{c['meetings']} concurrent {c['agents']}-agent meetings x {c['rounds']} rounds",
-        f"{c['seconds']:.2f} s",
-        "",
-        "",
-    )
-    big = m["large"]
-    table.add_row(
-        f"one {big['agents']}-agent meeting x {big['rounds']} rounds",
-        f"{big['seconds']:.2f} s",
-        "",
-        "",
-    )
+    m = result.get("meetings")
+    if m and sync:
+        hop = sync["raw"]["p50_ms"] / 2
+        table.add_row(
+            f"meeting turn hand-off p50 ms (5 agents, N={m['handoff_5_agents']['n']})",
+            f"{m['handoff_5_agents']['p50_ms']:.2f}",
+            f"{hop:.2f} (one raw hop)",
+            f"{result['ratios']['meeting_handoff_p50_vs_raw_hop']:.2f}",
+        )
+        table.add_row(
+            "meeting turn hand-off p99 ms", f"{m['handoff_5_agents']['p99_ms']:.2f}", "", ""
+        )
+        c = m["concurrent"]
+        table.add_row(
+            f"{c['meetings']} concurrent {c['agents']}-agent meetings x {c['rounds']} rounds",
+            f"{c['seconds']:.2f} s",
+            "",
+            "",
+        )
+        big = m["large"]
+        table.add_row(
+            f"one {big['agents']}-agent meeting x {big['rounds']} rounds",
+            f"{big['seconds']:.2f} s",
+            "",
+            "",
+        )
+    attached = result.get("attached_processes")
+    if attached:
+        for k, row in attached["by_processes"].items():
+            if "skipped" in row:
+                table.add_row(f"{k} SDK processes attached", f"skipped: {row['skipped']}", "", "")
+                continue
+            ceiling = f"{row['ceiling']['commits_per_s']:.0f} notifying commits/s"
+            if k == "0":
+                table.add_row("no SDK process attached", ceiling, "", "")
+                continue
+            table.add_row(
+                f"{k} SDK processes attached ({row['connections']} conns)",
+                f"{ceiling}; one-way {row['oneway_msgs_per_s']:.0f} msgs/s;"
+                f" sync p50 {row['sync']['p50_ms']:.2f} ms",
+                "",
+                "",
+            )
     Console().print(table)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="small N, under a minute")
+    parser.add_argument("--smoke", action="store_true", help="smallest N (the test's)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
     parser.add_argument("--database-url", default=None)
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated sections, of: {', '.join(SECTIONS)}"
+    )
+    parser.add_argument(
+        "--processes", default=None, help="attached SDK process counts (default 1,10,50)"
+    )
     args = parser.parse_args()
+    only = {s for s in args.only.split(",") if s}
+    if only - set(SECTIONS):
+        parser.error(f"unknown sections: {sorted(only - set(SECTIONS))}")
+    processes = [int(k) for k in args.processes.split(",")] if args.processes else None
     server = args.database_url or os.environ.get("AMP_DATABASE_URL")
     if not server:
         server = asyncio.run(resolve_dsn(Config()))
-    result = asyncio.run(asyncio.wait_for(bench(server, args.quick), 900))
+    result = asyncio.run(
+        asyncio.wait_for(bench(server, args.quick, only, processes, args.smoke), 1800)
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

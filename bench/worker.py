@@ -4,6 +4,12 @@ python -m bench.worker sdk-handle DSN AGENT N [--reply]
 python -m bench.worker raw-listen DSN CHANNEL N
 python -m bench.worker raw-pong DSN
 python -m bench.worker footprint DSN PREFIX K
+python -m bench.worker sdk-stamp DSN AGENT      (stamps; "target N" lines on stdin)
+python -m bench.worker raw-stamp DSN CHANNEL    (stamps each notification)
+python -m bench.worker idle DSN AGENT           (an attached SDK process, one idle agent)
+
+Stamps are ``time.monotonic()`` readings (CLOCK_MONOTONIC: one clock for every
+process of the machine), so the parent can subtract its own send time.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import argparse
 import asyncio
 import json
 import os
+import sys
+import time
 from typing import Any
 
 import psqlpy
@@ -95,6 +103,79 @@ async def footprint(dsn: str, prefix: str, k: int) -> None:
         await asyncio.Event().wait()
 
 
+class Targets:
+    """Counts handled messages; prints ``done`` whenever the count reaches a target
+    the parent wrote on stdin (``target N``: N more than the count at that line)."""
+
+    def __init__(self) -> None:
+        self.handled = 0
+        self.targets: list[int] = []
+
+    def add(self, more: int) -> None:
+        self.targets.append(self.handled + more)
+        self.check()
+
+    def hit(self) -> None:
+        self.handled += 1
+        self.check()
+
+    def check(self) -> None:
+        while self.targets and self.handled >= self.targets[0]:
+            self.targets.pop(0)
+            emit("done", handled=self.handled)
+
+    async def read_stdin(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                return
+            command, _, value = line.partition(" ")
+            if command == "target":
+                self.add(int(value))
+
+
+async def sdk_stamp(dsn: str, agent: str) -> None:
+    """Handler start stamps for messages with ``{"stamp": k}``, a count for the rest."""
+    targets = Targets()
+    async with AgentMessaging[Any](sdk_config(dsn)) as sdk:
+
+        @sdk.register_handler(agent)
+        async def handler(message: Any, context: MessageContext) -> None:
+            now = time.monotonic()
+            if isinstance(message, dict) and "stamp" in message:
+                emit("started", t=now, stamp=message["stamp"])
+            targets.hit()
+
+        await sdk.serve_handlers()
+        emit("ready")
+        await targets.read_stdin()
+        await asyncio.Event().wait()
+
+
+async def raw_stamp(dsn: str, channel: str) -> None:
+    pool = psqlpy.ConnectionPool(dsn=dsn, max_db_pool_size=2)
+    listener = pool.listener()
+    await listener.startup()
+    await listener.connection.execute(f'LISTEN "{channel}"')
+    emit("ready")
+    async for message in listener:
+        emit("started", t=time.monotonic(), stamp=int(message.payload))
+
+
+async def idle(dsn: str, agent: str) -> None:
+    """An SDK process as deployments run them: serving an agent, nothing to do."""
+    async with AgentMessaging[Any](Config(database_url=dsn, apply_migrations=False)) as sdk:
+
+        @sdk.register_handler(agent)
+        async def handler(message: Any, context: MessageContext) -> None:
+            return None
+
+        await sdk.serve_handlers()
+        emit("ready", pid=os.getpid())
+        await asyncio.Event().wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("command")
@@ -109,6 +190,12 @@ def main() -> None:
         asyncio.run(raw_pong(a.dsn))
     elif a.command == "footprint":
         asyncio.run(footprint(a.dsn, a.args[0], int(a.args[1])))
+    elif a.command == "sdk-stamp":
+        asyncio.run(sdk_stamp(a.dsn, a.args[0]))
+    elif a.command == "raw-stamp":
+        asyncio.run(raw_stamp(a.dsn, a.args[0]))
+    elif a.command == "idle":
+        asyncio.run(idle(a.dsn, a.args[0]))
     else:
         raise SystemExit(f"unknown command {a.command}")
 

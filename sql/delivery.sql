@@ -81,17 +81,30 @@ BEGIN
 END;
 $$;
 
+-- With the setting amp.notify_content = on (ALTER DATABASE ... SET), a sync reply's
+-- hint also carries the request it answers and, when its content is at most
+-- amp.notify_content_bytes (default 4000; NOTIFY payloads are capped at 8000), the
+-- content itself ("reply": {"content": ...}), so the waiting asker need not read it
+-- back. Off by default: any role that can connect can LISTEN on any channel, so
+-- content in payloads is readable beyond the table grants.
 CREATE OR REPLACE FUNCTION amp.notify_message(p_message amp.messages)
 RETURNS void
 LANGUAGE sql AS $$
     SELECT pg_notify(
         amp.agent_channel_by_id(p_message.recipient_id),
-        json_strip_nulls(json_build_object(
+        (json_strip_nulls(json_build_object(
             'kind', 'message',
             'message_id', p_message.id,
             'message_type', p_message.message_type,
             'session_id', p_message.session_id,
-            'meeting_id', p_message.meeting_id))::text)
+            'meeting_id', p_message.meeting_id,
+            'reply_to', p_message.reply_to))::jsonb
+         || CASE WHEN p_message.message_type = 'sync_reply'
+                  AND current_setting('amp.notify_content', true) = 'on'
+                  AND octet_length(p_message.content::text) <= coalesce(nullif(
+                      current_setting('amp.notify_content_bytes', true), '')::int, 4000)
+             THEN jsonb_build_object('reply', jsonb_build_object('content', p_message.content))
+             ELSE '{}'::jsonb END)::text)
 $$;
 
 -- Tell the sender how a pushed message ended (delivered or failed): a sender,
@@ -358,4 +371,65 @@ LANGUAGE sql STABLE AS $$
     FROM amp.messages m
     JOIN amp.worker_agents wa ON wa.agent_id = m.recipient_id AND wa.worker_id = p_worker
     WHERE m.delivery_status = 'pending'
+$$;
+
+-- Many one-way messages from one sender in one call and one transaction: element i
+-- goes to p_recipients[i] with p_contents[i]. One content (an array of length 1)
+-- goes to every recipient (a broadcast). p_metadata applies to every message.
+-- Returns the message ids in the order of the recipients. Any bad element refuses
+-- the whole batch (nothing is stored), and the error names the element by its
+-- 0-based position ("batch element 3: ..."), keeping that element's error code.
+CREATE OR REPLACE FUNCTION amp.send_one_way_many(
+    p_sender text, p_recipients text[], p_contents jsonb[], p_metadata jsonb DEFAULT '{}'::jsonb)
+RETURNS SETOF uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_sender amp.agents;
+    v_n integer := coalesce(cardinality(p_recipients), 0);
+    v_broadcast boolean := cardinality(p_contents) = 1;
+    v_index integer := 0;   -- 0-based element being worked on, for the error
+    v_recipient amp.agents;
+    v_ids uuid[] := '{}';
+    v_state text;
+    v_text text;
+BEGIN
+    v_sender := amp.get_agent(p_sender);
+    IF v_n = 0 THEN
+        PERFORM amp.raise_error('AM001', 'a batch needs at least one recipient');
+    END IF;
+    IF NOT v_broadcast AND coalesce(cardinality(p_contents), 0) <> v_n THEN
+        PERFORM amp.raise_error('AM001', format(
+            'a batch has %s recipients but %s contents (give one content per recipient, or one for all)',
+            v_n, coalesce(cardinality(p_contents), 0)));
+    END IF;
+    IF p_metadata IS NOT NULL AND jsonb_typeof(p_metadata) <> 'object' THEN
+        PERFORM amp.raise_error('AM001', 'message metadata must be a JSON object');
+    END IF;
+    -- one block for the whole batch (one subtransaction, not one per element) that
+    -- names the failing element: the first error aborts everything stored so far
+    BEGIN
+        IF v_broadcast THEN
+            PERFORM amp.check_content(p_contents[1]);
+        END IF;
+        FOR i IN 1 .. v_n LOOP
+            v_index := i - 1;
+            v_recipient := amp.get_agent(p_recipients[i]);
+            IF v_recipient.id = v_sender.id THEN
+                PERFORM amp.raise_error('AM001', format(
+                    'agent %L cannot send a message to itself', p_sender));
+            END IF;
+            v_ids := v_ids || (amp.store_message(
+                'one_way', v_sender.id, v_recipient.id,
+                CASE WHEN v_broadcast THEN p_contents[1] ELSE p_contents[i] END,
+                p_metadata, p_push => true)).id;
+        END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_text = MESSAGE_TEXT;
+        IF v_state LIKE 'AM%' THEN
+            PERFORM amp.raise_error(v_state, format('batch element %s: %s', v_index, v_text));
+        END IF;
+        RAISE;
+    END;
+    RETURN QUERY SELECT unnest(v_ids);
+END;
 $$;

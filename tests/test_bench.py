@@ -1,13 +1,16 @@
-"""Smoke test of the benchmark harness: ``python -m bench --quick`` runs and reports.
+"""Smoke test of the benchmark harness: ``python -m bench --smoke`` (every section of
+``--quick`` with smaller N) runs and reports.
 
 Speed is never asserted here (SPEC §8): only that every figure is produced.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 from .helpers import REPO
@@ -16,11 +19,11 @@ from .helpers import REPO
 def test_bench_quick_reports_positive_figures(dsn: str, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--database-url", dsn, "--out", str(out)],
+        [sys.executable, "-m", "bench", "--smoke", "--database-url", dsn, "--out", str(out)],
         cwd=REPO,
         check=True,
         capture_output=True,
-        timeout=120,
+        timeout=180,
     )
     result = json.loads(out.read_text())
     for tasks in (1, 4):
@@ -42,3 +45,28 @@ def test_bench_quick_reports_positive_figures(dsn: str, tmp_path: Path) -> None:
     }
     assert all(value > 0 for value in ratios.values())
     assert result["machine"]["cores"] and result["server_version"]
+    assert result["mode"] == "smoke"
+    start = result["handler_start"]
+    for side in ("sdk", "raw_notify_hop"):
+        assert 0 < start[side]["p50_ms"] <= start[side]["p95_ms"] <= start[side]["p99_ms"]
+    assert ratios["handler_start_p50_vs_notify_hop"] > 0
+    assert result["batch_throughput"]["sdk_msgs_per_s"] > 0
+    for peer in ("pgqueuer", "procrastinate"):
+        figures = result["peers"][peer]
+        installed = importlib.util.find_spec(peer) is not None
+        if peer == "pgqueuer":
+            installed = installed and importlib.util.find_spec("asyncpg") is not None
+        if not installed:
+            assert figures == {"skipped": f"{peer} is not installed (pip install -e '.[bench]')"}
+            continue
+        assert figures["version"] == version(peer)
+        assert figures["oneway_msgs_per_s"] > 0 and figures["batch_msgs_per_s"] > 0
+        assert figures["handler_start"]["p50_ms"] > 0
+    attached = result["attached_processes"]["by_processes"]
+    assert attached["0"]["ceiling"]["commits_per_s"] > 0
+    for k in ("1", "2"):
+        row = attached[k]
+        assert row["connections"] >= int(k)
+        assert row["ceiling"]["commits_per_s"] > 0 and row["oneway_msgs_per_s"] > 0
+        assert row["sync"]["p50_ms"] > 0
+    assert result["attached_processes"]["oneway_ratio_most_vs_1"] > 0

@@ -54,8 +54,12 @@ class SyncConversation(Generic[T]):
         args = sdk.message_args(sender_external_id, recipient_external_id, message, metadata)
         channel = await sdk.agent_channel(sender_external_id)
         woken = asyncio.Event()
+        carried: dict[UUID, Any] = {}  # replies whose hint carried the content
 
         def hint(_: str, notification: AnyNotification) -> None:
+            stored = notification if isinstance(notification, MessageStored) else None
+            if stored is not None and stored.reply is not None and stored.reply_to is not None:
+                carried[stored.reply_to] = stored.reply.content
             if isinstance(notification, MessageStored | SessionChanged):
                 woken.set()
 
@@ -72,14 +76,20 @@ class SyncConversation(Generic[T]):
             )
             request = UUID(str(row["request_id"]))
             return await self._wait(
-                request, sender_external_id, recipient_external_id, timeout, woken
+                request, sender_external_id, recipient_external_id, timeout, woken, carried
             )
         finally:
             sdk.dispatcher.remove_catch_up(catch_up)
             await sdk.dispatcher.unsubscribe([channel], hint)
 
     async def _wait(
-        self, request: UUID, sender: str, recipient: str, timeout: float, woken: asyncio.Event
+        self,
+        request: UUID,
+        sender: str,
+        recipient: str,
+        timeout: float,
+        woken: asyncio.Event,
+        carried: dict[UUID, Any] | None = None,
     ) -> T:
         sdk = self._sdk
         loop = asyncio.get_running_loop()
@@ -93,6 +103,10 @@ class SyncConversation(Generic[T]):
                     woken.wait(), max(0.0, min(remaining, sdk.config.poll_interval))
                 )
             woken.clear()
+            if carried and request in carried:
+                # the reply's own hint carried it: it is committed, no need to read it
+                reply: T = content.decode(sdk.message_adapter, carried[request])
+                return reply
             outcome = await self._outcome(request)
             if outcome is not None:
                 return outcome

@@ -1,4 +1,5 @@
-"""NOTIFY payloads: tiny JSON objects (kind and ids, never content).
+"""NOTIFY payloads: tiny JSON objects (kind and ids; content only in a sync reply's
+hint, when the database is set to carry it: ``amp.notify_content``).
 
 They are wake-up hints; whoever receives one re-reads the tables. Parsed into a
 pydantic discriminated union on ``kind``.
@@ -6,7 +7,7 @@ pydantic discriminated union on ``kind``.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
@@ -27,6 +28,16 @@ class MessageStored(BaseModel):
     message_type: str
     session_id: UUID | None = None
     meeting_id: UUID | None = None
+    #: the request a sync reply answers
+    reply_to: UUID | None = None
+    #: a sync reply's content, when the database carries it (``amp.notify_content``)
+    reply: CarriedContent | None = None
+
+
+class CarriedContent(BaseModel):
+    """Message content carried in a hint (committed: the hint is sent on commit)."""
+
+    content: Any
 
 
 class DeliveryFinished(BaseModel):
@@ -89,3 +100,6 @@ def parse(payload: str) -> Known | Unknown:
             return Unknown.model_validate_json(payload)
         except ValidationError:
             return Unknown(kind="invalid")
+
+
+MessageStored.model_rebuild()

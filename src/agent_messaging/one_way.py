@@ -1,9 +1,13 @@
-"""One-way messages: the call of ``amp.send_one_way``."""
+"""One-way messages: the calls of ``amp.send_one_way`` and ``amp.send_one_way_many``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
+
+from . import content
+from .exceptions import InvalidInputError
 
 if TYPE_CHECKING:
     from .client import AgentMessaging
@@ -40,3 +44,64 @@ class OneWayMessenger(Generic[T]):
             sdk.message_args(sender_external_id, recipient_external_id, message, metadata),
         )
         return UUID(str(value))
+
+    async def send_many(
+        self,
+        sender_external_id: str,
+        messages: Iterable[tuple[str, T]],
+        metadata: dict[str, Any] | None = None,
+    ) -> list[UUID]:
+        """Send many messages at once: each ``(recipient_external_id, message)`` pair
+        is one one-way message (the same recipient may appear many times). Returns
+        their ids, in order.
+
+        One statement and one transaction (``amp.send_one_way_many``): either every
+        message is stored or none is. Each is delivered like one sent by
+        :meth:`send`. ``metadata`` goes with every message. Raises
+        :class:`InvalidInputError` (an empty batch, a message to oneself, content
+        not serialisable or too large) and :class:`AgentNotFoundError`; an error
+        about one element says which (``batch element 3: ...``, counted from 0).
+        """
+        recipients: list[str] = []
+        bodies: list[str] = []
+        for index, (recipient, message) in enumerate(messages):
+            recipients.append(recipient)
+            bodies.append(self._encode(index, message))
+        return await self._send_many(sender_external_id, recipients, bodies, metadata)
+
+    async def broadcast(
+        self,
+        sender_external_id: str,
+        recipient_external_ids: Iterable[str],
+        message: T,
+        metadata: dict[str, Any] | None = None,
+    ) -> list[UUID]:
+        """Send one ``message`` to many recipients (one one-way message each, the
+        content serialised and sent to the server once). Returns the message ids in
+        the order of the recipients. All or nothing, like :meth:`send_many`.
+        """
+        body = self._encode(None, message)
+        recipients = list(recipient_external_ids)
+        return await self._send_many(sender_external_id, recipients, [body], metadata)
+
+    def _encode(self, index: int | None, message: T) -> str:
+        sdk = self._sdk
+        try:
+            return content.encode(sdk.message_adapter, message, sdk.config.max_message_bytes)
+        except InvalidInputError as exc:
+            if index is None:
+                raise
+            raise InvalidInputError(f"batch element {index}: {exc}") from exc
+
+    async def _send_many(
+        self,
+        sender: str,
+        recipients: list[str],
+        bodies: list[str],
+        metadata: dict[str, Any] | None,
+    ) -> list[UUID]:
+        rows = await self._sdk.db.fetch(
+            "SELECT amp.send_one_way_many($1, $2, $3::text[]::jsonb[], $4::text::jsonb) AS id",
+            [sender, recipients, bodies, content.encode_metadata(metadata)],
+        )
+        return [UUID(str(row["id"])) for row in rows]

@@ -1,0 +1,164 @@
+"""Many SDK processes on one server (issue #17): one-way throughput, the sync round
+trip and the notifying-commit ceiling with 1, 10 and 50 SDK processes attached.
+
+An attached process is ``bench.worker idle``: an SDK process with default settings
+serving one agent that is sent nothing (its listener, heartbeat and polls are all it
+does). PostgreSQL up to 18 signals every listening backend of a database on each
+notifying commit, whatever the channel, so attached listeners tax every send.
+
+The ceiling is pgbench-like: 4 clients committing ``INSERT`` into a table whose
+``AFTER INSERT`` trigger calls ``pg_notify`` on a channel nobody listens on, for a
+few seconds; ``pgbench`` when it is installed, else the same loop from psqlpy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psqlpy
+import psycopg
+
+from agent_messaging import AgentMessaging
+from bench.basics import oneway_sdk, sync_sdk
+from bench.common import Child, latency, with_database
+
+CEILING_CLIENTS = 4
+#: connections kept free for the bench itself and the other processes it starts
+HEADROOM = 12
+
+SETUP = """
+CREATE TABLE IF NOT EXISTS bench_notify (id bigserial PRIMARY KEY, body text);
+CREATE OR REPLACE FUNCTION bench_notify_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('bench_ceiling', NEW.id::text);
+    RETURN NEW;
+END;
+$$;
+DROP TRIGGER IF EXISTS bench_notify_after_insert ON bench_notify;
+CREATE TRIGGER bench_notify_after_insert AFTER INSERT ON bench_notify
+    FOR EACH ROW EXECUTE FUNCTION bench_notify_trigger();
+"""
+INSERT = "INSERT INTO bench_notify (body) VALUES ('x');"
+
+
+async def ceiling(dsn: str, seconds: float) -> dict[str, Any]:
+    """Notifying commits per second from CEILING_CLIENTS clients."""
+    pgbench = shutil.which("pgbench")
+    if pgbench is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            script = Path(tmp) / "insert.sql"
+            script.write_text(INSERT + "\n")
+            proc = await asyncio.create_subprocess_exec(
+                pgbench,
+                "-n",
+                "-c",
+                str(CEILING_CLIENTS),
+                "-j",
+                "2",
+                "-T",
+                str(max(1, round(seconds))),
+                "-f",
+                str(script),
+                dsn,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await proc.communicate()
+        found = re.search(r"tps = ([0-9.]+)", out.decode())
+        if proc.returncode != 0 or found is None:
+            raise RuntimeError(f"pgbench failed: {err.decode()[-1000:]}")
+        return {"commits_per_s": round(float(found.group(1)), 1), "method": "pgbench"}
+    pool = psqlpy.ConnectionPool(dsn=dsn, max_db_pool_size=CEILING_CLIENTS)
+    try:
+        deadline = time.perf_counter() + seconds
+        counts = [0] * CEILING_CLIENTS
+
+        async def client(k: int) -> None:
+            conn = await pool.connection()
+            while time.perf_counter() < deadline:
+                await conn.execute(INSERT)
+                counts[k] += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client(k) for k in range(CEILING_CLIENTS)))
+        rate = sum(counts) / (time.perf_counter() - start)
+    finally:
+        pool.close()
+    return {"commits_per_s": round(rate, 1), "method": "psqlpy loop"}
+
+
+async def free_connections(sdk: AgentMessaging[Any]) -> tuple[int, int]:
+    """(connection slots still free for ordinary roles, max_connections)."""
+    row = await sdk.db.fetch_one(
+        "SELECT current_setting('max_connections')::int AS max,"
+        " current_setting('superuser_reserved_connections')::int AS reserved,"
+        " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int"
+        " AS used"
+    )
+    return row["max"] - row["reserved"] - row["used"], row["max"]
+
+
+async def attached_processes(
+    server: str,
+    database: str,
+    sdk: AgentMessaging[Any],
+    counts: list[int],
+    n_oneway: int,
+    n_sync: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """For each count K: K idle SDK processes attached, then the three figures."""
+    dsn = with_database(server, database)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SETUP)
+    app = f"amp_bench_attached_{uuid.uuid4().hex[:8]}"
+    attached_dsn = with_database(server, database, app)
+    children: list[Child] = []
+    rows: dict[str, Any] = {}
+    try:
+        rows["0"] = {"ceiling": await ceiling(dsn, seconds)}
+        per_process = 3.0  # until measured with the first attached process
+        for k in counts:
+            free, max_connections = await free_connections(sdk)
+            needed = round((k - len(children)) * per_process)
+            if needed > free - HEADROOM:
+                rows[str(k)] = {
+                    "skipped": f"needs about {needed} more connections"
+                    f" ({per_process:.1f} per SDK process), {free} free of"
+                    f" max_connections={max_connections}"
+                }
+                continue
+            agents = [f"bench_idle_{app[-8:]}_{i}" for i in range(len(children), k)]
+            for agent in agents:
+                await sdk.register_agent(agent, "bench")
+            fresh = await asyncio.gather(*(Child.start("idle", attached_dsn, a) for a in agents))
+            children.extend(fresh)
+            await asyncio.gather(*(c.expect("ready", 300) for c in fresh))
+            connections = await sdk.db.fetch_value(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", [app]
+            )
+            per_process = max(1.0, connections / len(children))
+            rows[str(k)] = {
+                "connections": int(connections),
+                "ceiling": await ceiling(dsn, seconds),
+                "oneway_msgs_per_s": round(await oneway_sdk(dsn, sdk, n_oneway, 1), 1),
+                "sync": latency(await sync_sdk(dsn, sdk, n_sync)),
+            }
+    finally:
+        await asyncio.gather(*(c.stop() for c in children))
+    measured = [int(k) for k, row in rows.items() if "oneway_msgs_per_s" in row]
+    summary: dict[str, Any] = {"n_oneway": n_oneway, "n_sync": n_sync, "by_processes": rows}
+    if len(measured) > 1:
+        first, last = str(min(measured)), str(max(measured))
+        summary["oneway_ratio_most_vs_1"] = round(
+            rows[last]["oneway_msgs_per_s"] / rows[first]["oneway_msgs_per_s"], 3
+        )
+    return summary
