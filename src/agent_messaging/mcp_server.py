@@ -157,6 +157,11 @@ def _hint(exc: AgentMessagingError) -> str:
     if isinstance(exc, InvalidMeetingStateError):
         if "ended" in text:
             return f"{text}. The meeting is over: call meeting_history to read what was said."
+        if "created" in text or "ready" in text:
+            return (
+                f"{text}. The meeting has not started yet: call join_meeting, which returns "
+                "when it is your turn."
+            )
         return f"{text}. Call my_meetings to see the meeting's state."
     return f"{text}."
 
@@ -485,7 +490,9 @@ class AmpMcpServer:
                         try:
                             await on_cancel()
                         except Exception as exc:
-                            log.warning("undoing a cancelled %s failed: %s", what, exc)
+                            log.warning(
+                                "cleaning up after a cancelled call (%s) failed: %s", what, exc
+                            )
             raise
 
     # -- tools -------------------------------------------------------------
@@ -916,7 +923,7 @@ class AmpMcpServer:
         )
         for row in rows:
             await self.sdk.db.fetch_value(
-                "SELECT amp.cancel_wait($1, $2, $3)", [me, to, row["request_id"]]
+                "SELECT amp.cancel_wait($1, $2, $3)", [me, to, UUID(str(row["request_id"]))]
             )
 
     async def _next_message(
