@@ -30,8 +30,8 @@ from .helpers import REPO, AgentProcess, PsqlSession, wait_for_notification
 mcp = pytest.importorskip("mcp")
 
 from mcp import ClientSession, StdioServerParameters  # noqa: E402
+from mcp.client import streamable_http  # noqa: E402
 from mcp.client.stdio import stdio_client  # noqa: E402
-from mcp.client.streamable_http import streamablehttp_client  # noqa: E402
 from mcp.types import (  # noqa: E402
     CallToolResult,
     CancelledNotification,
@@ -185,8 +185,15 @@ async def http_server(dsn: str, *args: str) -> AsyncIterator[str]:
 @contextlib.asynccontextmanager
 async def http_agent(url: str, agent: str | None) -> AsyncIterator[Agent]:
     """An MCP session on the HTTP server, acting as ``agent`` (header)."""
+    import httpx
+
     headers = {"X-AMP-Agent": agent} if agent else {}
-    async with streamablehttp_client(url, headers=headers) as (read, write, _):
+    if hasattr(streamable_http, "streamable_http_client"):  # mcp >= 1.2x
+        client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(30, read=300))
+        transport = streamable_http.streamable_http_client(url, http_client=client)
+    else:
+        transport = streamable_http.streamablehttp_client(url, headers=headers)
+    async with transport as (read, write, _):
         session, updates = client_session(read, write)
         async with session:
             await session.initialize()
