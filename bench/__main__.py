@@ -26,6 +26,7 @@ import psycopg
 
 from agent_messaging import AgentMessaging, Config, migrations
 from agent_messaging.database import resolve_dsn
+from bench.mcp import mcp_ask
 from bench.meetings import meetings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -287,6 +288,7 @@ async def bench(server: str, quick: bool) -> dict[str, Any]:
                 "raw": latency(await sync_raw(dsn, n_sync)),
             }
             meeting_figures = await meetings(sdk, quick)
+            mcp_figures = await mcp_ask(dsn, sdk, 50 if quick else 300)
             prints = [await footprint(server, database, sdk, k) for k in agent_counts]
     finally:
         with psycopg.connect(server, autocommit=True) as admin:
@@ -299,6 +301,7 @@ async def bench(server: str, quick: bool) -> dict[str, Any]:
         "oneway_throughput": oneway,
         "sync_round_trip": sync,
         "meetings": meeting_figures,
+        "mcp_ask": mcp_figures,
         "footprint": prints,
         "ratios": {
             "oneway_throughput": oneway["senders_1"]["ratio"],
@@ -367,6 +370,17 @@ def print_table(result: dict[str, Any]) -> None:
         "",
         "",
     )
+    mcp = result.get("mcp_ask", {})
+    if "skipped" in mcp:
+        table.add_row("MCP ask round trip (stdio)", f"skipped: {mcp['skipped']}", "", "")
+    elif mcp:
+        for key in ("p50_ms", "p99_ms"):
+            table.add_row(
+                f"ask round trip {key[:3]} ms, MCP stdio vs SDK, N={mcp['n']}",
+                f"{mcp['mcp_stdio'][key]:.2f} (MCP)",
+                f"{mcp['sdk'][key]:.2f} (SDK)",
+                f"{mcp['mcp_stdio'][key] / mcp['sdk'][key]:.2f}",
+            )
     Console().print(table)
 
 
