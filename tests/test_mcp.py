@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -63,6 +64,7 @@ TOOLS = {
     "meeting_history",
     "my_meetings",
 }
+UUID_RE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 Conn = psycopg.Connection[tuple[object, ...]]
 
 
@@ -613,3 +615,27 @@ async def test_http_server_serves_many_agents(
             assert "may not act as agent 'carol'" in error
         async with http_agent(url, "alice") as alice:
             assert (await alice.ok("whoami"))["agent"] == "alice"
+
+
+# -- the README's transcript -----------------------------------------------------
+
+
+async def test_readme_transcript_example_runs(dsn: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(REPO / "examples" / "mcp_conversation.py"),
+        env={**os.environ, "AMP_DATABASE_URL": dsn},
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    lines = out.decode().splitlines()
+    assert "alice <- ask: bob answered: Green: 412 tests passed." in lines
+    assert "bob <- meeting_history: Meeting <id> (ended):" in [
+        re.sub(UUID_RE, "<id>", line) for line in lines
+    ]
+    readme = (REPO / "README.md").read_text()
+    for line in lines:  # the README shows this very transcript, ids aside
+        assert re.sub(UUID_RE, "<id>", line) in readme, line
