@@ -25,6 +25,7 @@ from bench import peers
 from bench.basics import oneway_raw, oneway_sdk, sync_raw, sync_sdk
 from bench.common import ROOT, Child, latency, with_database
 from bench.delivery import batch_sdk, handler_start_raw, handler_start_sdk
+from bench.mcp import mcp_ask
 from bench.meetings import meetings
 from bench.scale import attached_processes
 
@@ -81,6 +82,7 @@ SECTIONS = (
     "meetings",
     "footprint",
     "attached",
+    "mcp",
 )
 
 
@@ -190,6 +192,8 @@ async def bench(
                     meeting_figures["handoff_5_agents"]["p50_ms"] / (sync["raw"]["p50_ms"] / 2),
                     3,
                 )
+            if "mcp" in run:
+                result["mcp_ask"] = await mcp_ask(dsn, sdk, 20 if smoke else 50 if quick else 300)
             if "footprint" in run:
                 result["footprint"] = [
                     await footprint(server, database, sdk, k) for k in agent_counts
@@ -332,6 +336,17 @@ def print_table(result: dict[str, Any]) -> None:
                 f" sync p50 {row['sync']['p50_ms']:.2f} ms",
                 "",
                 "",
+            )
+    mcp = result.get("mcp_ask", {})
+    if "skipped" in mcp:
+        table.add_row("MCP ask round trip (stdio)", f"skipped: {mcp['skipped']}", "", "")
+    elif mcp:
+        for key in ("p50_ms", "p99_ms"):
+            table.add_row(
+                f"ask round trip {key[:3]} ms, MCP stdio vs SDK, N={mcp['n']}",
+                f"{mcp['mcp_stdio'][key]:.2f} (MCP)",
+                f"{mcp['sdk'][key]:.2f} (SDK)",
+                f"{mcp['mcp_stdio'][key] / mcp['sdk'][key]:.2f}",
             )
     Console().print(table)
 

@@ -36,6 +36,8 @@ def test_bench_quick_reports_positive_figures(dsn: str, tmp_path: Path) -> None:
     handoff = meetings["handoff_5_agents"]
     assert handoff["n"] > 0 and 0 < handoff["p50_ms"] <= handoff["p99_ms"]
     assert meetings["concurrent"]["seconds"] > 0 and meetings["large"]["seconds"] > 0
+    mcp = result["mcp_ask"]  # skipped without the mcp package, else both sides measured
+    assert "skipped" in mcp or min(mcp["sdk"]["p50_ms"], mcp["mcp_stdio"]["p50_ms"]) > 0
     ratios = result["ratios"]
     assert set(ratios) >= {
         "oneway_throughput",

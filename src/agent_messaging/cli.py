@@ -100,6 +100,71 @@ def watch(
         asyncio.run(run())
 
 
+@app.command()
+def mcp(
+    agent: str | None = typer.Option(
+        None, "--agent", help="the agent this server acts as (required for stdio)"
+    ),
+    org: str | None = typer.Option(None, "--org", help="the agent's organization (--register)"),
+    name: str | None = typer.Option(None, "--name", help="the agent's display name (--register)"),
+    register: bool = typer.Option(
+        False, "--register", help="register the organization and agent if missing"
+    ),
+    http: bool = typer.Option(
+        False, "--http", help="serve streamable HTTP (many agents) instead of stdio"
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="HTTP: the address to listen on"),
+    port: int = typer.Option(8765, "--port", help="HTTP: the port (0: any free port)"),
+    allow_agent: list[str] | None = typer.Option(  # noqa: B008
+        None, "--allow-agent", help="HTTP: an agent sessions may act as (repeat; default: any)"
+    ),
+    default_wait: float = typer.Option(60.0, help="seconds a blocking tool waits by default"),
+    max_wait: float = typer.Option(300.0, help="no tool blocks longer than this (seconds)"),
+    progress_interval: float = typer.Option(5.0, help="seconds between progress notifications"),
+    database_url: str | None = DatabaseUrl,
+) -> None:
+    """An MCP server: LLM agents use the protocol as tools (stdio, or streamable HTTP)."""
+    import sys
+
+    try:
+        from . import mcp_server
+    except ImportError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    settings = mcp_server.McpSettings(
+        agent=agent,
+        allowed_agents=frozenset(allow_agent) if allow_agent else None,
+        default_wait=default_wait,
+        max_wait=max_wait,
+        progress_interval=progress_interval,
+    )
+
+    def announce(url: str) -> None:
+        print(f"amp mcp: streamable HTTP on {url}", file=sys.stderr, flush=True)
+
+    import anyio
+
+    try:
+        anyio.run(
+            lambda: mcp_server.run_server(
+                _config(database_url),
+                settings,
+                organization=org,
+                register=register,
+                name=name,
+                http=http,
+                host=host,
+                port=port,
+                announce=announce,
+            )
+        )
+    except mcp_server.ToolRefusal as exc:
+        print(f"amp mcp: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        pass
+
+
 def _bench_main() -> Any:
     """``bench.__main__.main`` from the repository (``bench/`` is not in the wheel)."""
     import importlib

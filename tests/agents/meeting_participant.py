@@ -28,7 +28,7 @@ async def main(dsn: str, agent: str, meeting_id: UUID, plan: list[dict[str, Any]
     config = Config(
         database_url=dsn, poll_interval=1.0, listener_check_interval=1.0, apply_migrations=False
     )
-    async with AgentMessaging[dict[str, Any]](config) as sdk:
+    async with AgentMessaging[Any](config) as sdk:  # hears text and JSON alike
         meetings = sdk.meeting
         steps = iter(plan)
         step = next(steps, None)
