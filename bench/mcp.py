@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 from agent_messaging import AgentMessaging
-from bench.common import ROOT, latency
+from bench.common import ROOT, Child, latency
 
 
 async def mcp_ask(dsn: str, sdk: AgentMessaging[Any], n: int) -> dict[str, Any]:
@@ -33,7 +33,6 @@ async def mcp_ask(dsn: str, sdk: AgentMessaging[Any], n: int) -> dict[str, Any]:
         from mcp.client.stdio import stdio_client
     except ImportError:
         return {"skipped": "the mcp package is not installed (pip install '.[mcp]')"}
-    from bench.__main__ import Child
 
     tag = uuid.uuid4().hex[:8]
     asker, answerer = f"bench_mcp_asker_{tag}", f"bench_mcp_answerer_{tag}"
