@@ -72,13 +72,17 @@ class AgentMessaging(Generic[T]):
         if self._db is not None:
             return
         dsn = await resolve_dsn(self.config)
-        db = Database.connect(dsn, self.config.max_pool_size)
+        db = Database.connect(dsn, self.config.max_pool_size, self.config)
+        dispatcher: Dispatcher | None = None
         try:
             if self.config.apply_migrations:
-                await migrations.ensure_migrated(db.pool, dsn)
+                await migrations.ensure_migrated(db, dsn)
             dispatcher = Dispatcher(db, check_interval=self.config.listener_check_interval)
             await dispatcher.start()
         except BaseException:
+            # a failed start leaves nothing behind: no task, no connection
+            if dispatcher is not None:
+                await dispatcher.close()
             await db.close()
             raise
         self._db, self._dispatcher = db, dispatcher
