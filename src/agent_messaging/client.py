@@ -106,6 +106,8 @@ class AgentMessaging(Generic[T]):
         close the pool. Safe to call twice."""
         for task in (self._sweeper, self._relay_start, self._serving):
             await tasks.stop(task)
+        if self._db is not None:
+            await self.sync_conversation.close()  # background unlocks of ended waits
         self._sweeper = self._relay_start = self._serving = None
         if self._relay is not None:
             with contextlib.suppress(Exception):

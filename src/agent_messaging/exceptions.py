@@ -175,6 +175,15 @@ class DatabaseError(AgentMessagingError):
     (a schema that was never migrated, say); the text is the server's."""
 
 
+#: Errors after which the same call may succeed later (the server is back, a lock is
+#: free): waits ride them out until their own deadline.
+TRANSIENT_ERRORS: tuple[type[AgentMessagingError], ...] = (
+    DatabaseUnavailableError,
+    ConnectionLostError,
+    StatementTimeoutError,
+)
+
+
 #: SQLSTATE -> exception class, for every code of ``amp.error_codes()``.
 SQLSTATE_EXCEPTIONS: dict[str, type[AgentMessagingError]] = {
     cls.sqlstate: cls
