@@ -378,8 +378,10 @@ class Database:
         if not running.done():
             # the deadline passed: cancel the statement on the server and give it a
             # moment to end (it may also have just finished)
+            cancel = asyncio.ensure_future(self._cancel_backend(slot.pid, CANCEL_GRACE))
+            self._background.add(cancel)
+            cancel.add_done_callback(self._background.discard)
             try:
-                await self._cancel_backend(slot.pid, CANCEL_GRACE)
                 await asyncio.wait({running}, timeout=CANCEL_GRACE)
             except asyncio.CancelledError:
                 self._abandon(slot, running)

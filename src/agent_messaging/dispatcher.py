@@ -229,7 +229,9 @@ class Dispatcher:
                 listener = None
             if not self._closing:
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                # a down server refuses at once: trying twice a second costs nothing
+                # and has the listener back within half a second of its return
+                delay = min(delay * 2, 0.5)
 
     async def _serve(self, listener: Listener) -> None:
         """Read notifications until the connection is found dead."""
