@@ -90,8 +90,9 @@ class SyncConversation(Generic[T]):
             woken.set()
 
         # LISTEN before sending: the reply cannot slip between the send and the wait
-        await sdk.dispatcher.subscribe([channel], hint)
-        sdk.dispatcher.add_catch_up(catch_up)
+        dispatcher = sdk.dispatcher
+        await dispatcher.subscribe([channel], hint)
+        dispatcher.add_catch_up(catch_up)
         try:
             row = await sdk.db.fetch_one(
                 "SELECT request_id FROM amp.sync_send($1, $2, $3::text::jsonb, "
@@ -114,8 +115,8 @@ class SyncConversation(Generic[T]):
                 if not settled:  # an error or a cancellation: nobody may stay locked
                     self._unlock_later(sender_external_id, recipient_external_id, request)
         finally:
-            sdk.dispatcher.remove_catch_up(catch_up)
-            await sdk.dispatcher.unsubscribe([channel], hint)
+            dispatcher.remove_catch_up(catch_up)
+            await dispatcher.unsubscribe([channel], hint)
 
     async def _wait(
         self,
