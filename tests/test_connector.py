@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -324,3 +326,25 @@ async def test_a_failure_record_survives_a_lost_connection(
         started = loop.time()
         assert await asyncio.wait_for(attempts.get(), 30) == 2
         assert loop.time() - started < 15  # well before the lease would expire
+
+
+async def test_too_many_clients_is_a_clear_error(
+    dsn: str, sql: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """A server that takes no more connections (here: a role's CONNECTION LIMIT, as
+    superusers are exempt from max_connections' last slots and database limits)."""
+    role = f"amp_lim_{uuid.uuid4().hex[:8]}"
+    sql.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 0')
+    try:
+        parts = urlsplit(dsn)
+        limited = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.split('@')[-1]}"))
+        db = Database(limited)
+        try:
+            with pytest.raises(
+                DatabaseUnavailableError, match=r"too many connections.*max_pool_size"
+            ):
+                await db.fetch("SELECT 1 AS x")
+        finally:
+            await db.close()
+    finally:
+        sql.execute(f'DROP ROLE "{role}"')

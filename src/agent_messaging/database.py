@@ -63,7 +63,9 @@ _LOST_RE = re.compile(
     re.IGNORECASE,
 )
 _CANCELLED_RE = re.compile(r"canceling statement due to (statement timeout|lock timeout|user)")
-_TOO_MANY_RE = re.compile(r"too many clients|remaining connection slots are reserved")
+_TOO_MANY_RE = re.compile(
+    r"too many clients|too many connections|remaining connection slots are reserved"
+)
 
 
 def describe_server(dsn: str) -> str:
@@ -202,8 +204,9 @@ class Database:
         reason = text.split("error - ", 1)[-1].split("object: ", 1)[-1]
         if _TOO_MANY_RE.search(text):
             return DatabaseUnavailableError(
-                f"the server at {self.server} refused the connection: too many clients "
-                f"(max_connections is reached; each SDK process needs up to "
+                f"the server at {self.server} refused the connection: "
+                f"{_TOO_MANY_RE.search(text).group(0)} (max_connections, or the role's or "  # type: ignore[union-attr]
+                f"database's CONNECTION LIMIT, is reached; each SDK process needs up to "
                 f"max_pool_size + 2 = {self.max_pool_size + 2} connections)"
             )
         return DatabaseUnavailableError(
