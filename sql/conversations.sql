@@ -8,7 +8,9 @@
 -- The two agents of a call and their live sync session, locked. Everything that
 -- touches the sync session of a pair goes through here: the advisory lock
 -- serialises it even when no session row exists yet (get-or-create), the row lock
--- afterwards. The session is NULL when the pair has none.
+-- afterwards. The session is NULL when the pair has none. A wait whose deadline
+-- passed is over here, for everyone: its waiter gave up (or died, or lost the
+-- database before it could say so), so the pair is unlocked and the waiter woken.
 CREATE OR REPLACE FUNCTION amp.lock_sync_session(
     p_agent text, p_other text,
     OUT agent amp.agents, OUT other amp.agents, OUT session amp.sessions)
@@ -25,6 +27,12 @@ BEGIN
     WHERE s.agent_a_id = least(agent.id, other.id) AND s.agent_b_id = greatest(agent.id, other.id)
       AND s.session_type = 'sync' AND s.status <> 'ended'
     FOR UPDATE;
+    IF session.status = 'waiting' AND session.wait_deadline < now() THEN
+        PERFORM amp.unlock_session(session.id);
+        PERFORM pg_notify(amp.agent_channel_by_id(session.locked_agent_id), json_build_object(
+            'kind', 'session', 'session_id', session.id, 'status', 'active')::text);
+        SELECT * INTO session FROM amp.sessions s WHERE s.id = session.id;
+    END IF;
 END;
 $$;
 
@@ -52,16 +60,19 @@ RETURNS void
 LANGUAGE sql AS $$
     UPDATE amp.sessions
     SET status = p_status, locked_agent_id = NULL, waiting_for = NULL, waiting_since = NULL,
-        ended_at = CASE WHEN p_status = 'ended' THEN now() END
+        wait_deadline = NULL, ended_at = CASE WHEN p_status = 'ended' THEN now() END
     WHERE id = p_session_id
 $$;
 
 -- Ask: store the request and mark the sender as waiting for the answer.
 -- If the recipient is itself waiting on the sender, this message is the reply to
 -- it (the conversation is a ping-pong) and is not pushed to a handler; either
--- way the sender now waits. Returns the session and the request's id.
+-- way the sender now waits, until p_timeout from now if given (then the wait is
+-- over by itself: see lock_sync_session). Returns the session and the request's id.
+-- A repeat with the same idempotency key returns the first request, changing nothing.
 CREATE OR REPLACE FUNCTION amp.sync_send(
     p_sender text, p_recipient text, p_content jsonb, p_metadata jsonb DEFAULT '{}'::jsonb,
+    p_idempotency_key text DEFAULT NULL, p_timeout interval DEFAULT NULL,
     OUT session_id uuid, OUT request_id uuid)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -71,6 +82,18 @@ DECLARE
     v_message amp.messages;
 BEGIN
     v := amp.lock_sync_session(p_sender, p_recipient);
+    IF p_idempotency_key IS NOT NULL THEN
+        v_message := amp.idempotent_message((v.agent).id, p_idempotency_key, 'sync_request',
+                                            (v.other).id);
+        IF v_message.id IS NOT NULL THEN
+            session_id := v_message.session_id;
+            request_id := v_message.id;
+            RETURN;
+        END IF;
+    END IF;
+    IF p_timeout IS NOT NULL AND NOT p_timeout > interval '0' THEN
+        PERFORM amp.raise_error('AM001', 'a wait timeout must be positive');
+    END IF;
     v_session := v.session;
     IF v_session.id IS NULL THEN
         v_session := amp.get_or_create_session((v.agent).id, (v.other).id, 'sync');
@@ -84,10 +107,11 @@ BEGIN
     END IF;
     v_message := amp.store_message('sync_request', (v.agent).id, (v.other).id,
                                    p_content, p_metadata, p_session_id => v_session.id,
-                                   p_reply_to => v_answers, p_push => v_answers IS NULL);
+                                   p_reply_to => v_answers, p_push => v_answers IS NULL,
+                                   p_idempotency_key => p_idempotency_key);
     UPDATE amp.sessions
     SET status = 'waiting', locked_agent_id = (v.agent).id,
-        waiting_for = v_message.id, waiting_since = now()
+        waiting_for = v_message.id, waiting_since = now(), wait_deadline = now() + p_timeout
     WHERE id = v_session.id;
     session_id := v_session.id;
     request_id := v_message.id;
@@ -194,6 +218,7 @@ LANGUAGE sql STABLE AS $$
     JOIN amp.messages m ON m.id = s.waiting_for
     JOIN amp.agents w ON w.id = s.locked_agent_id
     WHERE s.session_type = 'sync' AND s.status = 'waiting'
+      AND (s.wait_deadline IS NULL OR s.wait_deadline > now())
       AND (amp.get_agent(p_agent)).id IN (s.agent_a_id, s.agent_b_id)
       AND s.locked_agent_id <> (amp.get_agent(p_agent)).id
     ORDER BY s.waiting_since

@@ -46,8 +46,34 @@ BEGIN
 END;
 $$;
 
+-- The message a sender already stored under an idempotency key, or NULL fields if
+-- the key is new. A key names one send: reusing it for another kind of message or
+-- another recipient is refused.
+CREATE OR REPLACE FUNCTION amp.idempotent_message(
+    p_sender_id uuid, p_key text, p_type text, p_recipient_id uuid)
+RETURNS amp.messages
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_message amp.messages;
+BEGIN
+    IF p_key = '' OR octet_length(p_key) > 200 THEN
+        PERFORM amp.raise_error('AM001', 'an idempotency key must be 1 to 200 bytes long');
+    END IF;
+    SELECT * INTO v_message FROM amp.messages m
+    WHERE m.sender_id = p_sender_id AND m.idempotency_key = p_key;
+    IF FOUND AND (v_message.message_type <> p_type
+                  OR v_message.recipient_id IS DISTINCT FROM p_recipient_id) THEN
+        PERFORM amp.raise_error('AM001', format(
+            'idempotency key %L was already used for another message', p_key));
+    END IF;
+    RETURN v_message;
+END;
+$$;
+
 -- Insert a message and wake its recipient (the NOTIFY is delivered on commit).
 -- Every pattern stores messages through here, so every stored message notifies.
+-- With an idempotency key, a repeat of a send returns the message stored the first
+-- time (and notifies nobody again); two concurrent sends with one key store one.
 CREATE OR REPLACE FUNCTION amp.store_message(
     p_type       text,
     p_sender_id  uuid,
@@ -58,22 +84,45 @@ CREATE OR REPLACE FUNCTION amp.store_message(
     p_meeting_id uuid DEFAULT NULL,
     p_reply_to   uuid DEFAULT NULL,
     p_push       boolean DEFAULT false,
-    p_is_late    boolean DEFAULT false)
+    p_is_late    boolean DEFAULT false,
+    p_idempotency_key text DEFAULT NULL)
 RETURNS amp.messages
 LANGUAGE plpgsql AS $$
 DECLARE
     v_message amp.messages;
 BEGIN
+    IF p_idempotency_key IS NOT NULL THEN
+        v_message := amp.idempotent_message(p_sender_id, p_idempotency_key, p_type,
+                                            p_recipient_id);
+        IF v_message.id IS NOT NULL THEN
+            RETURN v_message;
+        END IF;
+    END IF;
     PERFORM amp.check_content(p_content);
     IF p_metadata IS NOT NULL AND jsonb_typeof(p_metadata) <> 'object' THEN
         PERFORM amp.raise_error('AM001', 'message metadata must be a JSON object');
     END IF;
-    INSERT INTO amp.messages (message_type, sender_id, recipient_id, content, metadata,
-                              session_id, meeting_id, reply_to, is_late, delivery_status)
-    VALUES (p_type, p_sender_id, p_recipient_id, p_content, coalesce(p_metadata, '{}'),
-            p_session_id, p_meeting_id, p_reply_to, p_is_late,
-            CASE WHEN p_push THEN 'pending' END)
-    RETURNING * INTO v_message;
+    IF p_idempotency_key IS NULL THEN
+        INSERT INTO amp.messages (message_type, sender_id, recipient_id, content, metadata,
+                                  session_id, meeting_id, reply_to, is_late, delivery_status)
+        VALUES (p_type, p_sender_id, p_recipient_id, p_content, coalesce(p_metadata, '{}'),
+                p_session_id, p_meeting_id, p_reply_to, p_is_late,
+                CASE WHEN p_push THEN 'pending' END)
+        RETURNING * INTO v_message;
+    ELSE
+        INSERT INTO amp.messages (message_type, sender_id, recipient_id, content, metadata,
+                                  session_id, meeting_id, reply_to, is_late, delivery_status,
+                                  idempotency_key)
+        VALUES (p_type, p_sender_id, p_recipient_id, p_content, coalesce(p_metadata, '{}'),
+                p_session_id, p_meeting_id, p_reply_to, p_is_late,
+                CASE WHEN p_push THEN 'pending' END, p_idempotency_key)
+        ON CONFLICT (sender_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING * INTO v_message;
+        IF v_message.id IS NULL THEN  -- a concurrent send with the same key stored it
+            RETURN amp.idempotent_message(p_sender_id, p_idempotency_key, p_type,
+                                          p_recipient_id);
+        END IF;
+    END IF;
     IF p_recipient_id IS NOT NULL THEN
         PERFORM amp.notify_message(v_message);
     END IF;
@@ -125,9 +174,11 @@ $$;
 -- One-way
 -- ---------------------------------------------------------------------------
 
--- Fire and forget: stored durably and pushed to the recipient's handler.
+-- Fire and forget: stored durably and pushed to the recipient's handler. A repeat
+-- with the same idempotency key returns the first message's id, storing nothing.
 CREATE OR REPLACE FUNCTION amp.send_one_way(
-    p_sender text, p_recipient text, p_content jsonb, p_metadata jsonb DEFAULT '{}'::jsonb)
+    p_sender text, p_recipient text, p_content jsonb, p_metadata jsonb DEFAULT '{}'::jsonb,
+    p_idempotency_key text DEFAULT NULL)
 RETURNS uuid
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -135,7 +186,8 @@ DECLARE
 BEGIN
     v_pair := amp.resolve_pair(p_sender, p_recipient);
     RETURN (amp.store_message('one_way', (v_pair.sender).id, (v_pair.recipient).id,
-                              p_content, p_metadata, p_push => true)).id;
+                              p_content, p_metadata, p_push => true,
+                              p_idempotency_key => p_idempotency_key)).id;
 END;
 $$;
 
@@ -244,7 +296,8 @@ BEGIN
         WHERE wa.worker_id = p_worker AND m.recipient_id = wa.agent_id
           AND m.delivery_status = 'pending' AND m.message_type = 'sync_request'
           AND (m.claim_expires_at IS NULL OR m.claim_expires_at < now())
-          AND NOT EXISTS (SELECT 1 FROM amp.sessions s WHERE s.waiting_for = m.id)
+          AND NOT EXISTS (SELECT 1 FROM amp.sessions s WHERE s.waiting_for = m.id
+                          AND (s.wait_deadline IS NULL OR s.wait_deadline > now()))
         RETURNING m.*
     LOOP
         PERFORM amp.notify_delivery(v_failed);

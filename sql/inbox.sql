@@ -22,9 +22,11 @@ BEGIN
 END;
 $$;
 
--- Send an async message; returns its id. Never blocks.
+-- Send an async message; returns its id. Never blocks. A repeat with the same
+-- idempotency key returns the first message's id, storing nothing.
 CREATE OR REPLACE FUNCTION amp.async_send(
-    p_sender text, p_recipient text, p_content jsonb, p_metadata jsonb DEFAULT '{}'::jsonb)
+    p_sender text, p_recipient text, p_content jsonb, p_metadata jsonb DEFAULT '{}'::jsonb,
+    p_idempotency_key text DEFAULT NULL)
 RETURNS uuid
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -34,7 +36,8 @@ BEGIN
     v_pair := amp.resolve_pair(p_sender, p_recipient);
     v_session := amp.get_or_create_session((v_pair.sender).id, (v_pair.recipient).id, 'async');
     RETURN (amp.store_message('async', (v_pair.sender).id, (v_pair.recipient).id,
-                              p_content, p_metadata, p_session_id => v_session.id)).id;
+                              p_content, p_metadata, p_session_id => v_session.id,
+                              p_idempotency_key => p_idempotency_key)).id;
 END;
 $$;
 

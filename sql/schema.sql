@@ -40,6 +40,9 @@ CREATE TABLE amp.sessions (
     locked_agent_id uuid REFERENCES amp.agents (id),
     waiting_for     uuid,
     waiting_since   timestamptz,
+    -- when the waiter gives up (its timeout): a wait past it is over even if its
+    -- process never said so (it died, or lost the database); NULL: never
+    wait_deadline   timestamptz,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
     ended_at        timestamptz,
@@ -124,7 +127,10 @@ CREATE TABLE amp.messages (
     claimed_by       uuid,
     claim_expires_at timestamptz,
     delivered_at     timestamptz,
-    last_error       text
+    last_error       text,
+    -- the sender's key for this send: a repeat with the same key returns this
+    -- message instead of storing another (a retry after an unknown outcome)
+    idempotency_key  text CHECK (idempotency_key <> '' AND octet_length(idempotency_key) <= 200)
 );
 -- the claim query: pending work of one recipient, oldest first
 CREATE INDEX messages_pending_delivery_idx ON amp.messages (recipient_id, seq)
@@ -144,6 +150,8 @@ CREATE INDEX messages_session_idx ON amp.messages (session_id, seq)
 CREATE INDEX messages_meeting_idx ON amp.messages (meeting_id, seq)
     WHERE meeting_id IS NOT NULL;
 CREATE INDEX messages_reply_to_idx ON amp.messages (reply_to) WHERE reply_to IS NOT NULL;
+CREATE UNIQUE INDEX messages_idempotency_idx ON amp.messages (sender_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 
 CREATE TABLE amp.meeting_events (
     id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),

@@ -65,10 +65,13 @@ async def test_unsubscribe_stops_routing(sdk: SDK) -> None:
     # but nothing is routed to the callbacks that left
     await sdk.dispatcher.unsubscribe(["amp_test_c"], kept)
     assert not sdk.dispatcher.subscribed("amp_test_c")
-    listening = await sdk.dispatcher._listener.connection.execute(  # type: ignore[union-attr]
-        "SELECT count(*) AS n FROM pg_listening_channels() c WHERE c = 'amp_test_c'"
+    listening = await sdk.dispatcher._listener.execute(  # type: ignore[union-attr]
+        "SELECT count(*) AS n FROM pg_listening_channels() c WHERE c = 'amp_test_c'",
+        None,
+        10.0,
+        rows=True,
     )
-    assert listening.result()[0]["n"] == 1
+    assert listening[0]["n"] == 1
     probe = Inbox()
     await sdk.dispatcher.subscribe(["amp_test_probe"], probe)
     await notify(sdk, "amp_test_c")
@@ -78,10 +81,13 @@ async def test_unsubscribe_stops_routing(sdk: SDK) -> None:
     # a channel that will not be used again can be UNLISTENed
     await sdk.dispatcher.subscribe(["amp_test_c"], kept)
     await sdk.dispatcher.unsubscribe(["amp_test_c"], kept, keep_listening=False)
-    listening = await sdk.dispatcher._listener.connection.execute(  # type: ignore[union-attr]
-        "SELECT count(*) AS n FROM pg_listening_channels() c WHERE c = 'amp_test_c'"
+    listening = await sdk.dispatcher._listener.execute(  # type: ignore[union-attr]
+        "SELECT count(*) AS n FROM pg_listening_channels() c WHERE c = 'amp_test_c'",
+        None,
+        10.0,
+        rows=True,
     )
-    assert listening.result()[0]["n"] == 0
+    assert listening[0]["n"] == 0
 
 
 async def test_health_check_round_trip(sdk: SDK) -> None:

@@ -128,7 +128,7 @@ async def test_sdk_migrates_on_start(empty_dsn: str) -> None:
 
     async with AgentMessaging[str](make_config(empty_dsn)) as sdk:
         await sdk.register_organization("org1")
-        assert await migrations.current_revision(sdk.db.pool) == migrations.HEAD_REVISION
+        assert await migrations.current_revision(sdk.db) == migrations.HEAD_REVISION
 
 
 def test_concurrent_processes_migrate_once(empty_dsn: str) -> None:

@@ -72,13 +72,17 @@ class AgentMessaging(Generic[T]):
         if self._db is not None:
             return
         dsn = await resolve_dsn(self.config)
-        db = Database.connect(dsn, self.config.max_pool_size)
+        db = Database.connect(dsn, self.config.max_pool_size, self.config)
+        dispatcher: Dispatcher | None = None
         try:
             if self.config.apply_migrations:
-                await migrations.ensure_migrated(db.pool, dsn)
+                await migrations.ensure_migrated(db, dsn)
             dispatcher = Dispatcher(db, check_interval=self.config.listener_check_interval)
             await dispatcher.start()
         except BaseException:
+            # a failed start leaves nothing behind: no task, no connection
+            if dispatcher is not None:
+                await dispatcher.close()
             await db.close()
             raise
         self._db, self._dispatcher = db, dispatcher
@@ -102,6 +106,8 @@ class AgentMessaging(Generic[T]):
         close the pool. Safe to call twice."""
         for task in (self._sweeper, self._relay_start, self._serving):
             await tasks.stop(task)
+        if self._db is not None:
+            await self.sync_conversation.close()  # background unlocks of ended waits
         self._sweeper = self._relay_start = self._serving = None
         if self._relay is not None:
             with contextlib.suppress(Exception):

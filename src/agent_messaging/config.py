@@ -45,6 +45,21 @@ class Config(BaseSettings):
     embedded_database: str = "amp"
 
     max_pool_size: int = Field(default=10, ge=2, description="connections in the psqlpy pool")
+    connect_timeout: float = Field(
+        default=10.0, gt=0, description="seconds to open a connection (TCP, TLS and login)"
+    )
+    statement_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds one database call may take (server statement_timeout and the "
+        "client's deadline, after which the statement is cancelled)",
+    )
+    lock_timeout: float = Field(
+        default=10.0, gt=0, description="seconds a statement may wait for a row or advisory lock"
+    )
+    pool_timeout: float = Field(
+        default=10.0, gt=0, description="seconds a call waits for a free pool connection"
+    )
     apply_migrations: bool = Field(
         default=True, description="apply pending migrations in initialize()"
     )

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
-from . import content
+from . import content, tasks
 from .dispatcher import AnyNotification
-from .exceptions import ConversationEndedError, ConversationTimeoutError, InvalidSessionStateError
+from .exceptions import (
+    TRANSIENT_ERRORS,
+    AgentMessagingError,
+    ConversationEndedError,
+    ConversationTimeoutError,
+    InvalidSessionStateError,
+)
 from .models import MessageContext
 from .notifications import MessageStored, SessionChanged
 
@@ -17,6 +24,14 @@ if TYPE_CHECKING:
     from .client import AgentMessaging
 
 T = TypeVar("T")
+log = logging.getLogger("agent_messaging.conversations")
+
+#: after its deadline, how long a wait may spend cancelling itself in SQL before it
+#: leaves that to a background task (so that it returns by its timeout + 0.5 s)
+_GIVE_UP_BUDGET = 0.3
+#: how long the background task keeps trying to cancel a wait the database did not
+#: hear about (after that the wait ends by its deadline in SQL anyway)
+_UNLOCK_PATIENCE = 120.0
 
 
 class SyncConversation(Generic[T]):
@@ -30,6 +45,7 @@ class SyncConversation(Generic[T]):
 
     def __init__(self, sdk: AgentMessaging[T]) -> None:
         self._sdk = sdk
+        self._unlocks: set[asyncio.Task[None]] = set()
 
     async def send_and_wait(
         self,
@@ -38,6 +54,7 @@ class SyncConversation(Generic[T]):
         message: T,
         timeout: float | None = None,
         metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
     ) -> T:
         """Send ``message`` and wait for the reply, returned as ``T``.
 
@@ -47,10 +64,20 @@ class SyncConversation(Generic[T]):
         if the conversation is ended meanwhile, :class:`AgentNotFoundError`,
         :class:`InvalidInputError`, and :class:`InvalidSessionStateError` if the
         sender is already waiting in this conversation.
+
+        The wait rides out a lost connection or a server restart (it re-checks until
+        its deadline). However it ends (reply, timeout, error, cancellation) nobody
+        stays locked: the wait is cancelled in SQL, by a background retry if the
+        database is unreachable at that moment, and in any case it is over in SQL at
+        its deadline. ``idempotency_key``: a repeat of the send (after a
+        :class:`ConnectionLostError` with an unknown outcome) waits on the request
+        stored the first time instead of sending a second one.
         """
         sdk = self._sdk
         if timeout is None:
             timeout = sdk.config.default_conversation_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         args = sdk.message_args(sender_external_id, recipient_external_id, message, metadata)
         channel = await sdk.agent_channel(sender_external_id)
         woken = asyncio.Event()
@@ -67,20 +94,39 @@ class SyncConversation(Generic[T]):
             woken.set()
 
         # LISTEN before sending: the reply cannot slip between the send and the wait
-        await sdk.dispatcher.subscribe([channel], hint)
-        sdk.dispatcher.add_catch_up(catch_up)
+        dispatcher = sdk.dispatcher
+        await dispatcher.subscribe([channel], hint)
+        dispatcher.add_catch_up(catch_up)
         try:
             row = await sdk.db.fetch_one(
-                "SELECT request_id FROM amp.sync_send($1, $2, $3::text::jsonb, $4::text::jsonb)",
-                args,
+                "SELECT request_id FROM amp.sync_send($1, $2, $3::text::jsonb, "
+                "$4::text::jsonb, $5, make_interval(secs => $6::float8))",
+                [*args, idempotency_key, timeout],
+                timeout=max(0.001, deadline - loop.time()),
             )
             request = UUID(str(row["request_id"]))
-            return await self._wait(
-                request, sender_external_id, recipient_external_id, timeout, woken, carried
-            )
+            settled = False
+            try:
+                result = await self._wait(
+                    request,
+                    sender_external_id,
+                    recipient_external_id,
+                    timeout,
+                    deadline,
+                    woken,
+                    carried,
+                )
+                settled = True
+                return result
+            except (ConversationTimeoutError, ConversationEndedError, InvalidSessionStateError):
+                settled = True  # the wait is over in SQL too
+                raise
+            finally:
+                if not settled:  # an error or a cancellation: nobody may stay locked
+                    self._unlock_later(sender_external_id, recipient_external_id, request)
         finally:
-            sdk.dispatcher.remove_catch_up(catch_up)
-            await sdk.dispatcher.unsubscribe([channel], hint)
+            dispatcher.remove_catch_up(catch_up)
+            await dispatcher.unsubscribe([channel], hint)
 
     async def _wait(
         self,
@@ -88,12 +134,13 @@ class SyncConversation(Generic[T]):
         sender: str,
         recipient: str,
         timeout: float,
+        deadline: float,
         woken: asyncio.Event,
         carried: dict[UUID, Any] | None = None,
     ) -> T:
         sdk = self._sdk
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        retry = 0.05
         # No check before the first wait: the request was stored a moment ago while
         # we already listened, so its reply (or the end) will notify us.
         while True:
@@ -107,23 +154,92 @@ class SyncConversation(Generic[T]):
                 # the reply's own hint carried it: it is committed, no need to read it
                 reply: T = content.decode(sdk.message_adapter, carried[request])
                 return reply
-            outcome = await self._outcome(request)
-            if outcome is not None:
-                return outcome
-            if deadline - loop.time() <= 0:
-                cancelled = await sdk.db.fetch_value(
-                    "SELECT amp.cancel_wait($1, $2, $3)", [sender, recipient, request]
-                )
-                if cancelled:
-                    raise ConversationTimeoutError(
-                        f"{recipient!r} did not reply to {sender!r} within {timeout} s"
-                    )
-                # the reply (or the end) won the race: the next check reads it
+            remaining = deadline - loop.time()
+            if remaining > 0:
+                try:
+                    outcome = await self._outcome(request, remaining)
+                except TRANSIENT_ERRORS as exc:
+                    # ride out the outage: check again (soon) until the deadline
+                    log.warning("checking for the reply to %s failed, retrying: %s", request, exc)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(woken.wait(), min(retry, remaining))
+                    retry = min(retry * 2, 0.5)
+                    continue
+                retry = 0.05
+                if outcome is not None:
+                    return outcome
+                continue
+            return await self._give_up(request, sender, recipient, timeout)
 
-    async def _outcome(self, request: UUID) -> T | None:
+    async def _give_up(self, request: UUID, sender: str, recipient: str, timeout: float) -> T:
+        """The deadline passed: cancel the wait in SQL, unless the reply (or the end)
+        came first, which is then the outcome."""
+        sdk = self._sdk
+        expired = ConversationTimeoutError(
+            f"{recipient!r} did not reply to {sender!r} within {timeout} s"
+        )
+        try:
+            cancelled = await sdk.db.fetch_value(
+                "SELECT amp.cancel_wait($1, $2, $3)",
+                [sender, recipient, request],
+                timeout=_GIVE_UP_BUDGET * 2 / 3,
+            )
+            if cancelled:
+                raise expired
+            # the reply (or the end) won the race, or the wait expired in SQL already
+            outcome = await self._outcome(request, _GIVE_UP_BUDGET / 3)
+        except InvalidSessionStateError:
+            raise expired from None
+        except TRANSIENT_ERRORS:
+            self._unlock_later(sender, recipient, request)
+            raise expired from None
+        if outcome is None:
+            self._unlock_later(sender, recipient, request)
+            raise expired
+        return outcome
+
+    def _unlock_later(self, sender: str, recipient: str, request: UUID) -> None:
+        """Cancel the wait in SQL from a background task, retrying (bounded) while the
+        database is unreachable."""
+
+        async def unlock() -> None:
+            loop = asyncio.get_running_loop()
+            give_up_at = loop.time() + _UNLOCK_PATIENCE
+            delay = 0.1
+            while True:
+                try:
+                    await self._sdk.db.fetch_value(
+                        "SELECT amp.cancel_wait($1, $2, $3)", [sender, recipient, request]
+                    )
+                    return
+                except TRANSIENT_ERRORS as exc:
+                    if loop.time() + delay >= give_up_at:
+                        log.warning("could not cancel the wait of %s in SQL: %s", request, exc)
+                        return
+                except (AgentMessagingError, RuntimeError) as exc:
+                    log.warning("could not cancel the wait of %s in SQL: %s", request, exc)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+        task = asyncio.get_running_loop().create_task(unlock(), name="amp-cancel-wait")
+        self._unlocks.add(task)
+        task.add_done_callback(self._unlocks.discard)
+
+    async def close(self, grace: float = 1.0) -> None:
+        """Give pending background unlocks a moment, then stop them."""
+        if self._unlocks:
+            await asyncio.wait(set(self._unlocks), timeout=grace)
+        for task in list(self._unlocks):
+            await tasks.stop(task)
+
+    async def _outcome(self, request: UUID, timeout: float | None = None) -> T | None:
         """The reply if there is one; raises if the wait is over without one."""
         row = await self._sdk.db.fetch_one(
-            "SELECT status, content FROM amp.sync_result($1)", [request]
+            "SELECT status, content FROM amp.sync_result($1)",
+            [request],
+            timeout=timeout,
+            read_only=True,
         )
         status = row["status"]
         if status == "replied":

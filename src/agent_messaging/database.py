@@ -1,76 +1,627 @@
-"""The thin connector: a psqlpy pool, named ``amp.*`` calls, errors translated.
+"""The connector: the only module that talks to the driver (psqlpy).
 
 Every query binds its parameters. Every call of an ``amp.*`` function is one
-statement and therefore one transaction (psqlpy connections autocommit).
+statement and therefore one transaction (the connections autocommit).
+
+The pool is the SDK's own, over single psqlpy connections, so that every call
+
+* returns its connection deterministically (whatever becomes of the error raised),
+* waits at most ``pool_timeout`` for a free connection and ``connect_timeout`` for a
+  new one (:class:`DatabaseUnavailableError`, naming host:port),
+* has a deadline (``statement_timeout`` unless the caller's is sooner): the server
+  enforces the same ``statement_timeout`` and ``lock_timeout``, and when the client's
+  deadline passes first, or the calling task is cancelled, the statement is
+  cancelled on the server (``pg_cancel_backend`` of the connection's backend, sent
+  over a separate control connection), so nothing runs on after the caller gave up,
+* raises only :class:`AgentMessagingError` subclasses: ``amp`` errors by the code in
+  their last ``HINT`` line, a broken connection as :class:`ConnectionLostError`
+  (``outcome_unknown`` when the statement may have committed), a cancelled statement
+  as :class:`StatementTimeoutError`, anything else as :class:`DatabaseError`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
-from collections.abc import Sequence
+import logging
+import math
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import psqlpy
 
 from .config import Config
-from .exceptions import from_database_error
+from .exceptions import (
+    AgentMessagingError,
+    ConnectionLostError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    StatementTimeoutError,
+    amp_error,
+)
 
 Row = dict[str, Any]
+log = logging.getLogger("agent_messaging.database")
+
 _SETTLE_SECONDS = 0.05
+#: after a deadline, how long to wait for the cancelled statement to end
+CANCEL_GRACE = 0.25
+#: how long a background clean-up of a cancelled call may wait for the server
+_ABANDON_PATIENCE = 30.0
+
+# Errors that mean the connection itself is gone (the server restarted, crashed, was
+# terminated, or the network broke), as the driver words them.
+_LOST_RE = re.compile(
+    r"connection closed|error communicating with the server|terminating connection|"
+    r"server closed the connection|unexpected EOF|broken pipe|connection reset|"
+    r"shutting down|the database system is|FATAL:",
+    re.IGNORECASE,
+)
+_CANCELLED_RE = re.compile(r"canceling statement due to (statement timeout|lock timeout|user)")
+_TOO_MANY_RE = re.compile(
+    r"too many clients|too many connections|remaining connection slots are reserved"
+)
+
+
+def describe_server(dsn: str) -> str:
+    """``host:port/database`` of a libpq URL, for error messages (never the password)."""
+    try:
+        parts = urlsplit(dsn)
+        query = parse_qs(parts.query)
+        host = parts.hostname or (query.get("host") or ["localhost"])[0]
+        port = parts.port or int((query.get("port") or ["5432"])[0])
+        database = parts.path.lstrip("/") or (query.get("dbname") or [""])[0]
+    except ValueError:
+        return "the configured server"
+    where = f"{host}:{port}"
+    return f"{where}/{database}" if database else where
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3g} s"
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One open connection of the pool and its server process id."""
+
+    conn: Any  # psqlpy.Connection
+    pid: int
+    #: the pool's epoch when it was opened: older ones are dropped on checkout
+    epoch: int = 0
+    broken: bool = False
+
+
+@dataclass
+class _Stats:
+    """Counters, for tests and diagnostics."""
+
+    opened: int = 0
+    closed: int = 0
+    cancels: int = 0
+    abandoned: int = 0
+    waits: list[float] = field(default_factory=list)
 
 
 class Database:
-    """A psqlpy pool plus the helpers every module uses to call ``amp.*``."""
+    """A pool of connections plus the helpers every module uses to call ``amp.*``."""
 
-    def __init__(self, pool: psqlpy.ConnectionPool, dsn: str) -> None:
-        self.pool = pool
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        max_pool_size: int = 10,
+        connect_timeout: float = 10.0,
+        statement_timeout: float = 30.0,
+        lock_timeout: float = 10.0,
+        pool_timeout: float = 10.0,
+    ) -> None:
         self.dsn = dsn
+        #: ``host:port/database``, for messages
+        self.server = describe_server(dsn)
+        self.max_pool_size = max_pool_size
+        self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
+        self.lock_timeout = lock_timeout
+        self.pool_timeout = pool_timeout
+        self._idle: list[_Slot] = []
+        self._size = 0  # connections open or being opened
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+        self._epoch = 0
+        self._control: _Slot | None = None
+        self._control_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+        self.stats = _Stats()
 
     @classmethod
-    def connect(cls, dsn: str, max_pool_size: int) -> Database:
-        """Create the pool (connections are opened lazily)."""
-        return cls(psqlpy.ConnectionPool(dsn=dsn, max_db_pool_size=max_pool_size), dsn)
+    def connect(cls, dsn: str, max_pool_size: int = 10, config: Config | None = None) -> Database:
+        """Create the pool (connections are opened lazily), with the timeouts of
+        ``config`` (defaults: :class:`Config`'s)."""
+        config = config or Config.model_construct()
+        return cls(
+            dsn,
+            max_pool_size=max_pool_size,
+            connect_timeout=config.connect_timeout,
+            statement_timeout=config.statement_timeout,
+            lock_timeout=config.lock_timeout,
+            pool_timeout=config.pool_timeout,
+        )
 
-    async def execute(self, query: str, params: Sequence[Any] | None = None) -> None:
-        """Run one statement with bound parameters, ignoring its result (``void``)."""
+    # -- the pool ------------------------------------------------------------
+
+    @property
+    def in_use(self) -> int:
+        """Connections checked out right now (for tests and diagnostics)."""
+        return self._size - len(self._idle)
+
+    @property
+    def size(self) -> int:
+        """Connections open (or being opened) right now."""
+        return self._size
+
+    async def _open(self, timeout: float) -> _Slot:
+        """A new connection, its backend pid known and its timeouts set."""
+        started = asyncio.get_running_loop().time()
+        timeout = max(0.001, min(timeout, self.connect_timeout))
         try:
-            conn = await self.pool.connection()
-            await conn.execute(query, list(params) if params is not None else None)
+            conn = await asyncio.wait_for(
+                psqlpy.connect(dsn=self.dsn, connect_timeout_sec=max(1, math.ceil(timeout))),
+                timeout,
+            )
+            rows = (
+                await asyncio.wait_for(
+                    conn.execute(
+                        "SELECT pg_backend_pid() AS pid, "
+                        "set_config('statement_timeout', $1, false) AS s, "
+                        "set_config('lock_timeout', $2, false) AS l",
+                        [
+                            f"{max(1, round(self.statement_timeout * 1000))}ms",
+                            f"{max(1, round(self.lock_timeout * 1000))}ms",
+                        ],
+                    ),
+                    max(0.001, timeout - (asyncio.get_running_loop().time() - started)),
+                )
+            ).result()
+        except TimeoutError:
+            raise DatabaseUnavailableError(
+                f"cannot connect to the server at {self.server}: no answer within "
+                f"{_seconds(timeout)} (connect_timeout)"
+            ) from None
         except psqlpy.Error as exc:
-            raise from_database_error(exc) from exc
+            raise self._connect_error(exc, started) from None
+        self.stats.opened += 1
+        return _Slot(conn, int(rows[0]["pid"]), self._epoch)
 
-    async def fetch(self, query: str, params: Sequence[Any] | None = None) -> list[Row]:
-        """Run one statement with bound parameters; return its rows as dicts."""
+    def _connect_error(self, exc: Exception, started: float) -> AgentMessagingError:
+        text = str(exc)
+        after = _seconds(asyncio.get_running_loop().time() - started)
+        reason = text.split("error - ", 1)[-1].split("object: ", 1)[-1]
+        if _TOO_MANY_RE.search(text):
+            return DatabaseUnavailableError(
+                f"the server at {self.server} refused the connection: "
+                f"{_TOO_MANY_RE.search(text).group(0)} (max_connections, or the role's or "  # type: ignore[union-attr]
+                f"database's CONNECTION LIMIT, is reached; each SDK process needs up to "
+                f"max_pool_size + 2 = {self.max_pool_size + 2} connections)"
+            )
+        return DatabaseUnavailableError(
+            f"cannot connect to the server at {self.server} (after {after}): {reason}"
+        )
+
+    def _drop(self, slot: _Slot) -> None:
+        """Forget a connection; the driver closes it when its object goes."""
+        self._size -= 1
+        self.stats.closed += 1
+        with contextlib.suppress(Exception):
+            slot.conn.close()
+        slot.conn = None
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _acquire(self, deadline: float) -> _Slot:
+        loop = asyncio.get_running_loop()
+        pool_deadline = min(deadline, loop.time() + self.pool_timeout)
+        while True:
+            if self._closed:
+                raise DatabaseUnavailableError("the SDK is closed")
+            while self._idle:
+                slot = self._idle.pop()
+                if slot.epoch != self._epoch:
+                    self._drop(slot)  # opened before the server went away
+                    continue
+                return slot
+            if self._size < self.max_pool_size:
+                self._size += 1
+                try:
+                    return await self._open(deadline - loop.time())
+                except BaseException:
+                    self._size -= 1
+                    self._wake_one()
+                    raise
+            remaining = pool_deadline - loop.time()
+            if remaining <= 0:
+                raise DatabaseUnavailableError(
+                    f"no free connection to {self.server} within "
+                    f"{_seconds(min(self.pool_timeout, max(0.0, deadline - loop.time())))}: "
+                    f"all {self.max_pool_size} connections of the pool are busy (max_pool_size)"
+                )
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                pass
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken but leaving: pass the free slot on
+                raise
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    def invalidate(self) -> None:
+        """The server went away (a connection broke, the listener lost its own):
+        connections opened before now are not used again. psqlpy cannot tell a
+        closed connection from an open one without using it, so this is how a
+        restart of the server costs no call an error."""
+        self._epoch += 1
+        while self._idle:
+            self._drop(self._idle.pop())
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.broken and slot.epoch == self._epoch:
+            self.invalidate()  # its siblings are most likely dead too
+        if slot.broken or self._closed or slot.conn is None or slot.epoch != self._epoch:
+            self._drop(slot)
+            return
+        self._idle.append(slot)
+        self._wake_one()
+
+    @contextlib.asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[Any]:
+        """A connection of the pool for a few statements of the caller's own
+        (returned when the block ends, whatever happens in it)."""
+        loop = asyncio.get_running_loop()
+        slot = await self._acquire(loop.time() + (timeout or self.statement_timeout))
         try:
-            conn = await self.pool.connection()
-            result = await conn.execute(query, list(params) if params is not None else None)
+            yield slot.conn
         except psqlpy.Error as exc:
-            raise from_database_error(exc) from exc
-        rows: list[Row] = result.result()
-        return rows
+            raise self._statement_error(exc, slot, write=True) from None
+        finally:
+            self._release(slot)
 
-    async def fetch_one(self, query: str, params: Sequence[Any] | None = None) -> Row:
+    # -- statements ------------------------------------------------------------
+
+    def _statement_error(self, exc: Exception, slot: _Slot, *, write: bool) -> AgentMessagingError:
+        text = str(exc)
+        found = amp_error(text)
+        if found is not None:
+            return found
+        if _CANCELLED_RE.search(text):
+            return StatementTimeoutError(
+                f"the server cancelled the statement ({text.split('ERROR: ', 1)[-1]}; "
+                f"statement_timeout {_seconds(self.statement_timeout)}, lock_timeout "
+                f"{_seconds(self.lock_timeout)}): nothing was changed"
+            )
+        if _LOST_RE.search(text):
+            slot.broken = True
+            return self._lost(text.split("error - ", 1)[-1], write=write)
+        return DatabaseError(text.split("error - db error: ", 1)[-1])
+
+    def _lost(self, reason: str, *, write: bool) -> ConnectionLostError:
+        if write:
+            return ConnectionLostError(
+                f"the connection to {self.server} was lost during the call ({reason}); "
+                "the outcome is unknown: the statement may have committed. Retry a send "
+                "with the same idempotency_key to get the original message, not a second one",
+                outcome_unknown=True,
+            )
+        return ConnectionLostError(
+            f"the connection to {self.server} was lost during the call ({reason})"
+        )
+
+    async def _run(
+        self,
+        query: str,
+        params: Sequence[Any] | None,
+        timeout: float | None,
+        write: bool,
+        rows: bool = True,
+    ) -> list[Row]:
+        loop = asyncio.get_running_loop()
+        limit = self.statement_timeout if timeout is None else min(timeout, self.statement_timeout)
+        deadline = loop.time() + max(0.0, limit)
+        attempts = 1 if write else 2
+        for attempt in range(attempts):
+            slot = await self._acquire(deadline)
+            try:
+                return await self._execute(slot, query, params, deadline, limit, write, rows)
+            except ConnectionLostError:
+                # a read is safe to repeat on a fresh connection (the pool's idle
+                # connections of a restarted server are dropped on checkout)
+                if attempt + 1 >= attempts or loop.time() >= deadline:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _execute(
+        self,
+        slot: _Slot,
+        query: str,
+        params: Sequence[Any] | None,
+        deadline: float,
+        limit: float,
+        write: bool,
+        rows: bool,
+    ) -> list[Row]:
+        loop = asyncio.get_running_loop()
+        try:
+            running = asyncio.ensure_future(
+                slot.conn.execute(query, list(params) if params is not None else None)
+            )
+        except BaseException:
+            self._release(slot)
+            raise
+        try:
+            await asyncio.wait({running}, timeout=max(0.0, deadline - loop.time()))
+        except asyncio.CancelledError:
+            # the caller gave up: the statement must not run on after it
+            self._abandon(slot, running)
+            raise
+        if not running.done():
+            # the deadline passed: cancel the statement on the server and give it a
+            # moment to end (it may also have just finished)
+            cancel = asyncio.ensure_future(self._cancel_backend(slot.pid, CANCEL_GRACE))
+            self._background.add(cancel)
+            cancel.add_done_callback(self._background.discard)
+            try:
+                await asyncio.wait({running}, timeout=CANCEL_GRACE)
+            except asyncio.CancelledError:
+                self._abandon(slot, running)
+                raise
+            if not running.done():
+                self._abandon(slot, running)
+                message = f"the server at {self.server} did not answer within {_seconds(limit)}"
+                if write:
+                    raise ConnectionLostError(
+                        message + "; the outcome is unknown: the statement may have committed."
+                        " Retry a send with the same idempotency_key",
+                        outcome_unknown=True,
+                    )
+                raise ConnectionLostError(message)
+        try:
+            exc = running.exception()
+            if exc is not None:
+                if isinstance(exc, psqlpy.Error):
+                    raise self._statement_error(exc, slot, write=write) from None
+                slot.broken = True
+                raise exc
+            if not rows:
+                return []
+            try:
+                found: list[Row] = running.result().result()
+            except psqlpy.Error as exc:
+                raise DatabaseError(f"cannot decode the result: {exc}") from None
+            return found
+        finally:
+            self._release(slot)
+
+    def _abandon(self, slot: _Slot, running: asyncio.Future[Any]) -> None:
+        """The caller left while its statement runs: cancel it on the server, and
+        return (or drop) the connection once the statement has ended."""
+        self.stats.abandoned += 1
+
+        async def settle() -> None:
+            try:
+                if not running.done():
+                    with contextlib.suppress(Exception):
+                        await self._cancel_backend(slot.pid, 5.0)
+                    await asyncio.wait({running}, timeout=_ABANDON_PATIENCE)
+            finally:
+                if running.done():
+                    exc = None if running.cancelled() else running.exception()
+                    if exc is not None and _LOST_RE.search(str(exc)):
+                        slot.broken = True
+                else:
+                    slot.broken = True
+                self._release(slot)
+
+        task = asyncio.get_running_loop().create_task(settle(), name="amp-cancel-statement")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _cancel_backend(self, pid: int, timeout: float) -> None:
+        """``pg_cancel_backend(pid)`` over the control connection (opened on first use,
+        outside the pool so that a busy pool cannot delay a cancel)."""
+        self.stats.cancels += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._control_lock:
+                    if self._control is None:
+                        self._control = await self._open(deadline - loop.time())
+                    control = self._control
+                    try:
+                        await control.conn.execute("SELECT pg_cancel_backend($1)", [pid])
+                    except psqlpy.Error:
+                        self._control = None
+                        raise
+        except (TimeoutError, AgentMessagingError, psqlpy.Error) as exc:
+            log.warning("could not cancel the statement of backend %s: %s", pid, exc)
+            self._control = None
+
+    async def execute(
+        self, query: str, params: Sequence[Any] | None = None, *, timeout: float | None = None
+    ) -> None:
+        """Run one statement with bound parameters, ignoring its result (``void``).
+
+        ``timeout``: the call's deadline in seconds, if sooner than
+        ``statement_timeout``.
+        """
+        await self._run(query, params, timeout, write=True, rows=False)
+
+    async def fetch(
+        self,
+        query: str,
+        params: Sequence[Any] | None = None,
+        *,
+        timeout: float | None = None,
+        read_only: bool = False,
+    ) -> list[Row]:
+        """Run one statement with bound parameters; return its rows as dicts.
+
+        ``read_only``: the statement changes nothing, so a lost connection is retried
+        once on a fresh one and never has an unknown outcome.
+        """
+        return await self._run(query, params, timeout, write=not read_only)
+
+    async def fetch_one(
+        self,
+        query: str,
+        params: Sequence[Any] | None = None,
+        *,
+        timeout: float | None = None,
+        read_only: bool = False,
+    ) -> Row:
         """Like :meth:`fetch` for a statement that yields exactly one row."""
-        rows = await self.fetch(query, params)
+        rows = await self.fetch(query, params, timeout=timeout, read_only=read_only)
         if len(rows) != 1:
-            raise RuntimeError(f"expected one row, got {len(rows)}")
+            raise DatabaseError(f"expected one row, got {len(rows)}")
         return rows[0]
 
-    async def fetch_value(self, query: str, params: Sequence[Any] | None = None) -> Any:
+    async def fetch_value(
+        self,
+        query: str,
+        params: Sequence[Any] | None = None,
+        *,
+        timeout: float | None = None,
+        read_only: bool = False,
+    ) -> Any:
         """The single column of the single row a statement yields."""
-        row = await self.fetch_one(query, params)
+        row = await self.fetch_one(query, params, timeout=timeout, read_only=read_only)
         return next(iter(row.values()))
 
+    # -- listening -------------------------------------------------------------
+
+    def listener(self) -> Listener:
+        """A new LISTEN connection (not from the pool); start it with ``start()``."""
+        return Listener(self)
+
+    # -- closing ---------------------------------------------------------------
+
     async def close(self) -> None:
-        """Close the pool."""
-        self.pool.close()
+        """Close every connection; calls made afterwards raise."""
+        self._closed = True
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.wait(self._background, timeout=2.0)
+        while self._idle:
+            self._drop(self._idle.pop())
+        if self._control is not None:
+            with contextlib.suppress(Exception):
+                self._control.conn.close()
+            self._control = None
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         gc.collect()  # drop unreachable psqlpy objects now, not during finalization
         # psqlpy drops its connections on its own (tokio) threads, which take the
         # GIL to do so; if the interpreter finalizes meanwhile the process aborts
         # ("PyGILState_Release: thread state must be current"), in about one exit
         # in five here. A moment for them to finish makes that go away.
         await asyncio.sleep(_SETTLE_SECONDS)
+
+
+class Listener:
+    """One LISTEN connection: notifications in, a few statements of its own out.
+
+    Errors are :class:`AgentMessagingError` subclasses, like every call of the pool.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._listener: Any = None  # psqlpy.Listener
+
+    async def start(self) -> None:
+        """Open the connection (bounded by ``connect_timeout``)."""
+        db = self._db
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            pool = psqlpy.ConnectionPool(
+                dsn=db.dsn,
+                max_db_pool_size=2,
+                connect_timeout_sec=max(1, math.ceil(db.connect_timeout)),
+            )
+            self._listener = pool.listener()
+            await asyncio.wait_for(self._listener.startup(), db.connect_timeout)
+        except TimeoutError:
+            await self.close()
+            raise DatabaseUnavailableError(
+                f"cannot connect to the server at {db.server}: no answer within "
+                f"{_seconds(db.connect_timeout)} (connect_timeout)"
+            ) from None
+        except psqlpy.Error as exc:
+            await self.close()
+            raise db._connect_error(exc, started) from None
+
+    async def execute(
+        self, query: str, params: Sequence[Any] | None, timeout: float, rows: bool = False
+    ) -> list[Row]:
+        """Run a statement on the listener's own connection, within ``timeout``;
+        its rows if ``rows``."""
+        if self._listener is None:
+            raise ConnectionLostError("the listener is closed")
+        try:
+            result = await asyncio.wait_for(
+                self._listener.connection.execute(
+                    query, list(params) if params is not None else None
+                ),
+                timeout,
+            )
+        except TimeoutError:
+            raise ConnectionLostError(
+                f"the listener connection to {self._db.server} did not answer within "
+                f"{_seconds(timeout)}"
+            ) from None
+        except psqlpy.Error as exc:
+            found = amp_error(str(exc))
+            if found is not None:
+                raise found from None
+            raise ConnectionLostError(f"the listener connection failed: {exc}") from None
+        if not rows:
+            return []
+        decoded: list[Row] = result.result()
+        return decoded
+
+    async def notifications(self) -> AsyncIterator[tuple[str, str]]:
+        """``(channel, payload)`` of every notification, until the connection fails
+        (then :class:`ConnectionLostError`)."""
+        try:
+            async for message in self._listener:
+                yield message.channel, message.payload
+        except psqlpy.Error as exc:
+            raise ConnectionLostError(f"the listener connection failed: {exc}") from None
+        raise ConnectionLostError("the listener connection ended")
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(listener.shutdown(), 2.0)
 
 
 async def resolve_dsn(config: Config) -> str:
@@ -89,20 +640,18 @@ async def resolve_dsn(config: Config) -> str:
 
 async def create_database_if_missing(admin_dsn: str, name: str) -> None:
     """CREATE DATABASE ``name`` unless it exists; safe when processes race."""
-    pool = psqlpy.ConnectionPool(dsn=admin_dsn, max_db_pool_size=2)
+    db = Database(admin_dsn, max_pool_size=2)
     try:
-        conn = await pool.connection()
-        rows = (await conn.execute("SELECT 1 FROM pg_database WHERE datname = $1", [name])).result()
+        rows = await db.fetch("SELECT 1 FROM pg_database WHERE datname = $1", [name])
         if not rows:
             # CREATE DATABASE takes an identifier; format('%I') quotes it server-side.
-            stmt = (
-                await conn.execute("SELECT format('CREATE DATABASE %I', $1::text) AS s", [name])
-            ).result()[0]["s"]
+            stmt = await db.fetch_value(
+                "SELECT format('CREATE DATABASE %I', $1::text) AS s", [name]
+            )
             try:
-                await conn.execute(stmt)
-            except psqlpy.Error as exc:
+                await db.execute(stmt)
+            except DatabaseError as exc:
                 if "already exists" not in str(exc):
                     raise
     finally:
-        pool.close()
-        await asyncio.sleep(_SETTLE_SECONDS)
+        await db.close()

@@ -31,7 +31,7 @@ from . import content, tasks
 from .config import Config
 from .database import Database, Row
 from .dispatcher import AnyNotification, Dispatcher
-from .exceptions import DeliveryError
+from .exceptions import TRANSIENT_ERRORS, DeliveryError
 from .models import MessageContext
 from .notifications import MessageStored
 
@@ -336,15 +336,43 @@ class DeliveryWorker:
     async def _fail(
         self, claimed: Claimed, error: str, retry_in: float = 0.0, final: bool = False
     ) -> None:
+        """Record a failed attempt: retried after ``retry_in`` (or marked failed).
+
+        Never raises. While the database is unreachable it keeps trying (the lease
+        is still held, so the message is not delivered meanwhile), until shortly
+        before the lease would expire on its own: the retry then happens per the
+        backoff, not after a whole lease.
+        """
         max_attempts = claimed.attempts if final else self._config.delivery_max_attempts
-        try:
-            status = await self._db.fetch_value(
-                "SELECT amp.fail_delivery($1, $2, $3, make_interval(secs => $4), $5)",
-                [self.worker_id, claimed.id, error[:2000], retry_in, max_attempts],
-            )
-        except DeliveryError as exc:
-            log.warning("could not record the failure of %s: %s", claimed.id, exc)
-            return
+        loop = asyncio.get_running_loop()
+        # the lease started when the message was claimed, at the latest now
+        give_up_at = loop.time() + self._config.delivery_lease
+        delay = 0.05
+        while True:
+            try:
+                status = await self._db.fetch_value(
+                    "SELECT amp.fail_delivery($1, $2, $3, make_interval(secs => $4), $5)",
+                    [self.worker_id, claimed.id, error[:2000], retry_in, max_attempts],
+                    timeout=max(0.001, give_up_at - loop.time()),
+                )
+                break
+            except DeliveryError as exc:
+                log.warning("could not record the failure of %s: %s", claimed.id, exc)
+                return
+            except TRANSIENT_ERRORS as exc:
+                if loop.time() + delay >= give_up_at:
+                    log.warning(
+                        "could not record the failure of %s (its lease expires and it is "
+                        "delivered again): %s",
+                        claimed.id,
+                        exc,
+                    )
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except Exception as exc:
+                log.exception("could not record the failure of %s: %s", claimed.id, exc)
+                return
         self._wake.set()  # recompute when to look again (the retry's available_at)
         if status == "failed":
             log.error(

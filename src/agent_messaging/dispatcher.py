@@ -1,15 +1,17 @@
 """The notification dispatcher: one LISTEN connection per SDK process.
 
-It owns a psqlpy ``Listener``, LISTENs on every channel someone subscribed to, and
-routes each parsed payload to the callbacks of its channel. Channels can be added
-and removed at run time (``LISTEN`` is executed on the listener's own connection,
-because psqlpy 0.13 does not pick up callbacks added after ``listen()``).
+It owns a LISTEN connection (:class:`database.Listener`), LISTENs on every channel
+someone subscribed to, and routes each parsed payload to the callbacks of its
+channel. Channels can be added and removed at run time (``LISTEN`` is executed on
+the listener's own connection, because psqlpy 0.13 does not pick up callbacks
+added after ``listen()``).
 
 Connections drop and notifications get lost, so:
 
 * a health check sends a NOTIFY round trip to the dispatcher's own channel every
-  ``check_interval`` seconds; no echo means the listener is dead (psqlpy may stop
-  delivering silently when its backend is terminated);
+  ``check_interval`` seconds, over the listener's own connection (so a busy or
+  failing pool cannot make a healthy listener look dead); no echo means the listener
+  is dead (psqlpy may stop delivering silently when its backend is terminated);
 * a dead listener is rebuilt with backoff, every channel is LISTENed again, and
   then the registered catch-up callbacks run, so waiters re-read the tables for
   whatever was notified while nobody was listening.
@@ -23,10 +25,9 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 
-import psqlpy
-
 from . import notifications, tasks
-from .database import Database
+from .database import Database, Listener
+from .exceptions import AgentMessagingError
 
 log = logging.getLogger("agent_messaging.dispatcher")
 
@@ -47,7 +48,7 @@ class Dispatcher:
         self._listening: set[str] = set()
         self._catch_ups: list[CatchUp] = []
         self._lock = asyncio.Lock()
-        self._listener: psqlpy.Listener | None = None
+        self._listener: Listener | None = None
         self._connected = asyncio.Event()
         self._pongs: dict[str, asyncio.Future[None]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -59,10 +60,15 @@ class Dispatcher:
 
     # -- lifecycle ---------------------------------------------------------
 
-    async def start(self, timeout: float = 30.0) -> None:
-        """Start listening; returns once the first connection LISTENs."""
-        self._task = asyncio.create_task(self._run(), name="amp-dispatcher")
-        await asyncio.wait_for(self._connected.wait(), timeout)
+    async def start(self) -> None:
+        """Start listening; returns once the first connection LISTENs.
+
+        Raises :class:`DatabaseUnavailableError` (or another
+        :class:`AgentMessagingError`) if that first connection fails; then nothing
+        is left running.
+        """
+        listener = await self._connect()
+        self._task = asyncio.create_task(self._run(listener), name="amp-dispatcher")
 
     async def close(self) -> None:
         """Stop listening and release the connection."""
@@ -101,8 +107,10 @@ class Dispatcher:
             self._listening.update(fresh)  # a reconnect LISTENs them if this fails
             if self._listener is not None:
                 try:
-                    await self._listener.connection.execute("SELECT amp.listen($1)", [fresh])
-                except psqlpy.Error as exc:
+                    await self._listener.execute(
+                        "SELECT amp.listen($1)", [fresh], self._check_interval
+                    )
+                except AgentMessagingError as exc:
                     # the run loop notices the dead connection and re-LISTENs all
                     log.warning("LISTEN failed, listener will be rebuilt: %s", exc)
 
@@ -127,8 +135,10 @@ class Dispatcher:
             unused = [c for c in unused if c not in self._subs]
             self._listening.difference_update(unused)
             if unused and self._listener is not None:
-                with contextlib.suppress(psqlpy.Error):
-                    await self._listener.connection.execute("SELECT amp.unlisten($1)", [unused])
+                with contextlib.suppress(AgentMessagingError):
+                    await self._listener.execute(
+                        "SELECT amp.unlisten($1)", [unused], self._check_interval
+                    )
 
     def subscribed(self, channel: str) -> bool:
         """Whether someone in this process listens on ``channel``."""
@@ -146,16 +156,25 @@ class Dispatcher:
     # -- health ------------------------------------------------------------
 
     async def ping(self, timeout: float) -> bool:
-        """NOTIFY this process's own channel and wait for the echo."""
+        """NOTIFY this process's own channel and wait for the echo.
+
+        The NOTIFY goes over the listener's own connection, not the pool: the
+        check proves the listener alive whatever the state of the pool.
+        """
+        listener = self._listener
+        if listener is None:
+            return False
         token = uuid.uuid4().hex
         echo: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pongs[token] = echo
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
             payload = notifications.Ping(kind="ping", token=token).model_dump_json()
-            await self._db.execute("SELECT pg_notify($1, $2)", [self.channel, payload])
-            await asyncio.wait_for(echo, timeout)
+            await listener.execute("SELECT pg_notify($1, $2)", [self.channel, payload], timeout)
+            await asyncio.wait_for(echo, max(0.0, deadline - loop.time()))
             return True
-        except (TimeoutError, psqlpy.Error):
+        except (TimeoutError, AgentMessagingError):
             return False
         finally:
             self._pongs.pop(token, None)
@@ -165,29 +184,37 @@ class Dispatcher:
         listener = self._listener
         if listener is None:
             return None
-        rows = (await listener.connection.execute("SELECT pg_backend_pid() AS pid")).result()
+        rows = await listener.execute("SELECT pg_backend_pid() AS pid", None, 10.0, rows=True)
         return int(rows[0]["pid"])
 
     # -- the loop ----------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def _connect(self) -> Listener:
+        """Open a listener connection and LISTEN every channel on it."""
+        listener = self._db.listener()
+        await listener.start()
+        try:
+            async with self._lock:
+                channels = [self.channel, *self._listening]
+                await listener.execute(
+                    "SELECT amp.listen($1)", [channels], self._db.statement_timeout
+                )
+                self._listener = listener
+        except BaseException:
+            await listener.close()
+            raise
+        self._connected.set()
+        return listener
+
+    async def _run(self, listener: Listener | None) -> None:
         delay = 0.05
-        first = True
         while not self._closing:
-            listener: psqlpy.Listener | None = None
             try:
-                listener = self._db.pool.listener()
-                await listener.startup()
-                async with self._lock:
-                    channels = [self.channel, *self._listening]
-                    await listener.connection.execute("SELECT amp.listen($1)", [channels])
-                    self._listener = listener
-                self._connected.set()
-                if not first:
+                if listener is None:
+                    listener = await self._connect()
                     self.reconnects += 1
                     log.info("listener reconnected; catching up from the tables")
                     await self._run_catch_ups()
-                first = False
                 delay = 0.05
                 await self._serve(listener)
             except asyncio.CancelledError:
@@ -198,13 +225,15 @@ class Dispatcher:
                 self._connected.clear()
                 self._listener = None
                 if listener is not None:
-                    with contextlib.suppress(Exception):
-                        await listener.shutdown()
+                    await listener.close()
+                listener = None
             if not self._closing:
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                # a down server refuses at once: trying twice a second costs nothing
+                # and has the listener back within half a second of its return
+                delay = min(delay * 2, 0.5)
 
-    async def _serve(self, listener: psqlpy.Listener) -> None:
+    async def _serve(self, listener: Listener) -> None:
         """Read notifications until the connection is found dead."""
         reader = asyncio.create_task(self._read(listener))
         checker = asyncio.create_task(self._check())
@@ -213,13 +242,17 @@ class Dispatcher:
             for task in done:
                 if task.exception() is not None:
                     log.warning("listener lost: %s", task.exception())
+            if reader in done:
+                # the server closed the listener's connection (a restart, a crash):
+                # the pool's idle connections went with it
+                self._db.invalidate()
         finally:
             for task in (reader, checker):
                 await tasks.stop(task)
 
-    async def _read(self, listener: psqlpy.Listener) -> None:
-        async for message in listener:
-            self._route(message.channel, message.payload)
+    async def _read(self, listener: Listener) -> None:
+        async for channel, payload in listener.notifications():
+            self._route(channel, payload)
 
     async def _check(self) -> None:
         while True:

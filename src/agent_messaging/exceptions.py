@@ -142,6 +142,48 @@ class MeetingTimeoutError(TimeoutError):
     """``attend_meeting`` or ``speak`` did not get the turn back in time."""
 
 
+class DatabaseUnavailableError(AgentMessagingError):
+    """The SDK could not get a connection: the server is unreachable (refused, no
+    answer within ``config.connect_timeout``, unknown host), refuses more clients
+    (``max_connections``), rejects the login or database, or every connection of the
+    pool stayed busy for ``config.pool_timeout``. Nothing was executed."""
+
+
+class ConnectionLostError(AgentMessagingError):
+    """The connection broke (or the server stopped answering) during a call.
+
+    ``outcome_unknown`` is true when the call may have written: the statement may
+    have committed before the answer was lost. Retry a send with the same
+    ``idempotency_key`` to get the original message back instead of a second one.
+    """
+
+    def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:
+        super().__init__(message)
+        #: whether the call may have taken effect on the server
+        self.outcome_unknown = outcome_unknown
+
+
+class StatementTimeoutError(AgentMessagingError, builtins.TimeoutError):
+    """The server cancelled the statement: it ran longer than
+    ``config.statement_timeout``, waited longer than ``config.lock_timeout`` for a
+    lock, or the call's deadline passed and the SDK cancelled it. The statement was
+    rolled back: nothing was changed."""
+
+
+class DatabaseError(AgentMessagingError):
+    """Any other error of the server or the driver that is not an ``amp`` error
+    (a schema that was never migrated, say); the text is the server's."""
+
+
+#: Errors after which the same call may succeed later (the server is back, a lock is
+#: free): waits ride them out until their own deadline.
+TRANSIENT_ERRORS: tuple[type[AgentMessagingError], ...] = (
+    DatabaseUnavailableError,
+    ConnectionLostError,
+    StatementTimeoutError,
+)
+
+
 #: SQLSTATE -> exception class, for every code of ``amp.error_codes()``.
 SQLSTATE_EXCEPTIONS: dict[str, type[AgentMessagingError]] = {
     cls.sqlstate: cls
@@ -166,20 +208,31 @@ SQLSTATE_EXCEPTIONS: dict[str, type[AgentMessagingError]] = {
 }
 
 # psqlpy hands over the server's message text but not the SQLSTATE, so amp.raise_error
-# repeats the code in the HINT: "HINT: amp error AM020".
-_HINT_RE = re.compile(r"HINT:\s*amp error (AM\d{3})")
-_MESSAGE_RE = re.compile(r"ERROR:\s*(.*?)(?:\nDETAIL:|\nHINT:|$)", re.DOTALL)
+# repeats the code in the HINT: "...ERROR: <message>\nHINT: amp error AM020". The driver
+# prints the HINT last, so only a text that *ends* with that line carries a code: a
+# message that quotes a caller's value containing "HINT: amp error AM045" cannot.
+_HINT_RE = re.compile(r"\nHINT: amp error (AM\d{3})\s*\Z")
+_ERROR_RE = re.compile(r"(?:ERROR|FATAL|PANIC): ")
+
+
+def amp_error(text: str) -> AgentMessagingError | None:
+    """The ``amp`` error a driver error text carries, or ``None`` if it is not one."""
+    code = _HINT_RE.search(text)
+    if code is None or code.group(1) not in SQLSTATE_EXCEPTIONS:
+        return None
+    body = text[: code.start()]
+    start = _ERROR_RE.search(body)
+    message = body[start.end() :] if start else body
+    return SQLSTATE_EXCEPTIONS[code.group(1)](message.strip())
 
 
 def from_database_error(error: Exception) -> Exception:
     """Translate a driver exception raised by an ``amp.*`` call.
 
-    Returns the matching :class:`AgentMessagingError` subclass instance, or the
-    original error unchanged when it is not one of ours.
+    Returns the matching :class:`AgentMessagingError` subclass instance, or a
+    :class:`DatabaseError` with the server's text when it is not an ``amp`` error.
     """
-    text = str(error)
-    code = _HINT_RE.search(text)
-    if code is None or code.group(1) not in SQLSTATE_EXCEPTIONS:
+    if isinstance(error, AgentMessagingError):
         return error
-    message = _MESSAGE_RE.search(text)
-    return SQLSTATE_EXCEPTIONS[code.group(1)](message.group(1).strip() if message else text)
+    text = str(error)
+    return amp_error(text) or DatabaseError(text)

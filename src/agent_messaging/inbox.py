@@ -10,7 +10,7 @@ from uuid import UUID
 from . import content
 from .database import Row
 from .dispatcher import AnyNotification
-from .exceptions import HandlerExecutionError, HandlerNotRegisteredError
+from .exceptions import TRANSIENT_ERRORS, HandlerExecutionError, HandlerNotRegisteredError
 from .models import MessageContext
 from .notifications import MessageStored
 
@@ -42,15 +42,21 @@ class AsyncConversation(Generic[T]):
         recipient_external_id: str,
         message: T,
         metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
     ) -> UUID:
         """Store ``message`` in the recipient's inbox and notify it; returns its id.
 
-        Raises :class:`AgentNotFoundError` and :class:`InvalidInputError`.
+        Raises :class:`AgentNotFoundError` and :class:`InvalidInputError`. A repeat
+        with the same ``idempotency_key`` (after a :class:`ConnectionLostError` with
+        an unknown outcome) returns the original id and stores nothing.
         """
         sdk = self._sdk
         value = await sdk.db.fetch_value(
-            "SELECT amp.async_send($1, $2, $3::text::jsonb, $4::text::jsonb)",
-            sdk.message_args(sender_external_id, recipient_external_id, message, metadata),
+            "SELECT amp.async_send($1, $2, $3::text::jsonb, $4::text::jsonb, $5)",
+            [
+                *sdk.message_args(sender_external_id, recipient_external_id, message, metadata),
+                idempotency_key,
+            ],
         )
         return UUID(str(value))
 
@@ -87,7 +93,9 @@ class AsyncConversation(Generic[T]):
         (``timeout=None``: wait forever).
 
         Listen first, then check the table, then wait for a notification (or the
-        fallback poll), then check again: a lost notification only costs a poll.
+        fallback poll), then check again: a lost notification only costs a poll. A
+        lost connection or a server restart is ridden out: the check is repeated
+        until the deadline.
         """
         sdk = self._sdk
         channel = await sdk.agent_channel(recipient_external_id)
@@ -104,10 +112,26 @@ class AsyncConversation(Generic[T]):
         deadline = None if timeout is None else loop.time() + timeout
         await sdk.dispatcher.subscribe([channel], hint)
         sdk.dispatcher.add_catch_up(catch_up)
+        retry = 0.05
         try:
             while True:
                 woken.clear()
-                rows = await self._read(recipient_external_id, sender_external_id, 1)
+                try:
+                    rows = await self._read(
+                        recipient_external_id,
+                        sender_external_id,
+                        1,
+                        None if deadline is None else max(0.001, deadline - loop.time()),
+                    )
+                    retry = 0.05
+                except TRANSIENT_ERRORS:
+                    if deadline is not None and loop.time() >= deadline:
+                        return None
+                    rows = []
+                    woken.set()  # check again after a short pause, not a whole poll
+                    pause = retry if deadline is None else deadline - loop.time()
+                    await asyncio.sleep(max(0.0, min(retry, pause)))
+                    retry = min(retry * 2, 0.5)
                 if rows:
                     return self._decode(rows[0])
                 wait = sdk.config.poll_interval
@@ -158,8 +182,10 @@ class AsyncConversation(Generic[T]):
             handled += 1
         return handled
 
-    async def _read(self, agent: str, sender: str | None, limit: int | None) -> list[Row]:
-        return await self._sdk.db.fetch(_READ, [agent, sender, limit])
+    async def _read(
+        self, agent: str, sender: str | None, limit: int | None, timeout: float | None = None
+    ) -> list[Row]:
+        return await self._sdk.db.fetch(_READ, [agent, sender, limit], timeout=timeout)
 
     def _decode(self, row: Row) -> T:
         value: T = content.decode(self._sdk.message_adapter, row["content"])

@@ -17,7 +17,12 @@ from uuid import UUID
 
 from . import content
 from .dispatcher import AnyNotification
-from .exceptions import AgentNotInMeetingError, InvalidInputError, MeetingTimeoutError
+from .exceptions import (
+    TRANSIENT_ERRORS,
+    AgentNotInMeetingError,
+    InvalidInputError,
+    MeetingTimeoutError,
+)
 from .models import MeetingMessage, MeetingParticipant, MeetingStatusResponse, TurnSignal
 from .notifications import MeetingChanged
 
@@ -25,6 +30,9 @@ if TYPE_CHECKING:
     from .client import AgentMessaging
 
 T = TypeVar("T")
+
+#: what a wait rides out (a check that ran out of time, a lost connection)
+_RETRIED: tuple[type[Exception], ...] = (TimeoutError, *TRANSIENT_ERRORS)
 
 #: slack added to a turn deadline before expiring it (clock granularity)
 _DEADLINE_SLACK = 0.01
@@ -310,10 +318,26 @@ class MeetingManager(Generic[T]):
         await sdk.dispatcher.subscribe([channel], on_notify)
         sdk.dispatcher.add_catch_up(on_reconnect)
         ended = False
+        retry = 0.05
         try:
             while True:
                 woken.clear()
-                row: dict[str, Any] = await check()
+                try:
+                    # bounded by the wait's own deadline (a cancelled check is
+                    # cancelled on the server too)
+                    row: dict[str, Any] = await asyncio.wait_for(
+                        check(), max(0.001, limit - loop.time())
+                    )
+                    retry = 0.05
+                except _RETRIED:
+                    # ride out a lost connection or a restart: check again soon
+                    if loop.time() >= limit:
+                        raise MeetingTimeoutError(
+                            f"waited too long for {what} in meeting {meeting}"
+                        ) from None
+                    await asyncio.sleep(max(0.0, min(retry, limit - loop.time())))
+                    retry = min(retry * 2, 0.5)
+                    continue
                 if not row.get("wait"):
                     ended = bool(row.get("meeting_ended"))
                     return row

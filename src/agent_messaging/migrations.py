@@ -18,9 +18,10 @@ import asyncio
 import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psqlpy
+if TYPE_CHECKING:
+    from .database import Database
 
 #: The newest revision in ``alembic/versions``; a test checks it against alembic.
 HEAD_REVISION = "0004"
@@ -177,25 +178,24 @@ def script_head() -> str:
     return head
 
 
-async def current_revision(pool: psqlpy.ConnectionPool) -> str | None:
+async def current_revision(db: Database) -> str | None:
     """The revision the database is at, or ``None`` if it was never migrated."""
-    conn = await pool.connection()
-    rows = (
-        await conn.execute("SELECT to_regclass('amp.alembic_version') IS NOT NULL AS present")
-    ).result()
-    if not rows[0]["present"]:
+    present = await db.fetch_value(
+        "SELECT to_regclass('amp.alembic_version') IS NOT NULL AS present", read_only=True
+    )
+    if not present:
         return None
-    rows = (await conn.execute("SELECT version_num FROM amp.alembic_version")).result()
+    rows = await db.fetch("SELECT version_num FROM amp.alembic_version", read_only=True)
     return str(rows[0]["version_num"]) if rows else None
 
 
-async def ensure_migrated(pool: psqlpy.ConnectionPool, dsn: str) -> bool:
+async def ensure_migrated(db: Database, dsn: str) -> bool:
     """Apply pending migrations; returns whether anything had to run.
 
     The cheap check on ``amp.alembic_version`` spares every SDK start the cost of
     alembic; concurrent starters are serialised by the advisory lock in ``env.py``.
     """
-    if await current_revision(pool) == HEAD_REVISION:
+    if await current_revision(db) == HEAD_REVISION:
         return False
     await asyncio.to_thread(upgrade, dsn)
     return True

@@ -32,16 +32,24 @@ class OneWayMessenger(Generic[T]):
         recipient_external_id: str,
         message: T,
         metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
     ) -> UUID:
         """Send ``message``; returns its id.
 
         Raises :class:`AgentNotFoundError`, and :class:`InvalidInputError` for empty
         ids, a message to oneself, or content that is not serialisable or too large.
+        :class:`ConnectionLostError` with ``outcome_unknown`` means the message may
+        or may not be stored: send again with the same ``idempotency_key`` (any
+        string of 1-200 bytes, unique per sender) and get the original id back, never
+        a second message.
         """
         sdk = self._sdk
         value = await sdk.db.fetch_value(
-            "SELECT amp.send_one_way($1, $2, $3::text::jsonb, $4::text::jsonb)",
-            sdk.message_args(sender_external_id, recipient_external_id, message, metadata),
+            "SELECT amp.send_one_way($1, $2, $3::text::jsonb, $4::text::jsonb, $5)",
+            [
+                *sdk.message_args(sender_external_id, recipient_external_id, message, metadata),
+                idempotency_key,
+            ],
         )
         return UUID(str(value))
 
