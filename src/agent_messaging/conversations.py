@@ -71,6 +71,7 @@ class SyncConversation(Generic[T]):
                 args,
             )
             request = UUID(str(row["request_id"]))
+            sdk.poke_delivery(recipient_external_id)
             return await self._wait(
                 request, sender_external_id, recipient_external_id, timeout, woken
             )
