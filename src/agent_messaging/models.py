@@ -38,7 +38,8 @@ class AttrDict(_JsonObject):
 
     What an untyped ``AgentMessaging()`` (no ``[T]``) hands to handlers and returns
     for JSON objects, so the planning's examples (``message.text``) work without a
-    model; nested objects are ``AttrDict`` too. Still a ``dict`` in every other way.
+    model; nested objects are ``AttrDict`` too. Still a ``dict`` in every other way,
+    so a key named like a ``dict`` method (``items``, ``keys``...) needs ``message["items"]``.
     """
 
     def __getattr__(self, name: str) -> Any:
