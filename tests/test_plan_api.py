@@ -102,7 +102,13 @@ def test_attr_dict_and_protocol_types() -> None:
 
 # -- config precedence, one test per rule ----------------------------------------
 
-SERVER_VARS = ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")
+SERVER_VARS = (
+    "POSTGRES_HOST",
+    "POSTGRES_PORT",
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "POSTGRES_DB",
+)
 
 
 @pytest.fixture
@@ -225,7 +231,10 @@ async def test_untyped_sdk_gives_attribute_access(dsn: str) -> None:
 
         await sdk.one_way.send("alice", "bob", {"text": "hi", "meta": {"priority": "high"}})
         message = await asyncio.wait_for(got.get(), WAIT)
-        assert isinstance(message, AttrDict) and message == {"text": "hi", "meta": {"priority": "high"}}
+        assert isinstance(message, AttrDict) and message == {
+            "text": "hi",
+            "meta": {"priority": "high"},
+        }
         assert message.text == "hi" and message.meta.priority == "high"
 
 
@@ -245,7 +254,7 @@ async def test_meeting_status_models_and_aliases(trio: Any) -> None:
     row = await sdk.meeting.get_meeting(meeting)
     assert isinstance(row, Meeting) and row.status == "active" and row.turn_duration == 5
     history = await sdk.meeting.get_meeting_history(meeting)
-    opening = [m for m in history if m.message_type == "meeting"][0]
+    opening = next(m for m in history if m.message_type == "meeting")
     assert opening.sender == "alice" and opening.id == opening.message_id
     assert (await sdk.get_message(opening.id)).content == {"text": "go"}
 
@@ -289,7 +298,9 @@ async def test_four_argument_event_handlers(trio: Any) -> None:
     seen: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
 
     @sdk.register_event_handler(MeetingEvent.MEETING_STARTED)
-    async def four(event_type: MeetingEvent, meeting_id: UUID, agent: str | None, data: Any) -> None:
+    async def four(
+        event_type: MeetingEvent, meeting_id: UUID, agent: str | None, data: Any
+    ) -> None:
         seen.put_nowait((event_type, meeting_id, agent))
 
     @sdk.register_event_handler(MeetingEvent.MEETING_STARTED)
