@@ -199,10 +199,12 @@ class MeetingManager(Generic[T]):
         except InvalidMeetingStateError:
             wait = sdk.config.start_meeting_wait
             status = await self.get_meeting_status(UUID(meeting))
-            if status.status != MeetingStatus.CREATED or wait <= 0:
+            if status.status not in (MeetingStatus.CREATED, MeetingStatus.READY) or (
+                status.status == MeetingStatus.CREATED and wait <= 0
+            ):
                 raise
         # invitees are still attending (in their handlers, as the planning's example
-        # has it): wait, bounded, until every one has
+        # has it): wait, bounded, until every one has (at once if it became ready)
         try:
             await self.wait_until_ready(UUID(meeting), timeout=wait)
         except MeetingTimeoutError:
