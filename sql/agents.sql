@@ -21,6 +21,7 @@ LANGUAGE sql IMMUTABLE AS $$
         ('AM043', 'invalid_meeting_state',        'the meeting is not in a state that allows this call'),
         ('AM044', 'not_current_speaker',          'only the current speaker may speak'),
         ('AM045', 'host_cannot_leave',            'the host ends a meeting, it cannot leave it'),
+        ('AM046', 'invalid_meeting',              'the meeting asked for is invalid (invitation list, turn duration)'),
         ('AM050', 'delivery_not_found',           'no delivery with that id is leased by this worker')
 $$;
 

@@ -223,3 +223,25 @@ LANGUAGE sql STABLE AS $$
       AND s.locked_agent_id <> (amp.get_agent(p_agent)).id
     ORDER BY s.waiting_since
 $$;
+
+-- The latest conversation of two agents of one type ('sync' or 'async'), ended or
+-- not (the planning's Session model); AM030 if they never had one.
+CREATE OR REPLACE FUNCTION amp.get_session(p_agent text, p_other text, p_type text DEFAULT 'sync')
+RETURNS SETOF amp.sessions
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_a amp.agents := amp.get_agent(p_agent);
+    v_b amp.agents := amp.get_agent(p_other);
+BEGIN
+    RETURN QUERY
+    SELECT * FROM amp.sessions s
+    WHERE s.agent_a_id = least(v_a.id, v_b.id) AND s.agent_b_id = greatest(v_a.id, v_b.id)
+      AND s.session_type = p_type
+    ORDER BY s.created_at DESC
+    LIMIT 1;
+    IF NOT FOUND THEN
+        PERFORM amp.raise_error('AM030', format(
+            'agents %L and %L have no %s conversation', p_agent, p_other, p_type));
+    END IF;
+END;
+$$;

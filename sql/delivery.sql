@@ -486,3 +486,60 @@ BEGIN
     RETURN QUERY SELECT unnest(v_ids);
 END;
 $$;
+
+-- A worker whose handlers are still running keeps their leases: each call moves
+-- the lease of these messages (still claimed by this worker and pending) to
+-- now() + p_lease. Returns the ids it still holds; a missing id lost its lease
+-- (it expired first and another worker may have claimed it). A process that
+-- dies stops extending, so its leases expire as before.
+CREATE OR REPLACE FUNCTION amp.extend_leases(p_worker uuid, p_message_ids uuid[], p_lease interval)
+RETURNS SETOF uuid
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM amp.lease_commit();
+    RETURN QUERY
+    UPDATE amp.messages SET claim_expires_at = now() + p_lease
+    WHERE id = ANY (p_message_ids) AND claimed_by = p_worker AND delivery_status = 'pending'
+    RETURNING id;
+END;
+$$;
+
+-- How a pushed message's delivery stands, for a sender that waits on it (LISTEN
+-- on sender_channel first, then call this, then wait for a `delivery` hint, then
+-- call it again). AM001 if there is no pushed message with that id.
+CREATE OR REPLACE FUNCTION amp.delivery_outcome(p_message_id uuid)
+RETURNS TABLE (delivery_status text, last_error text, attempts integer, sender_channel text)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY
+    SELECT m.delivery_status, m.last_error, m.attempts, amp.agent_channel_by_id(m.sender_id)
+    FROM amp.messages m
+    WHERE m.id = p_message_id AND m.delivery_status IS NOT NULL;
+    IF NOT FOUND THEN
+        PERFORM amp.raise_error('AM001', format('no pushed message has id %s', p_message_id));
+    END IF;
+END;
+$$;
+
+-- One stored message (the planning's Message model), or AM001.
+CREATE OR REPLACE FUNCTION amp.get_message(p_message_id uuid)
+RETURNS TABLE (
+    id uuid, seq bigint, message_type text, sender_id uuid, sender_external_id text,
+    recipient_id uuid, recipient_external_id text, session_id uuid, meeting_id uuid,
+    content jsonb, metadata jsonb, read_at timestamptz, created_at timestamptz,
+    delivery_status text)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY
+    SELECT m.id, m.seq, m.message_type, m.sender_id, s.external_id, m.recipient_id,
+           r.external_id, m.session_id, m.meeting_id, m.content, m.metadata, m.read_at,
+           m.created_at, m.delivery_status
+    FROM amp.messages m
+    LEFT JOIN amp.agents s ON s.id = m.sender_id
+    LEFT JOIN amp.agents r ON r.id = m.recipient_id
+    WHERE m.id = p_message_id;
+    IF NOT FOUND THEN
+        PERFORM amp.raise_error('AM001', format('no message has id %s', p_message_id));
+    END IF;
+END;
+$$;

@@ -79,9 +79,13 @@ BEGIN
     INSERT INTO amp.meeting_events (meeting_id, event_type, agent_id, data)
     VALUES (p_meeting.id, p_event, p_agent_id, coalesce(p_data, '{}'))
     RETURNING seq INTO v_seq;
+    -- turn_seconds: how long the current turn has left, so that every process that
+    -- hears of a turn knows when it expires without a query (its clock may differ)
     PERFORM pg_notify(amp.meeting_channel(p_meeting.id), json_strip_nulls(json_build_object(
         'kind', 'meeting', 'meeting_id', p_meeting.id, 'status', p_meeting.status,
-        'event', p_event, 'speaker_id', p_meeting.current_speaker_id))::text);
+        'event', p_event, 'speaker_id', p_meeting.current_speaker_id,
+        'turn_seconds', CASE WHEN p_meeting.status = 'active' THEN
+            extract(epoch FROM p_meeting.turn_deadline - clock_timestamp()) END))::text);
     PERFORM pg_notify('amp_meeting_events', json_strip_nulls(json_build_object(
         'kind', 'meeting_event', 'meeting_id', p_meeting.id, 'seq', v_seq,
         'event', p_event, 'agent_id', p_agent_id))::text);
@@ -195,7 +199,9 @@ $$;
 
 -- Create a meeting. p_agents is the invitation list and the round-robin order; if
 -- it names the host, the host keeps that position, else the host goes first. The
--- host attends at once; every other agent gets a pushed 'meeting_invitation'.
+-- host attends at once; every agent of p_agents gets a pushed 'meeting_invitation'
+-- (the host too when it is in the list: its handler is told, and may attend, which
+-- for the host is a no-op that waits for its turn). Invalid lists: AM046.
 CREATE OR REPLACE FUNCTION amp.create_meeting(
     p_host text, p_agents text[], p_turn_duration interval DEFAULT NULL,
     p_metadata jsonb DEFAULT '{}'::jsonb)
@@ -210,20 +216,20 @@ DECLARE
 BEGIN
     v_host := amp.get_agent(p_host);
     IF p_agents IS NULL OR cardinality(p_agents) = 0 THEN
-        PERFORM amp.raise_error('AM001', 'a meeting needs at least one invited agent');
+        PERFORM amp.raise_error('AM046', 'a meeting needs at least one invited agent');
     END IF;
     IF array_position(p_agents, NULL) IS NOT NULL THEN
         PERFORM amp.raise_error('AM001', 'agent external id must not be empty');
     END IF;
     IF (SELECT count(DISTINCT a) FROM unnest(p_agents) a) <> cardinality(p_agents) THEN
-        PERFORM amp.raise_error('AM001', 'the invitation list names an agent twice');
+        PERFORM amp.raise_error('AM046', 'the invitation list names an agent twice');
     END IF;
     v_order := CASE WHEN p_host = ANY (p_agents) THEN p_agents ELSE p_host || p_agents END;
     IF cardinality(v_order) < 2 THEN
-        PERFORM amp.raise_error('AM001', 'a meeting needs at least one agent besides the host');
+        PERFORM amp.raise_error('AM046', 'a meeting needs at least one agent besides the host');
     END IF;
     IF p_turn_duration IS NOT NULL AND p_turn_duration <= interval '0' THEN
-        PERFORM amp.raise_error('AM001', 'turn duration must be positive');
+        PERFORM amp.raise_error('AM046', 'turn duration must be positive');
     END IF;
     IF p_metadata IS NOT NULL AND jsonb_typeof(p_metadata) <> 'object' THEN
         PERFORM amp.raise_error('AM001', 'meeting metadata must be a JSON object');
@@ -237,7 +243,7 @@ BEGIN
         VALUES (v_meeting.id, v_agent.id, v_i - 1,
                 CASE WHEN v_agent.id = v_host.id THEN 'attending' ELSE 'invited' END,
                 CASE WHEN v_agent.id = v_host.id THEN now() END);
-        IF v_agent.id <> v_host.id THEN
+        IF v_agent.id <> v_host.id OR p_host = ANY (p_agents) THEN
             PERFORM amp.store_message('meeting_invitation', v_host.id, v_agent.id,
                 jsonb_build_object(
                     'meeting_id', v_meeting.id, 'host_external_id', v_host.external_id,
@@ -463,16 +469,40 @@ BEGIN
 END;
 $$;
 
+-- Seconds (by the server's clock) until the earliest turn deadline of any active
+-- meeting, negative if one has passed; NULL when no turn can expire. SDK processes
+-- sleep until then (not a fixed interval) before calling amp.expire_turns().
+CREATE OR REPLACE FUNCTION amp.next_turn_deadline()
+RETURNS double precision
+LANGUAGE sql STABLE AS $$
+    SELECT extract(epoch FROM min(turn_deadline) - clock_timestamp())::double precision
+    FROM amp.meetings
+    WHERE status = 'active' AND turn_deadline IS NOT NULL
+$$;
+
 -- ---------------------------------------------------------------------------
 -- Reading
 -- ---------------------------------------------------------------------------
+
+-- One meeting's row (the planning's Meeting model), or AM040.
+CREATE OR REPLACE FUNCTION amp.get_meeting(p_meeting uuid)
+RETURNS SETOF amp.meetings
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM amp.meetings WHERE id = p_meeting;
+    IF NOT FOUND THEN
+        PERFORM amp.raise_error('AM040', format('meeting %s not found', p_meeting));
+    END IF;
+END;
+$$;
 
 CREATE OR REPLACE FUNCTION amp.meeting_status(p_meeting uuid)
 RETURNS TABLE (
     meeting_id uuid, status text, host_external_id text,
     current_speaker_external_id text, turn_duration_seconds double precision,
     turn_deadline timestamptz, seconds_left double precision, participant_count integer,
-    created_at timestamptz, started_at timestamptz, ended_at timestamptz)
+    created_at timestamptz, started_at timestamptz, ended_at timestamptz,
+    turn_started_at timestamptz)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN QUERY
@@ -481,7 +511,7 @@ BEGIN
            extract(epoch FROM m.turn_deadline - clock_timestamp())::double precision,
            (SELECT count(*)::integer FROM amp.meeting_participants p
              WHERE p.meeting_id = m.id AND p.status <> 'left'),
-           m.created_at, m.started_at, m.ended_at
+           m.created_at, m.started_at, m.ended_at, m.turn_started_at
     FROM amp.meetings m
     JOIN amp.agents h ON h.id = m.host_id
     LEFT JOIN amp.agents s ON s.id = m.current_speaker_id

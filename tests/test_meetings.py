@@ -106,7 +106,7 @@ async def test_full_meeting_in_process(sdk: SDK) -> None:
         "AND message_type = 'meeting_invitation' AND delivery_status = 'pending'",
         [str(meeting)],
     )
-    assert invitations == 2
+    assert invitations == 3  # every listed agent, the host too (the planning's create_meeting)
 
     a_turn = asyncio.create_task(sdk.meeting.attend_meeting("a", meeting, timeout=WAIT))
     b_turn = asyncio.create_task(sdk.meeting.attend_meeting("b", meeting, timeout=WAIT))
@@ -467,7 +467,14 @@ async def test_concurrent_speaks_for_one_turn(sdk: SDK) -> None:
         assert await current_speaker(sdk, meeting) == "b"
 
 
-async def test_speak_racing_expiry(sdk: SDK) -> None:
+async def test_speak_racing_expiry(dsn: str) -> None:
+    # this process's turn sweeper would expire the 1-50 ms turns on its own, on time,
+    # before the race below: only the racing calls may expire here
+    async with SDK(make_config(dsn, enable_turn_timeout=False)) as sdk:
+        await _speak_racing_expiry(sdk)
+
+
+async def _speak_racing_expiry(sdk: SDK) -> None:
     await register(sdk, "host", "a", "b")
     outcomes = set()
     for i in range(20):
@@ -600,6 +607,7 @@ async def test_bad_input_is_refused_and_stores_nothing(sdk: SDK) -> None:
         await sdk.meeting.get_meeting_status("not-a-uuid")  # type: ignore[arg-type]
 
     meeting = await sdk.meeting.create_meeting("host", ["host", "a", "b"])
+    sdk.config.start_meeting_wait = 0.5  # start_meeting waits (bounded) for attendance
     with pytest.raises(InvalidMeetingStateError):  # not every invitee attended
         await sdk.meeting.start_meeting("host", meeting, {"text": "go"})
     await attend_sql(sdk, meeting, "a", "b")

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Generic, TypeVar, get_args
+from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin
 from uuid import UUID
 
-from pydantic import TypeAdapter
+from pydantic import AfterValidator, TypeAdapter
 
 from . import agents, content, migrations, tasks
 from .config import Config
@@ -25,8 +26,19 @@ from .delivery import DeliveryWorker, Handler
 from .dispatcher import Dispatcher
 from .inbox import AsyncConversation
 from .meeting_events import EventHandler, EventRelay
-from .meetings import MeetingManager
-from .models import Agent, MeetingEvent, MessageContext, Organization
+from .meetings import MeetingManager, TurnSweeper
+from .models import (
+    Agent,
+    AttrDict,
+    MeetingEvent,
+    MeetingInvitation,
+    Message,
+    MessageContext,
+    Organization,
+    Session,
+    SessionType,
+    SystemMessage,
+)
 from .one_way import OneWayMessenger
 
 T = TypeVar("T")
@@ -42,6 +54,11 @@ class AgentMessaging(Generic[T]):
 
         async with AgentMessaging[dict]() as sdk:
             await sdk.register_organization("acme", "Acme")
+
+    ``T`` comes from ``AgentMessaging[T]()``, from a subclass
+    (``class MySDK(AgentMessaging[Note])``), or from ``message_type=``. Untyped
+    (``AgentMessaging()``), content is any JSON, and JSON objects arrive as
+    :class:`AttrDict` (a ``dict`` with attribute access: ``message.text``).
     """
 
     def __init__(self, config: Config | None = None, *, message_type: Any = None) -> None:
@@ -51,7 +68,9 @@ class AgentMessaging(Generic[T]):
         self._db: Database | None = None
         self._dispatcher: Dispatcher | None = None
         self._delivery: DeliveryWorker | None = None
-        self._serving: asyncio.Task[None] | None = None
+        self._serving: set[asyncio.Task[None]] = set()
+        #: the last error of serving handlers in the background (also logged)
+        self.serve_error: BaseException | None = None
         self._channels: dict[str, str] = {}
         #: handlers registered in this process, by agent external id
         self.handlers: dict[str, Handler] = {}
@@ -62,7 +81,7 @@ class AgentMessaging(Generic[T]):
         self._event_handlers: dict[MeetingEvent, list[EventHandler]] = {}
         self._relay: EventRelay | None = None
         self._relay_start: asyncio.Task[None] | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper: TurnSweeper | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -94,28 +113,43 @@ class AgentMessaging(Generic[T]):
             self.handlers,
             reply_hook=self._reply_from_handler,
         )
-        if self.handlers:
+        if self.config.enable_turn_timeout:
+            self._sweeper = TurnSweeper(self)
+            self._sweeper.start()
+        if self.handlers and self.config.auto_invoke_handlers:
             await self.serve_handlers()
-        self._sweeper = asyncio.create_task(self._sweep(), name="amp-turn-sweep")
         if self._event_handlers:
             self._start_relay()
             await self.events_ready()
 
     async def close(self) -> None:
-        """Stop delivering (running handlers get a grace period), stop listening and
-        close the pool. Safe to call twice."""
-        for task in (self._sweeper, self._relay_start, self._serving):
+        """Drain, then stop: first the handlers of this process get what is already
+        claimable for them and running handlers finish (up to
+        ``config.shutdown_timeout`` seconds in all; what is left is handed back for
+        another process), then listening stops and the pool closes. Safe to call twice.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.shutdown_timeout
+        if self._serving:
+            # handlers registered just now are served before draining
+            await asyncio.wait(set(self._serving), timeout=self.config.shutdown_timeout)
+        for task in list(self._serving):
             await tasks.stop(task)
+        self._serving.clear()
         if self._db is not None:
             await self.sync_conversation.close()  # background unlocks of ended waits
-        self._sweeper = self._relay_start = self._serving = None
+        if self._delivery is not None:
+            await self._delivery.close(grace=max(0.0, deadline - loop.time()))
+            self._delivery = None
+        if self._sweeper is not None:
+            await self._sweeper.close()
+            self._sweeper = None
+        await tasks.stop(self._relay_start)
+        self._relay_start = None
         if self._relay is not None:
             with contextlib.suppress(Exception):
                 await self._relay.close()
             self._relay = None
-        if self._delivery is not None:
-            await self._delivery.close()
-            self._delivery = None
         if self._dispatcher is not None:
             await self._dispatcher.close()
             self._dispatcher = None
@@ -155,16 +189,77 @@ class AgentMessaging(Generic[T]):
 
     @property
     def message_adapter(self) -> TypeAdapter[Any]:
-        """The pydantic adapter for ``T`` (``Any`` when no type was given)."""
+        """The pydantic adapter for ``T``; untyped, any JSON with objects as
+        :class:`AttrDict`."""
         if self._adapter is None:
-            message_type = self._explicit_type
+            message_type = self._message_type()
             if message_type is None:
-                # AgentMessaging[Model]() records Model on the instance after __init__
-                orig = getattr(self, "__orig_class__", None)
-                args = get_args(orig) if orig is not None else ()
-                message_type = args[0] if args else Any
-            self._adapter = TypeAdapter(message_type)
+                self._adapter = TypeAdapter(Annotated[Any, AfterValidator(AttrDict.wrap)])
+            else:
+                self._adapter = TypeAdapter(message_type)
         return self._adapter
+
+    def _message_type(self) -> Any:
+        """``T``: ``message_type=``, ``AgentMessaging[T]()``, or a subclass's
+        ``AgentMessaging[T]`` base; ``None`` when untyped."""
+        if self._explicit_type is not None:
+            return self._explicit_type
+        # AgentMessaging[Model]() records Model on the instance after __init__
+        orig = getattr(self, "__orig_class__", None)
+        args = get_args(orig) if orig is not None else ()
+        if args:
+            return args[0]
+        for klass in type(self).__mro__:
+            for base in getattr(klass, "__orig_bases__", ()):
+                origin = get_origin(base)
+                if isinstance(origin, type) and issubclass(origin, AgentMessaging):
+                    found = get_args(base)
+                    if found and not isinstance(found[0], TypeVar):
+                        return found[0]
+        return None
+
+    def decode_content(self, message_type: str, value: Any) -> Any:
+        """Stored content as handed to users: the protocol's own types for meeting
+        invitations and system messages, ``T`` for everything agents said."""
+        if message_type == "meeting_invitation":
+            return MeetingInvitation(value)
+        if message_type == "system":
+            return SystemMessage(value)
+        return content.decode(self.message_adapter, value)
+
+    def poke_delivery(self, recipient_external_id: str) -> None:
+        """Something was just stored for this agent: if its handler runs in this
+        process, look for it now rather than when the NOTIFY comes back."""
+        delivery = self._delivery
+        if delivery is not None and recipient_external_id in delivery.served:
+            delivery.poke()
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Deliver what is claimable now for this process's handlers and wait until
+        every running handler has finished; True if done within ``timeout`` seconds.
+        (``close()`` does this, bounded by ``config.shutdown_timeout``.)"""
+        if self._serving:
+            await asyncio.wait(set(self._serving), timeout=timeout)
+        if self._delivery is None:
+            return True
+        return await self._delivery.drain(timeout)
+
+    # -- turn deadlines (see meetings.TurnSweeper) ---------------------------
+
+    async def turn_sweeper_watch(self, meeting_id: UUID) -> None:
+        """Let this process's turn sweeper hear of every turn of the meeting."""
+        if self._sweeper is not None:
+            await self._sweeper.watch(meeting_id)
+
+    async def turn_sweeper_unwatch(self, meeting_id: UUID) -> None:
+        """The meeting ended: the sweeper stops listening to it."""
+        if self._sweeper is not None:
+            await self._sweeper.unwatch(meeting_id)
+
+    def turn_sweeper_note(self, seconds_left: float) -> None:
+        """A turn deadline this process read: expire the turn then."""
+        if self._sweeper is not None:
+            self._sweeper.note(seconds_left)
 
     async def agent_channel(self, external_id: str) -> str:
         """The channel an agent's notifications arrive on (``amp.agent_channel``),
@@ -199,22 +294,42 @@ class AgentMessaging(Generic[T]):
         a value replies) and meeting invitations (``context.is_meeting_message``),
         at least once. A handler that raises is retried with backoff, then the
         message is marked failed (``amp.failed_deliveries``). Registering makes this
-        process serve the agent (any number of processes may serve the same one).
+        process serve the agent (any number of processes may serve the same one):
+        at once inside ``async with`` (in the background: errors, such as an unknown
+        agent, are logged, kept in :attr:`serve_error` and raised by the next
+        :meth:`serve_handlers`), or on :meth:`initialize`. With
+        ``config.auto_invoke_handlers`` false, only :meth:`serve_handlers` serves.
+        Meeting invitations arrive as :class:`MeetingInvitation`, not as ``T``.
         """
 
         def register(
             handler: Callable[[T, MessageContext], Awaitable[T | None]],
         ) -> Callable[[T, MessageContext], Awaitable[T | None]]:
             self.handlers[agent_external_id] = handler
-            if self._delivery is not None:
-                self._serving = asyncio.ensure_future(self._delivery.serve(list(self.handlers)))
+            if self._delivery is not None and self.config.auto_invoke_handlers:
+                self._serve_in_background([agent_external_id])
             return handler
 
         return register
 
+    def _serve_in_background(self, agents: list[str]) -> None:
+        assert self._delivery is not None
+        task = asyncio.ensure_future(self._delivery.serve(agents))
+        self._serving.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._serving.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                self.serve_error = finished.exception()
+                log.error("serving the handlers of %s failed: %r", agents, self.serve_error)
+
+        task.add_done_callback(done)
+
     async def serve_handlers(self) -> None:
         """Wait until every registered handler is served: its agent recorded in
         ``amp.worker_agents``, its channel LISTENed, pending messages being claimed.
+        (Handlers registered inside ``async with`` are served without it; this waits
+        for that to finish.)
 
         Raises :class:`AgentNotFoundError` for a handler of an unknown agent.
         """
@@ -222,6 +337,9 @@ class AgentMessaging(Generic[T]):
             raise RuntimeError(
                 "AgentMessaging is not initialized: use 'async with' or initialize()"
             )
+        if self._serving:
+            await asyncio.wait(set(self._serving))
+        self.serve_error = None
         await self._delivery.serve(list(self.handlers))
 
     async def _reply_from_handler(self, context: MessageContext, answer: Any) -> None:
@@ -246,13 +364,24 @@ class AgentMessaging(Generic[T]):
             @sdk.register_event_handler(MeetingEvent.AGENT_TIMED_OUT)
             async def on_timeout(meeting_id, agent_external_id, data): ...
 
+        The four-argument form of the planning's architecture document,
+        ``handler(event_type, meeting_id, agent_external_id, data)``, works as well
+        (told apart by the number of positional parameters).
+
         ``data`` is the event's JSON (``agent_spoke`` carries the content as
         ``data["message"]``). Errors in handlers are logged and do not stop others.
         """
         event = MeetingEvent(event_type)
 
-        def decorator(handler: EventHandler) -> EventHandler:
-            self._event_handlers.setdefault(event, []).append(handler)
+        def decorator(handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+            call: EventHandler = handler
+            if _positional_count(handler) >= 4:
+
+                async def four(meeting_id: UUID, agent: str | None, data: dict[str, Any]) -> None:
+                    await handler(event, meeting_id, agent, data)
+
+                call = four
+            self._event_handlers.setdefault(event, []).append(call)
             if self._db is not None:
                 self._start_relay()
             return handler
@@ -273,16 +402,6 @@ class AgentMessaging(Generic[T]):
         task = self._relay_start
         if task is not None:
             await asyncio.shield(task)
-
-    async def _sweep(self) -> None:
-        """Expire overdue meeting turns every ``poll_interval``, so meetings whose
-        participants' processes died still go on."""
-        while True:
-            await asyncio.sleep(self.config.poll_interval)
-            try:
-                await self.db.fetch_value("SELECT amp.expire_turns() AS n")
-            except Exception as exc:
-                log.warning("turn sweep failed: %s", exc)
 
     # -- organizations and agents -----------------------------------------
 
@@ -311,3 +430,42 @@ class AgentMessaging(Generic[T]):
     async def get_agent(self, external_id: str) -> Agent:
         """The agent with that external id, or :class:`AgentNotFoundError`."""
         return await agents.get_agent(self.db, external_id)
+
+    # -- lookups of the planning's models -------------------------------------
+
+    async def get_session(
+        self,
+        agent_external_id: str,
+        other_external_id: str,
+        session_type: SessionType | str = SessionType.SYNC,
+    ) -> Session:
+        """The latest conversation of the two agents of that type (ended or not).
+
+        Raises :class:`SessionNotFoundError`, :class:`AgentNotFoundError`.
+        """
+        row = await self.db.fetch_one(
+            "SELECT * FROM amp.get_session($1, $2, $3)",
+            [agent_external_id, other_external_id, str(SessionType(session_type))],
+        )
+        return Session.model_validate(row)
+
+    async def get_message(self, message_id: UUID) -> Message[T]:
+        """One stored message; its ``content`` decoded as ``T`` (or as the protocol's
+        own type for invitations and system messages). Raises
+        :class:`InvalidInputError` if there is none with that id."""
+        row = await self.db.fetch_one("SELECT * FROM amp.get_message($1)", [message_id])
+        return Message[T].model_validate(
+            row | {"content": self.decode_content(row["message_type"], row["content"])}
+        )
+
+
+def _positional_count(func: Callable[..., Any]) -> int:
+    """How many positional arguments ``func`` takes (3 for ``*args``)."""
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return 3
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return 3
+    return sum(1 for p in params if p.kind in kinds)

@@ -1,17 +1,27 @@
 """Configuration: a pydantic settings object read from the environment.
 
-The server is named by ``AMP_DATABASE_URL``, else by the planning's ``POSTGRES_*``
-variables (used when ``POSTGRES_HOST`` is set), else an embedded PostgreSQL is started
-in ``AMP_EMBEDDED_DATA_DIR`` (see :mod:`agent_messaging.embedded`).
+Which server, in order of precedence (:meth:`Config.explicit_dsn`):
+
+1. ``Config(database_url=...)`` given explicitly;
+2. any ``postgres_*`` argument given explicitly (``Config(postgres_db="x")``): that
+   server, the other ``postgres_*`` fields from ``POSTGRES_*`` or their defaults
+   (host ``localhost``, port 5432, user ``postgres``, database ``agent_messaging``);
+3. ``AMP_DATABASE_URL`` in the environment;
+4. any ``POSTGRES_*`` variable in the environment (the planning's variables);
+5. none of these: an embedded PostgreSQL in ``AMP_EMBEDDED_DATA_DIR`` (see
+   :mod:`agent_messaging.embedded`).
+
+Explicit arguments always win over the environment, for every field.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, PrivateAttr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,7 +42,7 @@ class Config(BaseSettings):
     database_url: str | None = Field(
         default=None, description="libpq URL of the server; unset: POSTGRES_* or embedded"
     )
-    postgres_host: str | None = Field(default=None, validation_alias=_env("POSTGRES_HOST"))
+    postgres_host: str = Field(default="localhost", validation_alias=_env("POSTGRES_HOST"))
     postgres_port: int = Field(default=5432, validation_alias=_env("POSTGRES_PORT"))
     postgres_user: str = Field(default="postgres", validation_alias=_env("POSTGRES_USER"))
     postgres_password: str = Field(default="", validation_alias=_env("POSTGRES_PASSWORD"))
@@ -67,7 +77,31 @@ class Config(BaseSettings):
     default_conversation_timeout: float = Field(default=300.0, gt=0)
     default_meeting_timeout: float = Field(default=600.0, gt=0)
     default_turn_duration: float | None = Field(
-        default=60.0, description="seconds a meeting turn lasts; None: turns never expire"
+        default=60.0,
+        description="seconds a meeting turn lasts when create_meeting is not given one; "
+        "None: turns never expire",
+    )
+    enable_turn_timeout: bool = Field(
+        default=True,
+        description="false: meetings created without an explicit turn_duration have none, "
+        "and this process never expires turns (no sweeper, waiters do not expire)",
+    )
+    auto_invoke_handlers: bool = Field(
+        default=True,
+        description="registering a handler (inside 'async with' or before initialize) "
+        "serves it at once; false: handlers run only after serve_handlers()",
+    )
+    shutdown_timeout: float = Field(
+        default=10.0,
+        ge=0,
+        description="close() first delivers what is claimable for this process's handlers "
+        "and lets running handlers finish, for at most this many seconds",
+    )
+    start_meeting_wait: float = Field(
+        default=30.0,
+        ge=0,
+        description="start_meeting on a meeting not yet ready waits this long for the "
+        "invitees to attend before raising InvalidMeetingStateError",
     )
     max_message_bytes: int = Field(
         default=1_048_576, ge=1, description="largest serialised message content accepted"
@@ -76,7 +110,12 @@ class Config(BaseSettings):
     delivery_max_attempts: int = Field(default=5, ge=1)
     delivery_backoff_base: float = Field(default=0.5, ge=0, description="first retry delay, s")
     delivery_backoff_max: float = Field(default=30.0, ge=0)
-    delivery_lease: float = Field(default=30.0, gt=0, description="seconds a claim is held")
+    delivery_lease: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds a claim is held; a running handler's lease is extended every "
+        "third of this while its process is alive",
+    )
     handler_concurrency: int = Field(default=16, ge=1)
 
     poll_interval: float = Field(
@@ -87,16 +126,41 @@ class Config(BaseSettings):
         default=5.0, gt=0, description="how often the listener proves it is alive"
     )
 
-    def explicit_dsn(self) -> str | None:
-        """The DSN named by the environment, or ``None`` when embedded should be used."""
-        if self.database_url:
-            return self.database_url
-        if self.postgres_host:
-            user = quote(self.postgres_user, safe="")
-            password = quote(self.postgres_password, safe="")
-            auth = f"{user}:{password}" if password else user
-            return (
-                f"postgresql://{auth}@{self.postgres_host}:{self.postgres_port}/"
-                f"{quote(self.postgres_db, safe='')}"
+    _explicit: frozenset[str] = PrivateAttr(default=frozenset())
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**values)
+        # what the caller passed, as opposed to what came from the environment
+        self._explicit = frozenset(
+            name
+            for name, field in type(self).model_fields.items()
+            if name in values
+            or (
+                isinstance(field.validation_alias, AliasChoices)
+                and any(alias in values for alias in field.validation_alias.choices)
             )
-        return None
+        )
+
+    @property
+    def explicit_fields(self) -> frozenset[str]:
+        """The fields given as arguments (not read from the environment)."""
+        return self._explicit
+
+    def explicit_dsn(self) -> str | None:
+        """The server to use (see the module's precedence rules), or ``None`` when
+        an embedded server should be started."""
+        server_fields = {name for name in type(self).model_fields if name.startswith("postgres_")}
+        if "database_url" in self._explicit and self.database_url:
+            return self.database_url
+        if not server_fields & self._explicit:
+            if self.database_url:
+                return self.database_url
+            if not server_fields & self.model_fields_set:
+                return None
+        user = quote(self.postgres_user, safe="")
+        password = quote(self.postgres_password, safe="")
+        auth = f"{user}:{password}" if password else user
+        return (
+            f"postgresql://{auth}@{self.postgres_host}:{self.postgres_port}/"
+            f"{quote(self.postgres_db, safe='')}"
+        )

@@ -105,6 +105,7 @@ class SyncConversation(Generic[T]):
                 timeout=max(0.001, deadline - loop.time()),
             )
             request = UUID(str(row["request_id"]))
+            sdk.poke_delivery(recipient_external_id)
             settled = False
             try:
                 result = await self._wait(

@@ -10,6 +10,15 @@ worker (``amp.register_worker``), records the agents it serves
 The wait ends on a notification for a served agent, on a free handler slot, or at
 the next retry or lease expiry the database knows of (``amp.next_delivery_at``),
 clamped to ``poll_interval``: notifications are hints, the claim query is truth.
+A message sent from this process to an agent it serves wakes the loop at once
+(:meth:`DeliveryWorker.poke`), without waiting for its NOTIFY to come back.
+
+A running handler keeps its lease: every third of ``delivery_lease`` the worker
+extends the leases of what it still holds (``amp.extend_leases``), so a slow handler
+is never run a second time while its process is alive; a process that dies stops
+extending and its leases expire as before. :meth:`DeliveryWorker.close` first
+drains: what is claimable now is delivered and running handlers finish, up to
+``shutdown_timeout``.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from .config import Config
 from .database import Database, Row
 from .dispatcher import AnyNotification, Dispatcher
 from .exceptions import TRANSIENT_ERRORS, DeliveryError
-from .models import MessageContext
+from .models import MeetingInvitation, MessageContext
 from .notifications import MessageStored
 
 log = logging.getLogger("agent_messaging.delivery")
@@ -121,6 +130,10 @@ class DeliveryWorker:
         self._ack_wake = asyncio.Event()
         self._ack_task: asyncio.Task[None] | None = None
         self._closing = False
+        self._claim_lock = asyncio.Lock()
+        #: claimed messages whose outcome is not committed yet: their leases are kept
+        self._held: set[UUID] = set()
+        self._keeper: asyncio.Task[None] | None = None
         self.worker_id: UUID | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -144,6 +157,8 @@ class DeliveryWorker:
                     self._ack_task,
                     asyncio.create_task(self._heartbeat(), name="amp-heartbeat"),
                 ]
+                self._keeper = asyncio.create_task(self._keep_leases(), name="amp-leases")
+                self._tasks.append(self._keeper)
             rows = await self._db.fetch(
                 "SELECT amp.agent_channel_by_id(id) AS channel FROM amp.serve_agents($1, $2) AS id",
                 [self.worker_id, fresh],
@@ -155,16 +170,49 @@ class DeliveryWorker:
             self._served.update(fresh)
             self._wake.set()
 
+    def poke(self) -> None:
+        """Look for work now: something was just stored for an agent served here."""
+        self._wake.set()
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Deliver what is claimable now for the agents served here and wait until
+        every running handler has finished. True if that happened within ``timeout``
+        seconds (``None``: no limit); handlers still running are left running."""
+        if self.worker_id is None:
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            free = self._config.handler_concurrency - len(self._inflight)
+            claimed = await self._claim(free) if free > 0 else 0
+            if not claimed and not self._inflight:
+                return True
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            if self._inflight:
+                await asyncio.wait(
+                    set(self._inflight), timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+
     async def close(self, grace: float = 5.0) -> None:
-        """Stop claiming, let running handlers finish (up to ``grace`` seconds),
-        and hand back unfinished claims."""
+        """Stop the loop, drain (deliver what is claimable now and let running
+        handlers finish, up to ``grace`` seconds in all), then hand back unfinished
+        claims."""
         acks = self._ack_task
+        keeper = self._keeper
         for task in self._tasks:
-            if task is not acks:
+            if task is not acks and task is not keeper:
                 await tasks.stop(task)
+        if self.worker_id is not None:
+            try:
+                await self.drain(grace)
+            except Exception:
+                log.exception("draining deliveries on close failed")
+        await tasks.stop(keeper)
+        self._keeper = None
         if self._inflight:
-            _, pending = await asyncio.wait(self._inflight, timeout=grace)
-            for task in pending:
+            for task in list(self._inflight):
                 await tasks.stop(task, patience=1.0)
         # the ack loop ends once it has committed every ack, so that unregistering
         # (which hands unacknowledged claims back) cannot cause a second delivery
@@ -216,24 +264,51 @@ class DeliveryWorker:
                 await self._sleep(await self._idle_timeout())
 
     async def _claim(self, limit: int) -> int:
-        try:
-            rows = await self._db.fetch(
-                "SELECT * FROM amp.claim_deliveries($1, $2, make_interval(secs => $3), $4)",
-                [
-                    self.worker_id,
-                    limit,
-                    self._config.delivery_lease,
-                    self._config.delivery_max_attempts,
-                ],
-            )
-        except Exception:
-            log.exception("claiming deliveries failed; retrying after the poll interval")
-            return 0
-        for row in rows:
-            task = asyncio.create_task(self._deliver(Claimed.from_row(row)))
-            self._inflight.add(task)
-            task.add_done_callback(self._finished)
-        return len(rows)
+        # one claim at a time: drain() must not see "nothing claimed, nothing running"
+        # while the loop's claim is between its query and starting the handlers
+        async with self._claim_lock:
+            try:
+                rows = await self._db.fetch(
+                    "SELECT * FROM amp.claim_deliveries($1, $2, make_interval(secs => $3), $4)",
+                    [
+                        self.worker_id,
+                        limit,
+                        self._config.delivery_lease,
+                        self._config.delivery_max_attempts,
+                    ],
+                )
+            except Exception:
+                log.exception("claiming deliveries failed; retrying after the poll interval")
+                return 0
+            for row in rows:
+                claimed = Claimed.from_row(row)
+                self._held.add(claimed.id)
+                task = asyncio.create_task(self._deliver(claimed))
+                self._inflight.add(task)
+                task.add_done_callback(self._finished)
+            return len(rows)
+
+    async def _keep_leases(self) -> None:
+        """Extend the leases of what this worker still holds, every third of the
+        lease, for as long as the process (its event loop) is alive."""
+        period = self._config.delivery_lease / 3
+        while True:
+            await asyncio.sleep(period)
+            held = list(self._held)
+            if not held:
+                continue
+            try:
+                rows = await self._db.fetch(
+                    "SELECT amp.extend_leases($1, $2, make_interval(secs => $3)) AS id",
+                    [self.worker_id, held, self._config.delivery_lease],
+                )
+            except Exception as exc:
+                log.warning("extending %d leases failed: %s", len(held), exc)
+                continue
+            kept = {str(r["id"]) for r in rows}
+            lost = [str(i) for i in held if str(i) not in kept and i in self._held]
+            if lost:
+                log.warning("leases lost while handlers ran (may run again elsewhere): %s", lost)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         was_full = len(self._inflight) >= self._config.handler_concurrency
@@ -273,17 +348,31 @@ class DeliveryWorker:
     # -- one delivery ------------------------------------------------------
 
     async def _deliver(self, claimed: Claimed) -> None:
+        acked = False
+        try:
+            acked = await self._run_handler(claimed)
+        finally:
+            if not acked:  # its outcome is committed (or it was given up): no lease to keep
+                self._held.discard(claimed.id)
+
+    async def _run_handler(self, claimed: Claimed) -> bool:
+        """Run the handler; True if its acknowledgement is queued."""
         context = claimed.context()
         handler = self._handlers.get(claimed.recipient_external_id)
         if handler is None:  # the handler was removed: give the message back
             await self._fail(claimed, "no handler registered in this process", retry_in=0.0)
-            return
+            return False
         try:
-            message = content.decode(self._adapter(), claimed.content)
+            message: Any
+            if claimed.message_type == "meeting_invitation":
+                # a protocol message: its own type, never validated as the user's T
+                message = MeetingInvitation(claimed.content)
+            else:
+                message = content.decode(self._adapter(), claimed.content)
         except ValidationError as exc:
             # retrying cannot make content fit the type: fail it now
             await self._fail(claimed, f"content does not fit the message type: {exc}", final=True)
-            return
+            return False
         try:
             answer = await handler(message, context)
             if answer is not None and context.requires_reply and self._reply_hook is not None:
@@ -299,9 +388,10 @@ class DeliveryWorker:
             await self._fail(
                 claimed, f"{type(exc).__name__}: {exc}", retry_in=self._backoff(claimed)
             )
-            return
+            return False
         self._acks.append(claimed.id)
         self._ack_wake.set()
+        return True
 
     async def _ack_loop(self) -> None:
         """Acknowledge in batches: whatever finished while the previous batch was
@@ -315,19 +405,37 @@ class DeliveryWorker:
     async def _flush_acks(self) -> None:
         while self._acks:
             batch, self._acks = self._acks, []
-            try:
-                rows = await self._db.fetch(
-                    "SELECT amp.ack_deliveries($1, $2) AS id", [self.worker_id, batch]
-                )
-            except Exception:
-                # not acknowledged: the leases expire and the messages are delivered
-                # again (at least once), so nothing is lost
-                log.exception("acknowledging %d deliveries failed", len(batch))
+            rows = await self._ack(batch)
+            self._held.difference_update(batch)
+            if rows is None:
                 continue
             if len(rows) < len(batch):
                 acked = {str(r["id"]) for r in rows}
                 lost = [str(i) for i in batch if str(i) not in acked]
                 log.warning("leases lost before the ack (delivered again elsewhere): %s", lost)
+
+    async def _ack(self, batch: list[UUID]) -> list[Row] | None:
+        """Acknowledge ``batch``, retrying while the database is unreachable for up to
+        half a lease (the leases are still held and extended meanwhile). ``None`` if
+        it could not: the caller stops extending those leases, they expire, and the
+        messages are delivered again (at least once), so nothing is lost."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._config.delivery_lease / 2
+        delay = 0.05
+        while True:
+            try:
+                return await self._db.fetch(
+                    "SELECT amp.ack_deliveries($1, $2) AS id", [self.worker_id, batch]
+                )
+            except TRANSIENT_ERRORS as exc:
+                if loop.time() + delay >= give_up_at or self._closing:
+                    log.warning("acknowledging %d deliveries failed: %s", len(batch), exc)
+                    return None
+            except Exception:
+                log.exception("acknowledging %d deliveries failed", len(batch))
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def _backoff(self, claimed: Claimed) -> float:
         delay = self._config.delivery_backoff_base * 2 ** (claimed.attempts - 1)

@@ -192,7 +192,7 @@ async def _meeting(
         if entry.content is not None:
             said = str(entry.content.get("text", entry.content))
         else:
-            said = f"[dim]{(entry.system or {}).get('text', '')}[/dim]"
+            said = f"[dim]{entry.system.text if entry.system else ''}[/dim]"
         table.add_row(str(entry.seq), (entry.sender_external_id or "system").split("-")[0], said)
     console.print(table)
     order = ", ".join((m.sender_external_id or "").split("-")[0] for m in spoken)

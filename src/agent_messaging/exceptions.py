@@ -53,6 +53,14 @@ class SessionError(AgentMessagingError):
     """Base of conversation (session) errors."""
 
 
+class SessionAlreadyExistsError(SessionError):
+    """A conversation of that pair and type is already live.
+
+    In the planning hierarchy; conversations here are found-or-created by the SQL
+    functions (``amp.sync_send``, ``amp.async_send``), so no call raises it today.
+    """
+
+
 class SessionNotFoundError(SessionError):
     """There is no such conversation."""
 
@@ -94,6 +102,13 @@ class AgentNotInMeetingError(MeetingError):
     sqlstate = "AM042"
 
 
+class InvalidMeetingError(InvalidInputError, MeetingError):
+    """The meeting asked for is invalid (an empty or duplicate invitation list, a
+    non-positive turn duration). Also an :class:`InvalidInputError`. Nothing was stored."""
+
+    sqlstate = "AM046"
+
+
 class InvalidMeetingStateError(MeetingError):
     """The meeting is not in a state that allows the call."""
 
@@ -127,18 +142,47 @@ class HandlerNotRegisteredError(HandlerError):
 
 
 class HandlerExecutionError(HandlerError):
-    """A handler raised; the original exception is the ``__cause__``."""
+    """A handler raised. In-process (``resume_agent_handler``) the original exception
+    is the ``__cause__``; for a pushed message that was dead-lettered
+    (``one_way.wait_delivered``) ``last_error`` is the handler's last error, as stored.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        message_id: object = None,
+        last_error: str | None = None,
+        attempts: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        #: the message whose handler failed, when known
+        self.message_id = message_id
+        #: the handler's last error as recorded in ``amp.messages.last_error``
+        self.last_error = last_error
+        #: delivery attempts made
+        self.attempts = attempts
 
 
-class TimeoutError(AgentMessagingError, builtins.TimeoutError):
-    """A wait ran out of time. Also a :class:`builtins.TimeoutError`."""
+class AgentMessagingTimeoutError(AgentMessagingError, builtins.TimeoutError):
+    """A wait ran out of time: the planning's ``TimeoutError``, under a name that
+    does not shadow the built-in (of which it is a subclass).
+
+    ``agent_messaging.TimeoutError`` remains importable as an alias of this class,
+    but is left out of ``__all__``, so ``from agent_messaging import *`` never
+    shadows :class:`builtins.TimeoutError`.
+    """
 
 
-class ConversationTimeoutError(TimeoutError):
+#: The planning's name; an alias, not exported by ``import *``.
+TimeoutError = AgentMessagingTimeoutError
+
+
+class ConversationTimeoutError(AgentMessagingTimeoutError):
     """``send_and_wait`` got no reply in time; the wait was cancelled in SQL."""
 
 
-class MeetingTimeoutError(TimeoutError):
+class MeetingTimeoutError(AgentMessagingTimeoutError):
     """``attend_meeting`` or ``speak`` did not get the turn back in time."""
 
 
@@ -184,6 +228,16 @@ TRANSIENT_ERRORS: tuple[type[AgentMessagingError], ...] = (
 )
 
 
+class SpeakingTimeoutError(MeetingTimeoutError):
+    """``speak`` stored the message, but the speaker's next turn did not come within
+    ``timeout``. A :class:`MeetingTimeoutError` (what the planning documents for
+    ``speak``), named as in the planning hierarchy."""
+
+
+class DeliveryTimeoutError(AgentMessagingTimeoutError):
+    """``one_way.wait_delivered`` ran out of time: the message is still pending."""
+
+
 #: SQLSTATE -> exception class, for every code of ``amp.error_codes()``.
 SQLSTATE_EXCEPTIONS: dict[str, type[AgentMessagingError]] = {
     cls.sqlstate: cls
@@ -201,6 +255,7 @@ SQLSTATE_EXCEPTIONS: dict[str, type[AgentMessagingError]] = {
         AgentNotInMeetingError,
         InvalidMeetingStateError,
         NotCurrentSpeakerError,
+        InvalidMeetingError,
         HostCannotLeaveError,
         DeliveryError,
     )

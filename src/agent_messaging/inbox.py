@@ -151,9 +151,12 @@ class AsyncConversation(Generic[T]):
         message, oldest first; returns how many were handled.
 
         A message is marked read when taken; if the handler raises, that message is
-        put back unread and :class:`HandlerExecutionError` is raised.
+        put back unread and :class:`HandlerExecutionError` is raised. Raises
+        :class:`AgentNotFoundError` for an unknown agent, then
+        :class:`HandlerNotRegisteredError` if its handler is not registered here.
         """
         sdk = self._sdk
+        await sdk.get_agent(agent_external_id)  # AgentNotFoundError first, as planned
         handler = sdk.handlers.get(agent_external_id)
         if handler is None:
             raise HandlerNotRegisteredError(f"no handler registered for {agent_external_id!r}")

@@ -190,7 +190,7 @@ def _iso(value: Any) -> str | None:
 
 def _said(message: MeetingMessage[Any]) -> dict[str, Any]:
     if message.message_type == "system":
-        system = message.system or {}
+        system: dict[str, Any] = message.system or {}
         return {
             "seq": message.seq,
             "from": "system",

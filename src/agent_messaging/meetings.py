@@ -3,39 +3,67 @@
 All state transitions are ``amp.*`` SQL functions (``sql/meetings.sql``); this module
 calls them and waits. Waiting follows listen -> check -> wait -> re-check: subscribe
 to the meeting's channel, read the turn from the table, wait for a notification (or
-the turn's deadline, or the fallback poll), read again. When the current turn's
-deadline passes, the waiter calls ``amp.expire_turns()`` itself, so a meeting goes
-on even if the speaker's process is gone.
+the fallback poll), read again.
+
+Turn deadlines are kept by :class:`TurnSweeper`, one per SDK process: it hears of
+every turn of the meetings this process hosts or waits in (each meeting
+notification carries the seconds left in the current turn, ``turn_seconds``), and
+asks SQL for the earliest deadline of all (``amp.next_turn_deadline()``) at least
+every ``poll_interval``; it sleeps until the earliest deadline it knows and then
+calls ``amp.expire_turns()``. So a turn expires on time whoever waits, in whatever
+state their wait began, and a meeting goes on even if the speaker's process is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+import enum
+import logging
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
-from . import content
+from . import content, tasks
 from .dispatcher import AnyNotification
 from .exceptions import (
     TRANSIENT_ERRORS,
     AgentNotInMeetingError,
     InvalidInputError,
+    InvalidMeetingError,
+    InvalidMeetingStateError,
     MeetingTimeoutError,
+    SpeakingTimeoutError,
 )
-from .models import MeetingMessage, MeetingParticipant, MeetingStatusResponse, TurnSignal
+from .models import (
+    Meeting,
+    MeetingMessage,
+    MeetingParticipant,
+    MeetingStatus,
+    MeetingStatusResponse,
+    SystemMessage,
+    TurnSignal,
+)
 from .notifications import MeetingChanged
 
 if TYPE_CHECKING:
     from .client import AgentMessaging
 
 T = TypeVar("T")
+log = logging.getLogger("agent_messaging.meetings")
 
 #: what a wait rides out (a check that ran out of time, a lost connection)
 _RETRIED: tuple[type[Exception], ...] = (TimeoutError, *TRANSIENT_ERRORS)
 
 #: slack added to a turn deadline before expiring it (clock granularity)
 _DEADLINE_SLACK = 0.01
+
+
+class _Default(enum.Enum):
+    TOKEN = "default"
+
+
+#: ``create_meeting(turn_duration=...)`` not given: the config's default applies
+DEFAULT: Literal[_Default.TOKEN] = _Default.TOKEN
 
 
 def meeting_channel(meeting_id: UUID) -> str:
@@ -70,7 +98,7 @@ class MeetingManager(Generic[T]):
             message_type=row["message_type"],
             sender_external_id=row["sender_external_id"],
             content=None if system else self._sdk.message_adapter.validate_python(row["content"]),
-            system=row["content"] if system else None,
+            system=SystemMessage(row["content"]) if system else None,
             is_late=row["is_late"],
             created_at=row["created_at"],
         )
@@ -91,27 +119,40 @@ class MeetingManager(Generic[T]):
         self,
         host_external_id: str,
         agent_external_ids: list[str],
-        turn_duration: float | None = None,
+        turn_duration: float | Literal[_Default.TOKEN] | None = DEFAULT,
     ) -> UUID:
         """Create a meeting hosted by ``host_external_id``; returns its id.
 
         ``agent_external_ids`` is the invitation list and the round-robin order (the
-        host may be in it; if not, it goes first). Each invitee gets an invitation
-        pushed to its handler. ``turn_duration`` (seconds) defaults to
-        ``config.default_turn_duration``. Raises :class:`AgentNotFoundError`,
-        :class:`InvalidInputError` (empty list, duplicates, empty ids).
+        host may be in it; if not, it goes first). Every agent of the list gets an
+        invitation pushed to its handler (a :class:`MeetingInvitation`, with
+        ``context.is_meeting_message``), the host too when it is listed.
+        ``turn_duration``: seconds per turn; ``None``: turns never expire; omitted:
+        ``config.default_turn_duration`` (``None`` when ``config.enable_turn_timeout``
+        is false). Raises :class:`AgentNotFoundError`, :class:`InvalidMeetingError`
+        (empty list, duplicates, no one but the host, a non-positive duration),
+        :class:`InvalidInputError` (empty ids).
         """
-        await self._sdk.events_ready()
-        if turn_duration is None:
-            turn_duration = self._sdk.config.default_turn_duration
-        if turn_duration is not None and turn_duration <= 0:
-            raise InvalidInputError("turn_duration must be positive")
-        value = await self._sdk.db.fetch_value(
+        sdk = self._sdk
+        await sdk.events_ready()
+        duration: float | None
+        if turn_duration is DEFAULT:
+            config = sdk.config
+            duration = config.default_turn_duration if config.enable_turn_timeout else None
+        else:
+            duration = turn_duration
+        if duration is not None and duration <= 0:
+            raise InvalidMeetingError("turn_duration must be positive")
+        value = await sdk.db.fetch_value(
             "SELECT amp.create_meeting($1::text, $2::text[], "
             "make_interval(secs => $3::float8)) AS id",
-            [host_external_id, list(agent_external_ids), turn_duration],
+            [host_external_id, list(agent_external_ids), duration],
         )
-        return UUID(str(value))
+        meeting_id = UUID(str(value))
+        await sdk.turn_sweeper_watch(meeting_id)
+        for agent in agent_external_ids:
+            sdk.poke_delivery(agent)
+        return meeting_id
 
     async def attend_meeting(
         self, agent_external_id: str, meeting_id: UUID, timeout: float | None = None
@@ -140,19 +181,42 @@ class MeetingManager(Generic[T]):
 
         The first turn goes to ``next_speaker_external_id`` or, if ``None``, to the
         participant after the host. The host then waits with :meth:`attend_meeting`.
-        Raises :class:`NotMeetingHostError`, :class:`InvalidMeetingStateError`,
-        :class:`AgentNotInMeetingError` (next speaker), :class:`MeetingNotFoundError`.
+        Called before every invitee attended (right after :meth:`create_meeting`,
+        while invitees attend from their handlers), it first waits until they have,
+        for at most ``config.start_meeting_wait`` seconds.
+
+        Raises :class:`NotMeetingHostError`, :class:`InvalidMeetingStateError` (not
+        ready in time, already started or ended), :class:`AgentNotInMeetingError`
+        (next speaker), :class:`MeetingNotFoundError`.
         """
-        await self._sdk.events_ready()
-        await self._sdk.db.fetch_value(
-            "SELECT amp.start_meeting($1::text, $2::text::uuid, $3::text::jsonb, $4::text) AS id",
-            [
-                host_external_id,
-                _meeting_id(meeting_id),
-                self._dump(initial_message),
-                next_speaker_external_id,
-            ],
+        sdk = self._sdk
+        await sdk.events_ready()
+        meeting = _meeting_id(meeting_id)
+        args = [host_external_id, meeting, self._dump(initial_message), next_speaker_external_id]
+        query = (
+            "SELECT amp.start_meeting($1::text, $2::text::uuid, $3::text::jsonb, $4::text) AS id"
         )
+        await sdk.turn_sweeper_watch(UUID(meeting))
+        try:
+            await sdk.db.fetch_value(query, args)
+            return
+        except InvalidMeetingStateError:
+            wait = sdk.config.start_meeting_wait
+            status = await self.get_meeting_status(UUID(meeting))
+            if status.status not in (MeetingStatus.CREATED, MeetingStatus.READY) or (
+                status.status == MeetingStatus.CREATED and wait <= 0
+            ):
+                raise
+        # invitees are still attending (in their handlers, as the planning's example
+        # has it): wait, bounded, until every one has (at once if it became ready)
+        try:
+            await self.wait_until_ready(UUID(meeting), timeout=wait)
+        except MeetingTimeoutError:
+            raise InvalidMeetingStateError(
+                f"meeting {meeting} is not ready: not every invitee attended within "
+                f"{wait} s (config.start_meeting_wait)"
+            ) from None
+        await sdk.db.fetch_value(query, args)
 
     async def speak(
         self,
@@ -168,7 +232,8 @@ class MeetingManager(Generic[T]):
         whose turn expired may still speak: the message is stored late and the turn
         is not taken back. Raises :class:`NotCurrentSpeakerError`,
         :class:`AgentNotInMeetingError`, :class:`InvalidMeetingStateError`,
-        :class:`MeetingNotFoundError`, :class:`MeetingTimeoutError`.
+        :class:`MeetingNotFoundError`, and :class:`SpeakingTimeoutError` (a
+        :class:`MeetingTimeoutError`) if the next turn does not come within ``timeout``.
         """
         await self._sdk.events_ready()
         await self._sdk.db.fetch_value(
@@ -180,7 +245,9 @@ class MeetingManager(Generic[T]):
                 next_speaker_external_id,
             ],
         )
-        return await self.wait_for_turn(speaker_external_id, meeting_id, timeout)
+        return await self._wait_for_turn(
+            speaker_external_id, meeting_id, timeout, SpeakingTimeoutError
+        )
 
     async def leave_meeting(self, agent_external_id: str, meeting_id: UUID) -> None:
         """Leave (not the host); a held turn passes on. Raises
@@ -197,10 +264,11 @@ class MeetingManager(Generic[T]):
         Raises :class:`NotMeetingHostError`, :class:`MeetingNotFoundError`,
         :class:`InvalidMeetingStateError` (already ended)."""
         await self._sdk.events_ready()
+        meeting = _meeting_id(meeting_id)
         await self._sdk.db.execute(
-            "SELECT amp.end_meeting($1::text, $2::text::uuid)",
-            [host_external_id, _meeting_id(meeting_id)],
+            "SELECT amp.end_meeting($1::text, $2::text::uuid)", [host_external_id, meeting]
         )
+        await self._sdk.turn_sweeper_unwatch(UUID(meeting))
 
     # -- reading -------------------------------------------------------------
 
@@ -219,6 +287,7 @@ class MeetingManager(Generic[T]):
             host_external_id=row["host_external_id"],
             current_speaker_external_id=row["current_speaker_external_id"],
             turn_duration=row["turn_duration_seconds"],
+            turn_started_at=row["turn_started_at"],
             turn_deadline=row["turn_deadline"],
             participant_count=row["participant_count"],
             participants=[MeetingParticipant.model_validate(p) for p in parts],
@@ -226,6 +295,16 @@ class MeetingManager(Generic[T]):
             started_at=row["started_at"],
             ended_at=row["ended_at"],
         )
+
+    async def get_meeting(self, meeting_id: UUID) -> Meeting:
+        """The meeting's row (the planning's ``Meeting``). Raises
+        :class:`MeetingNotFoundError`."""
+        row = await self._sdk.db.fetch_one(
+            "SELECT *, extract(epoch FROM turn_duration)::float8 AS seconds "
+            "FROM amp.get_meeting($1::text::uuid)",
+            [_meeting_id(meeting_id)],
+        )
+        return Meeting.model_validate(row | {"turn_duration": row["seconds"]})
 
     async def get_meeting_history(self, meeting_id: UUID) -> list[MeetingMessage[T]]:
         """Everything said in the meeting, system messages (joins, leaves, timeouts,
@@ -238,6 +317,15 @@ class MeetingManager(Generic[T]):
         self, agent_external_id: str, meeting_id: UUID, timeout: float | None = None
     ) -> TurnSignal[T]:
         """Wait until it is ``agent_external_id``'s turn or the meeting has ended."""
+        return await self._wait_for_turn(agent_external_id, meeting_id, timeout)
+
+    async def _wait_for_turn(
+        self,
+        agent_external_id: str,
+        meeting_id: UUID,
+        timeout: float | None,
+        timeout_error: type[MeetingTimeoutError] = MeetingTimeoutError,
+    ) -> TurnSignal[T]:
         meeting = _meeting_id(meeting_id)
         state: dict[str, Any] = {}
 
@@ -263,7 +351,7 @@ class MeetingManager(Generic[T]):
                 )
             return row if row["your_turn"] or row["meeting_ended"] else row | {"wait": True}
 
-        row = await self._wait(meeting, wanted, check, timeout, "the turn")
+        row = await self._wait(meeting, wanted, check, timeout, "the turn", timeout_error)
         return TurnSignal[T](
             meeting_id=UUID(meeting),
             your_turn=bool(row["your_turn"]),
@@ -299,9 +387,11 @@ class MeetingManager(Generic[T]):
         check: Any,
         timeout: float | None,
         what: str,
+        timeout_error: type[MeetingTimeoutError] = MeetingTimeoutError,
     ) -> dict[str, Any]:
         """listen -> check -> wait -> re-check, until ``check`` returns a row without
-        ``wait``; expires the turn itself when the deadline it read passes."""
+        ``wait``. The deadline it reads is handed to the process's turn sweeper,
+        which expires the turn on time (the expiry then notifies)."""
         sdk = self._sdk
         loop = asyncio.get_running_loop()
         limit = loop.time() + (sdk.config.default_meeting_timeout if timeout is None else timeout)
@@ -317,6 +407,7 @@ class MeetingManager(Generic[T]):
 
         await sdk.dispatcher.subscribe([channel], on_notify)
         sdk.dispatcher.add_catch_up(on_reconnect)
+        await sdk.turn_sweeper_watch(UUID(meeting))
         ended = False
         retry = 0.05
         try:
@@ -332,7 +423,7 @@ class MeetingManager(Generic[T]):
                 except _RETRIED:
                     # ride out a lost connection or a restart: check again soon
                     if loop.time() >= limit:
-                        raise MeetingTimeoutError(
+                        raise timeout_error(
                             f"waited too long for {what} in meeting {meeting}"
                         ) from None
                     await asyncio.sleep(max(0.0, min(retry, limit - loop.time())))
@@ -340,21 +431,114 @@ class MeetingManager(Generic[T]):
                     continue
                 if not row.get("wait"):
                     ended = bool(row.get("meeting_ended"))
+                    if ended:
+                        await sdk.turn_sweeper_unwatch(UUID(meeting))
                     return row
                 now = loop.time()
                 if now >= limit:
-                    raise MeetingTimeoutError(f"waited too long for {what} in meeting {meeting}")
+                    raise timeout_error(f"waited too long for {what} in meeting {meeting}")
                 pause = min(limit - now, sdk.config.poll_interval)
                 seconds_left = row.get("seconds_left")
-                expire_at = None
                 if seconds_left is not None and row.get("meeting_status", "active") == "active":
-                    expire_at = now + max(float(seconds_left), 0.0) + _DEADLINE_SLACK
-                    pause = min(pause, expire_at - now)
+                    sdk.turn_sweeper_note(float(seconds_left))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), max(pause, 0.0))
-                if expire_at is not None and loop.time() >= expire_at:
-                    await self.expire_turns()
         finally:
             sdk.dispatcher.remove_catch_up(on_reconnect)
             # an ended meeting's channel is of no further use: UNLISTEN it
             await sdk.dispatcher.unsubscribe([channel], on_notify, keep_listening=not ended)
+
+
+class TurnSweeper:
+    """Expires meeting turns at their deadlines, for one SDK process.
+
+    It sleeps until the earliest deadline it knows, then calls
+    ``amp.expire_turns()`` (idempotent, safe from any number of processes). It
+    learns deadlines from the notifications of the meetings it watches (those this
+    process creates, starts or waits in: each carries ``turn_seconds``), from
+    waiters' reads (:meth:`note`), and from SQL (``amp.next_turn_deadline()``), asked
+    at least every ``poll_interval`` and after every expiry: the fallback that
+    catches every other meeting.
+    """
+
+    def __init__(self, sdk: AgentMessaging[Any]) -> None:
+        self._sdk = sdk
+        self._wake = asyncio.Event()
+        #: loop time of the earliest deadline known
+        self._due: float | None = None
+        self._watched: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        #: how many times this sweeper expired at least one turn (for tests)
+        self.expired = 0
+
+    def start(self) -> None:
+        """Start sweeping (on the running loop)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="amp-turn-sweep")
+
+    async def close(self) -> None:
+        """Stop sweeping and stop watching meetings."""
+        await tasks.stop(self._task)
+        self._task = None
+        for channel in list(self._watched):
+            await self._unwatch_channel(channel)
+
+    def note(self, seconds_left: float | None) -> None:
+        """A turn deadline ``seconds_left`` from now (server's reckoning, read just now)."""
+        if seconds_left is None:
+            return
+        at = asyncio.get_running_loop().time() + max(seconds_left, 0.0)
+        if self._due is None or at < self._due:
+            self._due = at
+            self._wake.set()
+
+    async def watch(self, meeting_id: UUID) -> None:
+        """Hear of every turn of this meeting until it ends."""
+        channel = meeting_channel(meeting_id)
+        if channel in self._watched:
+            return
+        self._watched.add(channel)
+        await self._sdk.dispatcher.subscribe([channel], self._on_notify)
+
+    async def unwatch(self, meeting_id: UUID) -> None:
+        """Stop hearing of this meeting (it ended)."""
+        await self._unwatch_channel(meeting_channel(meeting_id))
+
+    async def _unwatch_channel(self, channel: str) -> None:
+        if channel in self._watched:
+            self._watched.discard(channel)
+            await self._sdk.dispatcher.unsubscribe([channel], self._on_notify, keep_listening=False)
+
+    def _on_notify(self, channel: str, notification: AnyNotification) -> None:
+        if not isinstance(notification, MeetingChanged):
+            return
+        if notification.status == "ended":
+            if channel in self._watched:
+                asyncio.get_running_loop().create_task(self._unwatch_channel(channel))
+            return
+        self.note(notification.turn_seconds)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        db = self._sdk.db
+        while True:
+            try:
+                self.note(await db.fetch_value("SELECT amp.next_turn_deadline() AS s"))
+            except Exception as exc:
+                log.warning("reading the next turn deadline failed: %s", exc)
+            poll_at = loop.time() + self._sdk.config.poll_interval
+            while True:
+                self._wake.clear()
+                target = poll_at if self._due is None else min(poll_at, self._due + _DEADLINE_SLACK)
+                now = loop.time()
+                if now >= target:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), target - now)
+            if self._due is not None and loop.time() >= self._due:
+                self._due = None
+                try:
+                    if await db.fetch_value("SELECT amp.expire_turns() AS n"):
+                        self.expired += 1
+                except Exception as exc:
+                    log.warning("expiring turns failed: %s", exc)

@@ -66,6 +66,8 @@ class MeetingChanged(BaseModel):
     status: str
     event: str | None = None
     speaker_id: UUID | None = None
+    #: seconds left in the current turn when notified (absent: no deadline)
+    turn_seconds: float | None = None
 
 
 class MeetingEventRecorded(BaseModel):
