@@ -645,7 +645,10 @@ async def test_invitation_reaches_invitee_handler(sdk: SDK) -> None:
     assert context.message_type == "meeting_invitation"
     assert context.sender_external_id == "host"
     assert message["meeting_id"] == str(meeting)
-    assert message["participants"] == ["host", "a", "b"]
+    # the invitation names the meeting; the participants are read from it
+    assert message["participant_count"] == 3 and "participants" not in message
+    status = await sdk.meeting.get_meeting_status(message["meeting_id"])
+    assert [p.agent_external_id for p in status.participants] == ["host", "a", "b"]
     await attend_sql(sdk, meeting, "b")
     assert (await sdk.meeting.wait_until_ready(meeting, timeout=WAIT)).status == "ready"
 

@@ -7,7 +7,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
-from . import content
+from . import content, validation
 from .dispatcher import AnyNotification
 from .exceptions import ConversationEndedError, ConversationTimeoutError, InvalidSessionStateError
 from .models import MessageContext
@@ -49,6 +49,7 @@ class SyncConversation(Generic[T]):
         sender is already waiting in this conversation.
         """
         sdk = self._sdk
+        timeout = validation.timeout("timeout", timeout)
         if timeout is None:
             timeout = sdk.config.default_conversation_timeout
         args = sdk.message_args(sender_external_id, recipient_external_id, message, metadata)
@@ -109,11 +110,11 @@ class SyncConversation(Generic[T]):
     async def _outcome(self, request: UUID) -> T | None:
         """The reply if there is one; raises if the wait is over without one."""
         row = await self._sdk.db.fetch_one(
-            "SELECT status, content FROM amp.sync_result($1)", [request]
+            "SELECT status, content::text AS content FROM amp.sync_result($1)", [request]
         )
         status = row["status"]
         if status == "replied":
-            reply: T = content.decode(self._sdk.message_adapter, row["content"])
+            reply: T = content.decode(self._sdk.message_adapter, content.loads(row["content"]))
             return reply
         if status == "ended":
             raise ConversationEndedError(f"the conversation of request {request} was ended")

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
-from . import content
+from . import content, validation
 from .dispatcher import AnyNotification
 from .exceptions import AgentNotInMeetingError, InvalidInputError, MeetingTimeoutError
 from .models import MeetingMessage, MeetingParticipant, MeetingStatusResponse, TurnSignal
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
     from .client import AgentMessaging
 
 T = TypeVar("T")
+log = logging.getLogger("agent_messaging.meetings")
+
+#: the longest turn_duration the SDK sends (seconds, one year): the server's own
+#: limit, ``amp.setting('max_turn_duration_seconds')`` (default one week), is lower
+MAX_TURN_DURATION = 31_536_000.0
 
 #: slack added to a turn deadline before expiring it (clock granularity)
 _DEADLINE_SLACK = 0.01
@@ -55,21 +61,40 @@ class MeetingManager(Generic[T]):
         return content.encode(sdk.message_adapter, message, sdk.config.max_message_bytes)
 
     def _message(self, row: dict[str, Any]) -> MeetingMessage[T]:
+        """One history row, decoded on its own: a message that cannot be decoded (or
+        does not fit ``T``) is reported with ``content=None`` and ``error``, and
+        never breaks the history or a turn wait."""
         system = row["message_type"] == "system"
+        value: Any = None
+        error = None
+        try:
+            if system:
+                value = content.loads(row["content"])
+            else:
+                value = content.decode_text(self._sdk.message_adapter, row["content"])
+        except content.UndecodableContent as exc:
+            error = str(exc)
+            log.warning("meeting message %s cannot be decoded: %s", row["message_id"], exc)
         return MeetingMessage[T](
             seq=row["seq"],
             message_id=row["message_id"],
             message_type=row["message_type"],
             sender_external_id=row["sender_external_id"],
-            content=None if system else self._sdk.message_adapter.validate_python(row["content"]),
-            system=row["content"] if system else None,
+            content=None if system else value,
+            system=value if system and isinstance(value, dict) else None,
             is_late=row["is_late"],
             created_at=row["created_at"],
+            error=error,
         )
 
     async def _history(self, meeting: str, after_seq: int = 0) -> list[MeetingMessage[T]]:
         rows = await self._sdk.db.fetch(
-            "SELECT * FROM amp.meeting_history($1::text::uuid, $2::bigint)", [meeting, after_seq]
+            # content as text, decoded row by row: one undecodable message must not
+            # break the history (or every participant's turn wait)
+            "SELECT seq, message_id, message_type, sender_external_id, "
+            "content::text AS content, is_late, created_at "
+            "FROM amp.meeting_history($1::text::uuid, $2::bigint)",
+            [meeting, after_seq],
         )
         return [self._message(row) for row in rows]
 
@@ -93,11 +118,18 @@ class MeetingManager(Generic[T]):
         ``config.default_turn_duration``. Raises :class:`AgentNotFoundError`,
         :class:`InvalidInputError` (empty list, duplicates, empty ids).
         """
-        await self._sdk.events_ready()
+        validation.external_id("host external id", host_external_id)
+        if isinstance(agent_external_ids, str) or not isinstance(agent_external_ids, list | tuple):
+            raise InvalidInputError("agent_external_ids must be a list of agent external ids")
+        for agent in agent_external_ids:
+            validation.external_id("agent external id", agent)
         if turn_duration is None:
             turn_duration = self._sdk.config.default_turn_duration
-        if turn_duration is not None and turn_duration <= 0:
-            raise InvalidInputError("turn_duration must be positive")
+        if turn_duration is not None:
+            turn_duration = validation.seconds(
+                "turn_duration", turn_duration, allow_zero=False, maximum=MAX_TURN_DURATION
+            )
+        await self._sdk.events_ready()
         value = await self._sdk.db.fetch_value(
             "SELECT amp.create_meeting($1::text, $2::text[], "
             "make_interval(secs => $3::float8)) AS id",
@@ -113,6 +145,8 @@ class MeetingManager(Generic[T]):
         Raises :class:`AgentNotFoundError`, :class:`MeetingNotFoundError`,
         :class:`AgentNotInMeetingError`, :class:`MeetingTimeoutError`.
         """
+        validation.external_id("agent external id", agent_external_id)
+        timeout = validation.timeout("timeout", timeout)
         await self._sdk.events_ready()
         meeting = _meeting_id(meeting_id)
         await self._sdk.db.fetch_value(
@@ -135,6 +169,8 @@ class MeetingManager(Generic[T]):
         Raises :class:`NotMeetingHostError`, :class:`InvalidMeetingStateError`,
         :class:`AgentNotInMeetingError` (next speaker), :class:`MeetingNotFoundError`.
         """
+        validation.external_id("host external id", host_external_id)
+        validation.optional_external_id("next speaker external id", next_speaker_external_id)
         await self._sdk.events_ready()
         await self._sdk.db.fetch_value(
             "SELECT amp.start_meeting($1::text, $2::text::uuid, $3::text::jsonb, $4::text) AS id",
@@ -162,6 +198,9 @@ class MeetingManager(Generic[T]):
         :class:`AgentNotInMeetingError`, :class:`InvalidMeetingStateError`,
         :class:`MeetingNotFoundError`, :class:`MeetingTimeoutError`.
         """
+        validation.external_id("speaker external id", speaker_external_id)
+        validation.optional_external_id("next speaker external id", next_speaker_external_id)
+        timeout = validation.timeout("timeout", timeout)
         await self._sdk.events_ready()
         await self._sdk.db.fetch_value(
             "SELECT amp.speak($1::text, $2::text::uuid, $3::text::jsonb, $4::text) AS id",
@@ -178,6 +217,7 @@ class MeetingManager(Generic[T]):
         """Leave (not the host); a held turn passes on. Raises
         :class:`HostCannotLeaveError`, :class:`AgentNotInMeetingError`,
         :class:`MeetingNotFoundError`."""
+        validation.external_id("agent external id", agent_external_id)
         await self._sdk.events_ready()
         await self._sdk.db.execute(
             "SELECT amp.leave_meeting($1::text, $2::text::uuid)",
@@ -188,6 +228,7 @@ class MeetingManager(Generic[T]):
         """End the meeting (host only); every waiter wakes with ``meeting_ended``.
         Raises :class:`NotMeetingHostError`, :class:`MeetingNotFoundError`,
         :class:`InvalidMeetingStateError` (already ended)."""
+        validation.external_id("host external id", host_external_id)
         await self._sdk.events_ready()
         await self._sdk.db.execute(
             "SELECT amp.end_meeting($1::text, $2::text::uuid)",
@@ -229,7 +270,10 @@ class MeetingManager(Generic[T]):
     async def wait_for_turn(
         self, agent_external_id: str, meeting_id: UUID, timeout: float | None = None
     ) -> TurnSignal[T]:
-        """Wait until it is ``agent_external_id``'s turn or the meeting has ended."""
+        """Wait until it is ``agent_external_id``'s turn or the meeting has ended
+        (at most ``timeout`` seconds, default ``config.default_meeting_timeout``)."""
+        validation.external_id("agent external id", agent_external_id)
+        timeout = validation.timeout("timeout", timeout)
         meeting = _meeting_id(meeting_id)
         state: dict[str, Any] = {}
 
@@ -273,6 +317,7 @@ class MeetingManager(Generic[T]):
     ) -> MeetingStatusResponse:
         """Wait until every invitee attended (status ``ready``), for a host about to
         start. Returns at once if the meeting is already past ``created``."""
+        timeout = validation.timeout("timeout", timeout)
         meeting = _meeting_id(meeting_id)
 
         async def check() -> dict[str, Any]:
