@@ -66,7 +66,7 @@ class InboxMessage(BaseModel, Generic[T]):
     seq: int
     sender_external_id: str
     sender_name: str
-    session_id: UUID
+    session_id: UUID | None
     #: the content as ``T``; ``None`` if it could not be decoded (see ``error``)
     content: T | None
     metadata: dict[str, Any]
@@ -269,7 +269,7 @@ class AsyncConversation(Generic[T]):
                 recipient_external_id=agent_external_id,
                 recipient_name=recipient_name,
                 message_type="async",
-                session_id=UUID(str(row["session_id"])),
+                session_id=UUID(str(row["session_id"])) if row["session_id"] else None,
                 metadata=self._metadata(row),
             )
             try:
