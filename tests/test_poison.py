@@ -73,8 +73,10 @@ async def test_poison_to_a_handler_fails_alone(
     for _ in range(199):
         deep = deep[0]
     assert deep == []
-    [failed] = await trio.db.fetch("SELECT message_id, attempts, last_error FROM amp.failed_deliveries")
-    assert failed["message_id"] == str(ids[1]) or UUID(str(failed["message_id"])) == ids[1]
+    [failed] = await trio.db.fetch(
+        "SELECT message_id, attempts, last_error FROM amp.failed_deliveries"
+    )
+    assert UUID(str(failed["message_id"])) == ids[1]
     assert failed["attempts"] == 1  # dead-lettered at once: a retry cannot help
     assert "cannot be decoded" in failed["last_error"] and "4300 digits" in failed["last_error"]
 
