@@ -32,6 +32,7 @@ from .exceptions import (
     SessionNotFoundError,
     TimeoutError,
 )
+from .inbox import InboxMessage
 from .meetings import MeetingManager
 from .models import (
     Agent,
@@ -59,6 +60,7 @@ __all__ = [
     "HandlerExecutionError",
     "HandlerNotRegisteredError",
     "HostCannotLeaveError",
+    "InboxMessage",
     "InvalidInputError",
     "InvalidMeetingStateError",
     "InvalidSessionStateError",
