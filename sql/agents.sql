@@ -63,7 +63,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_channel text;
 BEGIN
-    FOREACH v_channel IN ARRAY coalesce(p_channels, '{}') LOOP
+    IF p_channels IS NULL OR array_position(p_channels, NULL) IS NOT NULL THEN
+        PERFORM amp.raise_error('AM001', 'channels (p_channels) must not be or contain NULL');
+    END IF;
+    FOREACH v_channel IN ARRAY p_channels LOOP
         EXECUTE format('LISTEN %I', v_channel);
     END LOOP;
 END;
@@ -75,7 +78,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_channel text;
 BEGIN
-    FOREACH v_channel IN ARRAY coalesce(p_channels, '{}') LOOP
+    IF p_channels IS NULL OR array_position(p_channels, NULL) IS NOT NULL THEN
+        PERFORM amp.raise_error('AM001', 'channels (p_channels) must not be or contain NULL');
+    END IF;
+    FOREACH v_channel IN ARRAY p_channels LOOP
         EXECUTE format('UNLISTEN %I', v_channel);
     END LOOP;
 END;
@@ -85,12 +91,45 @@ $$;
 -- Organizations and agents
 -- ---------------------------------------------------------------------------
 
+-- External ids are taken as given: no case folding, no Unicode normalisation
+-- ('Alice' and 'alice' are two agents). So that an id reads the same everywhere it
+-- is shown, it must be 1 to 255 characters, without control characters (U+0000 to
+-- U+001F, U+007F to U+009F; NUL cannot be sent at all) and without leading or
+-- trailing whitespace (space, U+00A0, U+1680, U+2000 to U+200A, U+2028, U+2029,
+-- U+202F, U+205F, U+3000, U+FEFF). The SDK applies the same rule before sending.
 CREATE OR REPLACE FUNCTION amp.require_external_id(p_what text, p_external_id text)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF p_external_id IS NULL OR btrim(p_external_id) = '' THEN
         PERFORM amp.raise_error('AM001', format('%s external id must not be empty', p_what));
+    END IF;
+    IF char_length(p_external_id) > 255 THEN
+        PERFORM amp.raise_error('AM001', format(
+            '%s external id is %s characters, more than the limit of 255', p_what,
+            char_length(p_external_id)));
+    END IF;
+    IF p_external_id ~ '[\x01-\x1f\x7f-\x9f]' THEN
+        PERFORM amp.raise_error('AM001', format(
+            '%s external id %s contains a control character', p_what,
+            quote_literal(regexp_replace(p_external_id, '[\x01-\x1f\x7f-\x9f]', '?', 'g'))));
+    END IF;
+    IF p_external_id ~ '^[ \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]'
+       OR p_external_id ~ '[ \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]$' THEN
+        PERFORM amp.raise_error('AM001', format(
+            '%s external id %L starts or ends with whitespace', p_what, p_external_id));
+    END IF;
+END;
+$$;
+
+-- Display names: at most 1000 characters (NULL or blank: the external id).
+CREATE OR REPLACE FUNCTION amp.require_name(p_name text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF char_length(p_name) > 1000 THEN
+        PERFORM amp.raise_error('AM001', format(
+            'name is %s characters, more than the limit of 1000', char_length(p_name)));
     END IF;
 END;
 $$;
@@ -102,6 +141,7 @@ DECLARE
     v_org amp.organizations;
 BEGIN
     PERFORM amp.require_external_id('organization', p_external_id);
+    PERFORM amp.require_name(p_name);
     -- the unique index decides a race between two registrations
     INSERT INTO amp.organizations (external_id, name)
     VALUES (p_external_id, coalesce(nullif(btrim(p_name), ''), p_external_id))
@@ -140,6 +180,7 @@ DECLARE
 BEGIN
     PERFORM amp.require_external_id('agent', p_external_id);
     PERFORM amp.require_external_id('organization', p_organization_external_id);
+    PERFORM amp.require_name(p_name);
     v_org := amp.get_organization(p_organization_external_id);
     INSERT INTO amp.agents (external_id, organization_id, name)
     VALUES (p_external_id, v_org.id, coalesce(nullif(btrim(p_name), ''), p_external_id))

@@ -11,23 +11,60 @@
 -- Validation shared by every pattern
 -- ---------------------------------------------------------------------------
 
--- Content must be present and at most amp.max_content_bytes (a setting, default
--- 1 MiB: ALTER DATABASE ... SET amp.max_content_bytes = ...).
-CREATE OR REPLACE FUNCTION amp.check_content(p_content jsonb)
+-- What every stored message must be, whoever sends it (SDK, psql, another language):
+--   * content present (JSON null is fine, SQL NULL is not), metadata a JSON object;
+--   * content and metadata together at most amp.setting('max_message_bytes') bytes
+--     of JSON text (default 1 MiB; an administrator changes it in amp.settings);
+--   * at most 100 levels of nested arrays/objects (measured: psqlpy, the Python
+--     driver, decodes up to 127; the margin leaves room for content wrapped in an
+--     event's data, for instance);
+--   * every number within +-1e308, what a 64-bit float carries (psqlpy fails on a
+--     result holding a larger one; JavaScript would read Infinity).
+-- NaN, Infinity and \u0000 cannot be stored in jsonb at all.
+-- (p_text is p_value::text, which the caller has at hand: short or digit-poor JSON
+-- cannot break either rule, so the full walks run only when they could find something)
+CREATE OR REPLACE FUNCTION amp.check_json(p_what text, p_value jsonb, p_text text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF octet_length(p_text) > 200 AND jsonb_path_exists(p_value,
+            'strict $.**{100} ? (@.type() == "array" || @.type() == "object")') THEN
+        PERFORM amp.raise_error('AM001', format(
+            '%s nests arrays/objects deeper than the limit of 100 levels', p_what));
+    END IF;
+    -- PostgreSQL writes numbers without exponent: one beyond 1e308 has 309+ digits
+    IF p_text ~ '[0-9]{200}[0-9]{109}' AND jsonb_path_exists(p_value,
+            'strict $.** ? (@.type() == "number" && (@ > 1e308 || @ < -1e308))') THEN
+        PERFORM amp.raise_error('AM001', format(
+            '%s holds a number beyond +-1e308 (more than a 64-bit float carries)', p_what));
+    END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION amp.check_message(p_content jsonb, p_metadata jsonb DEFAULT '{}')
 RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    v_limit bigint := coalesce(nullif(current_setting('amp.max_content_bytes', true), '')::bigint,
-                               1048576);
+    v_limit bigint := amp.setting('max_message_bytes');
     v_size bigint;
+    v_content text := p_content::text;
+    v_metadata text := p_metadata::text;
 BEGIN
     IF p_content IS NULL THEN
         PERFORM amp.raise_error('AM001', 'message content must not be null');
     END IF;
-    v_size := octet_length(p_content::text);
+    IF p_metadata IS NOT NULL AND jsonb_typeof(p_metadata) <> 'object' THEN
+        PERFORM amp.raise_error('AM001', 'message metadata must be a JSON object');
+    END IF;
+    v_size := octet_length(v_content) + coalesce(octet_length(v_metadata), 0);
     IF v_size > v_limit THEN
         PERFORM amp.raise_error('AM001', format(
-            'message content is %s bytes, more than the limit of %s', v_size, v_limit));
+            'message content and metadata are %s bytes, more than the limit of %s',
+            v_size, v_limit));
+    END IF;
+    PERFORM amp.check_json('message content', p_content, v_content);
+    IF p_metadata IS NOT NULL THEN
+        PERFORM amp.check_json('message metadata', p_metadata, v_metadata);
     END IF;
 END;
 $$;
@@ -98,10 +135,7 @@ BEGIN
             RETURN v_message;
         END IF;
     END IF;
-    PERFORM amp.check_content(p_content);
-    IF p_metadata IS NOT NULL AND jsonb_typeof(p_metadata) <> 'object' THEN
-        PERFORM amp.raise_error('AM001', 'message metadata must be a JSON object');
-    END IF;
+    PERFORM amp.check_message(p_content, p_metadata);
     IF p_idempotency_key IS NULL THEN
         INSERT INTO amp.messages (message_type, sender_id, recipient_id, content, metadata,
                                   session_id, meeting_id, reply_to, is_late, delivery_status)
@@ -197,8 +231,31 @@ $$;
 
 CREATE OR REPLACE FUNCTION amp.register_worker(p_hostname text, p_pid integer)
 RETURNS uuid
-LANGUAGE sql AS $$
-    INSERT INTO amp.workers (hostname, pid) VALUES (p_hostname, p_pid) RETURNING id
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id uuid;
+BEGIN
+    IF p_hostname IS NULL THEN
+        PERFORM amp.raise_error('AM001', 'worker hostname (p_hostname) must not be null');
+    END IF;
+    IF p_pid IS NULL THEN
+        PERFORM amp.raise_error('AM001', 'worker pid (p_pid) must not be null');
+    END IF;
+    INSERT INTO amp.workers (hostname, pid) VALUES (left(p_hostname, 255), p_pid)
+    RETURNING id INTO v_id;
+    RETURN v_id;
+END;
+$$;
+
+-- AM001 naming the argument when a worker id is NULL.
+CREATE OR REPLACE FUNCTION amp.require_worker_arg(p_worker uuid)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_worker IS NULL THEN
+        PERFORM amp.raise_error('AM001', 'worker id (p_worker) must not be null');
+    END IF;
+END;
 $$;
 
 -- Record that this worker runs the handlers of these agents; returns their ids.
@@ -209,6 +266,13 @@ DECLARE
     v_external_id text;
     v_agent amp.agents;
 BEGIN
+    PERFORM amp.require_worker_arg(p_worker);
+    IF p_agents IS NULL THEN
+        PERFORM amp.raise_error('AM001', 'agents (p_agents) must not be null');
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM amp.workers WHERE id = p_worker) THEN
+        PERFORM amp.raise_error('AM001', format('no worker %s (registered?)', p_worker));
+    END IF;
     FOREACH v_external_id IN ARRAY p_agents LOOP
         v_agent := amp.get_agent(v_external_id);
         INSERT INTO amp.worker_agents (worker_id, agent_id) VALUES (p_worker, v_agent.id)
@@ -393,6 +457,16 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_message amp.messages;
 BEGIN
+    PERFORM amp.require_worker_arg(p_worker);
+    IF p_message_id IS NULL THEN
+        PERFORM amp.raise_error('AM001', 'message id (p_message_id) must not be null');
+    END IF;
+    IF p_retry_in IS NULL THEN
+        PERFORM amp.raise_error('AM001', 'retry delay (p_retry_in) must not be null');
+    END IF;
+    IF p_max_attempts IS NULL THEN
+        PERFORM amp.raise_error('AM001', 'max attempts (p_max_attempts) must not be null');
+    END IF;
     UPDATE amp.messages
     SET delivery_status = CASE WHEN attempts >= p_max_attempts THEN 'failed' ELSE 'pending' END,
         available_at = now() + p_retry_in,
@@ -462,7 +536,7 @@ BEGIN
     -- names the failing element: the first error aborts everything stored so far
     BEGIN
         IF v_broadcast THEN
-            PERFORM amp.check_content(p_contents[1]);
+            PERFORM amp.check_message(p_contents[1], p_metadata);
         END IF;
         FOR i IN 1 .. v_n LOOP
             v_index := i - 1;

@@ -231,11 +231,20 @@ BEGIN
     IF p_turn_duration IS NOT NULL AND p_turn_duration <= interval '0' THEN
         PERFORM amp.raise_error('AM046', 'turn duration must be positive');
     END IF;
+    IF p_turn_duration > make_interval(secs => amp.setting('max_turn_duration_seconds')) THEN
+        PERFORM amp.raise_error('AM001', format(
+            'turn duration %s is longer than the limit of %s seconds', p_turn_duration,
+            amp.setting('max_turn_duration_seconds')));
+    END IF;
     IF p_metadata IS NOT NULL AND jsonb_typeof(p_metadata) <> 'object' THEN
         PERFORM amp.raise_error('AM001', 'meeting metadata must be a JSON object');
     END IF;
+    PERFORM amp.check_message('{}', p_metadata);
 
-    INSERT INTO amp.meetings (host_id, turn_duration) VALUES (v_host.id, p_turn_duration)
+    -- the metadata is stored once, on the meeting: an invitation only names the
+    -- meeting, so it stays small whatever the meeting's size
+    INSERT INTO amp.meetings (host_id, turn_duration, metadata)
+    VALUES (v_host.id, p_turn_duration, coalesce(p_metadata, '{}'))
     RETURNING * INTO v_meeting;
     FOR v_i IN 1 .. cardinality(v_order) LOOP
         v_agent := amp.get_agent(v_order[v_i]);
@@ -247,9 +256,9 @@ BEGIN
             PERFORM amp.store_message('meeting_invitation', v_host.id, v_agent.id,
                 jsonb_build_object(
                     'meeting_id', v_meeting.id, 'host_external_id', v_host.external_id,
-                    'participants', to_jsonb(v_order),
+                    'participant_count', cardinality(v_order),
                     'turn_duration_seconds', extract(epoch FROM p_turn_duration)),
-                p_metadata, p_meeting_id => v_meeting.id, p_push => true);
+                '{}', p_meeting_id => v_meeting.id, p_push => true);
         END IF;
     END LOOP;
     PERFORM amp.meeting_system_message(v_meeting.id, 'agent_joined', v_host.id,
@@ -344,7 +353,6 @@ DECLARE
     v_late    boolean;
 BEGIN
     v_agent := amp.get_agent(p_agent);
-    PERFORM amp.check_content(p_content);
     v_meeting := amp.meeting_lock(p_meeting);
     PERFORM amp.meeting_member(p_meeting, v_agent);
     IF v_meeting.status <> 'active' THEN
@@ -502,7 +510,7 @@ RETURNS TABLE (
     current_speaker_external_id text, turn_duration_seconds double precision,
     turn_deadline timestamptz, seconds_left double precision, participant_count integer,
     created_at timestamptz, started_at timestamptz, ended_at timestamptz,
-    turn_started_at timestamptz)
+    turn_started_at timestamptz, metadata jsonb)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN QUERY
@@ -511,7 +519,7 @@ BEGIN
            extract(epoch FROM m.turn_deadline - clock_timestamp())::double precision,
            (SELECT count(*)::integer FROM amp.meeting_participants p
              WHERE p.meeting_id = m.id AND p.status <> 'left'),
-           m.created_at, m.started_at, m.ended_at, m.turn_started_at
+           m.created_at, m.started_at, m.ended_at, m.turn_started_at, m.metadata
     FROM amp.meetings m
     JOIN amp.agents h ON h.id = m.host_id
     LEFT JOIN amp.agents s ON s.id = m.current_speaker_id

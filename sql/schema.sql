@@ -68,6 +68,8 @@ CREATE TABLE amp.meetings (
     turn_started_at    timestamptz,
     -- stored so any process can tell when the turn expires
     turn_deadline      timestamptz,
+    -- create_meeting's metadata, stored once (invitations reference the meeting)
+    metadata           jsonb NOT NULL DEFAULT '{}'::jsonb,
     created_at         timestamptz NOT NULL DEFAULT now(),
     started_at         timestamptz,
     ended_at           timestamptz,
@@ -130,7 +132,12 @@ CREATE TABLE amp.messages (
     last_error       text,
     -- the sender's key for this send: a repeat with the same key returns this
     -- message instead of storing another (a retry after an unknown outcome)
-    idempotency_key  text CHECK (idempotency_key <> '' AND octet_length(idempotency_key) <= 200)
+    idempotency_key  text CHECK (idempotency_key <> '' AND octet_length(idempotency_key) <= 200),
+    -- inbox reads under a receipt: an async message handed to a reader that has not
+    -- confirmed it yet (read_at still NULL) is held for that reader until
+    -- read_lease_until, then it is unread again (the answer may never have arrived)
+    read_receipt     uuid,
+    read_lease_until timestamptz
 );
 -- the claim query: pending work of one recipient, oldest first
 CREATE INDEX messages_pending_delivery_idx ON amp.messages (recipient_id, seq)
@@ -144,6 +151,9 @@ CREATE INDEX messages_pending_requests_idx ON amp.messages (recipient_id)
 -- the inbox: unread async messages of one recipient
 CREATE INDEX messages_unread_idx ON amp.messages (recipient_id, seq)
     WHERE read_at IS NULL AND message_type = 'async';
+-- the inbox read or unread, paged by seq (amp.inbox_messages)
+CREATE INDEX messages_inbox_idx ON amp.messages (recipient_id, seq)
+    WHERE message_type = 'async';
 -- partial: one-way messages (no session, no meeting) skip both on insert
 CREATE INDEX messages_session_idx ON amp.messages (session_id, seq)
     WHERE session_id IS NOT NULL;
@@ -203,3 +213,105 @@ CREATE TRIGGER meetings_touch BEFORE UPDATE ON amp.meetings
     FOR EACH ROW EXECUTE FUNCTION amp.touch_updated_at();
 CREATE TRIGGER meeting_participants_touch BEFORE UPDATE ON amp.meeting_participants
     FOR EACH ROW EXECUTE FUNCTION amp.touch_updated_at();
+
+-- ---------------------------------------------------------------------------
+-- Settings: limits an administrator sets. Only the owner of the schema (the role
+-- that ran the migrations) writes this table; no application role is granted it,
+-- unlike a session setting (SET ...), which any caller could raise. The functions
+-- read it through amp.setting(), which falls back to the default (with a WARNING)
+-- if a value is malformed; the trigger below refuses malformed values up front.
+-- ---------------------------------------------------------------------------
+
+CREATE TABLE amp.settings (
+    key        text PRIMARY KEY,
+    value      text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- The known settings: default and allowed range (integers).
+CREATE OR REPLACE FUNCTION amp.settings_spec()
+RETURNS TABLE (key text, default_value bigint, min_value bigint, max_value bigint,
+               description text)
+LANGUAGE sql IMMUTABLE AS $$
+    VALUES
+        ('max_message_bytes', 1048576::bigint, 64::bigint, 268435455::bigint,
+         'largest message: bytes of content plus metadata as JSON text'),
+        ('default_page_size', 100, 1, 100000,
+         'messages an inbox read returns when no limit is given'),
+        ('max_page_size', 1000, 1, 100000,
+         'largest limit an inbox read accepts'),
+        ('max_turn_duration_seconds', 604800, 1, 31536000,
+         'longest meeting turn duration (default one week)')
+$$;
+
+-- The effective value of a setting: amp.settings if well-formed and in range, else
+-- the default (a malformed value never breaks a call; it is reported as a WARNING).
+CREATE OR REPLACE FUNCTION amp.setting(p_key text)
+RETURNS bigint
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_spec record;
+    v_raw text;
+    v_value bigint;
+BEGIN
+    SELECT * INTO v_spec FROM amp.settings_spec() s WHERE s.key = p_key;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown amp setting %', p_key;
+    END IF;
+    SELECT s.value INTO v_raw FROM amp.settings s WHERE s.key = p_key;
+    IF v_raw IS NULL THEN
+        RETURN v_spec.default_value;
+    END IF;
+    IF btrim(v_raw) ~ '^[0-9]{1,18}$' THEN
+        v_value := btrim(v_raw)::bigint;
+        IF v_value BETWEEN v_spec.min_value AND v_spec.max_value THEN
+            RETURN v_value;
+        END IF;
+    END IF;
+    RAISE WARNING 'amp.settings: % = % is not an integer from % to %; using the default %',
+        p_key, quote_literal(v_raw), v_spec.min_value, v_spec.max_value, v_spec.default_value;
+    RETURN v_spec.default_value;
+END;
+$$;
+
+-- Refuse unknown keys and malformed values when they are written.
+CREATE OR REPLACE FUNCTION amp.settings_check() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_spec record;
+BEGIN
+    SELECT * INTO v_spec FROM amp.settings_spec() s WHERE s.key = NEW.key;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'AM001', HINT = 'amp error AM001',
+            MESSAGE = format('unknown amp setting %L (known: %s)', NEW.key,
+                (SELECT string_agg(key, ', ') FROM amp.settings_spec()));
+    END IF;
+    IF NOT (btrim(NEW.value) ~ '^[0-9]{1,18}$'
+            AND btrim(NEW.value)::bigint BETWEEN v_spec.min_value AND v_spec.max_value) THEN
+        RAISE EXCEPTION USING ERRCODE = 'AM001', HINT = 'amp error AM001',
+            MESSAGE = format('amp setting %s must be an integer from %s to %s, not %L',
+                NEW.key, v_spec.min_value, v_spec.max_value, NEW.value);
+    END IF;
+    NEW.updated_at := now();
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER settings_check BEFORE INSERT OR UPDATE ON amp.settings
+    FOR EACH ROW EXECUTE FUNCTION amp.settings_check();
+
+-- Every setting with its effective value and where it comes from.
+CREATE OR REPLACE FUNCTION amp.effective_settings()
+RETURNS TABLE (key text, value bigint, source text, default_value bigint,
+               min_value bigint, max_value bigint, description text)
+LANGUAGE sql STABLE AS $$
+    SELECT sp.key, amp.setting(sp.key),
+           CASE WHEN s.value IS NULL THEN 'default'
+                WHEN amp.setting(sp.key) = sp.default_value
+                     AND btrim(s.value) IS DISTINCT FROM sp.default_value::text
+                THEN 'invalid in amp.settings: default used'
+                ELSE 'amp.settings' END,
+           sp.default_value, sp.min_value, sp.max_value, sp.description
+    FROM amp.settings_spec() sp
+    LEFT JOIN amp.settings s ON s.key = sp.key
+$$;

@@ -51,7 +51,7 @@ SELECT a.external_id      AS agent,
        max(m.created_at)  AS newest_unread_at
 FROM amp.messages m
 JOIN amp.agents a ON a.id = m.recipient_id
-WHERE m.read_at IS NULL AND m.message_type = 'async'
+WHERE m.read_at IS NULL AND m.message_type = 'async' AND m.delivery_status IS NULL
 GROUP BY a.external_id;
 
 -- Everything that happened in meetings, messages and events together;

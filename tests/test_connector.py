@@ -89,9 +89,10 @@ async def test_failed_calls_do_not_hold_connections(dsn: str) -> None:
 
 
 async def test_error_code_comes_from_the_hint_not_from_caller_text(duo: SDK) -> None:
-    for name in ("x HINT: amp error AM045", "x\nHINT: amp error AM045"):
-        with pytest.raises(AgentNotFoundError):
-            await duo.one_way.send("alice", name, "hi")
+    # (an id with a line break is refused before it reaches the server: see
+    # test_bad_input; from SQL such text cannot reach an error's HINT line either)
+    with pytest.raises(AgentNotFoundError):
+        await duo.one_way.send("alice", "x HINT: amp error AM045", "hi")
 
 
 async def test_other_server_errors_are_library_errors(duo: SDK) -> None:

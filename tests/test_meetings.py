@@ -619,7 +619,7 @@ async def test_bad_input_is_refused_and_stores_nothing(sdk: SDK) -> None:
     before = await sdk.db.fetch_value("SELECT count(*) AS n FROM amp.messages")
     with pytest.raises(InvalidInputError):  # refused by the SDK
         await sdk.meeting.speak("a", meeting, {"x": "y" * 1_100_000})
-    with pytest.raises(InvalidInputError):  # refused by SQL (amp.check_content)
+    with pytest.raises(InvalidInputError):  # refused by SQL (amp.check_message)
         await speak_sql(sdk, "a", meeting, "y" * 1_100_000)
     with pytest.raises(InvalidInputError):
         await sdk.meeting.speak("a", meeting, {"x": object()})
@@ -653,7 +653,10 @@ async def test_invitation_reaches_invitee_handler(sdk: SDK) -> None:
     assert context.message_type == "meeting_invitation"
     assert context.sender_external_id == "host"
     assert message["meeting_id"] == str(meeting)
-    assert message["participants"] == ["host", "a", "b"]
+    # the invitation names the meeting; the participants are read from it
+    assert message["participant_count"] == 3 and "participants" not in message
+    status = await sdk.meeting.get_meeting_status(message["meeting_id"])
+    assert [p.agent_external_id for p in status.participants] == ["host", "a", "b"]
     await attend_sql(sdk, meeting, "b")
     assert (await sdk.meeting.wait_until_ready(meeting, timeout=WAIT)).status == "ready"
 

@@ -242,10 +242,14 @@ def test_sql_enforces_content_limit_for_every_client(
 ) -> None:
     sql.execute("SELECT amp.register_organization('o')")
     sql.execute("SELECT amp.register_agent('a', 'o'), amp.register_agent('b', 'o')")
-    sql.execute("SET amp.max_content_bytes = 10")
+    # the limit lives in amp.settings (an administrator's table), not in a session
+    # setting a caller could raise
+    sql.execute("INSERT INTO amp.settings (key, value) VALUES ('max_message_bytes', '64')")
+    sql.execute("SET amp.max_content_bytes = '1000000000'")
     with pytest.raises(psycopg.Error) as failure:
-        sql.execute("""SELECT amp.send_one_way('a', 'b', '"a long message"')""")
+        sql.execute("SELECT amp.send_one_way('a', 'b', to_jsonb(repeat('x', 100)))")
     assert failure.value.sqlstate == "AM001"
+    assert "more than the limit of 64" in str(failure.value)
     assert sql.execute("SELECT count(*) FROM amp.messages").fetchone() == (0,)
 
 

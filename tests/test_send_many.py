@@ -103,13 +103,13 @@ def test_sql_batch_refusal_names_the_element_and_stores_nothing(
 ) -> None:
     sql.execute("SELECT amp.register_organization('o')")
     sql.execute("SELECT amp.register_agent('a', 'o'), amp.register_agent('b', 'o')")
-    sql.execute("SET amp.max_content_bytes = 10")
+    sql.execute("INSERT INTO amp.settings (key, value) VALUES ('max_message_bytes', '64')")
     cases = [
         # content over the server's limit at element 1
         (
-            """SELECT amp.send_one_way_many('a', '{b,b}', '{"1", "\\"a long message\\""}')""",
+            """SELECT amp.send_one_way_many('a', '{b,b}', '{"1", "\\"a long message that is well over sixty-four bytes of content, as the limit asks\\""}')""",
             "AM001",
-            "batch element 1: message content is",
+            "batch element 1: message content and metadata are",
         ),
         (
             "SELECT amp.send_one_way_many('a', '{b,b,b}', ARRAY['1', NULL, '2']::jsonb[])",

@@ -41,6 +41,7 @@ from .exceptions import (
     StatementTimeoutError,
 )
 from .exceptions import TimeoutError as TimeoutError  # the planning's name; not in __all__
+from .inbox import InboxMessage
 from .meetings import MeetingManager
 from .models import (
     Agent,
@@ -84,6 +85,7 @@ __all__ = [
     "HandlerExecutionError",
     "HandlerNotRegisteredError",
     "HostCannotLeaveError",
+    "InboxMessage",
     "InvalidInputError",
     "InvalidMeetingError",
     "InvalidMeetingStateError",

@@ -1,23 +1,171 @@
-"""The ``amp`` command line."""
+"""The ``amp`` command line.
+
+A failure is reported in one or two lines on stderr (what is wrong, what to do) with
+exit code 1; ``amp --debug ...`` (or ``AMP_DEBUG=1``) shows the traceback too.
+Passwords are never printed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import re
+import sys
+import traceback
 from typing import Any
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
 
 from .config import Config
 from .database import Database
+from .exceptions import AgentMessagingError
 
-app = typer.Typer(
+
+class _App(typer.Typer):
+    """Typer, with every failure turned into a short message (see :func:`explain`)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:
+            if _debug():
+                traceback.print_exc()
+            what, todo = explain(exc, _state.get("database_url"))
+            print(f"amp: {what}", file=sys.stderr)
+            if todo:
+                print(f"  {todo}", file=sys.stderr)
+            sys.exit(1)
+
+
+app = _App(
     pretty_exceptions_enable=False,
     help="agent-messaging: the PostgreSQL-native protocol for talking agents.",
 )
 console = Console()
+_state: dict[str, Any] = {}
+
+
+class NotMigrated(Exception):
+    """The database has no amp schema."""
+
+
+async def _probe(dsn: str, *, migrated: bool) -> None:
+    """Connect once and, if ``migrated``, check the amp schema is there: a failure
+    surfaces here, before anything starts (listeners, child processes)."""
+    db = Database.connect(dsn, 2)
+    try:
+        found = await db.fetch_value("SELECT to_regclass('amp.messages') IS NOT NULL AS found")
+        if migrated and not found:
+            raise NotMigrated("the amp schema is not there")
+    finally:
+        await db.close()
+
+
+def _debug() -> bool:
+    return bool(_state.get("debug")) or os.environ.get("AMP_DEBUG", "") not in ("", "0")
+
+
+@app.callback()
+def main(
+    debug: bool = typer.Option(False, "--debug", help="show the traceback of a failure"),
+) -> None:
+    """agent-messaging: the PostgreSQL-native protocol for talking agents."""
+    _state["debug"] = debug
+
+
+def redact(text: str) -> str:
+    """``text`` with every password of a URL or key/value DSN replaced by ``***``."""
+    text = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text, flags=re.IGNORECASE)
+
+
+def _where(url: str | None) -> tuple[str, str, str]:
+    """(host:port, database, user) of a URL, as far as it can be parsed."""
+    if not url:
+        return "the embedded server", "", ""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "localhost"
+        port = parts.port or 5432
+        return f"{host}:{port}", parts.path.lstrip("/"), parts.username or ""
+    except ValueError:
+        return "the server", "", ""
+
+
+def explain(exc: BaseException, url: str | None) -> tuple[str, str]:
+    """What went wrong (one line) and what to do about it (one line, may be empty).
+
+    Looks at the exception and its causes; never shows a password.
+    """
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in chain:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    text = " | ".join(f"{type(e).__name__}: {e}" for e in chain)
+    low = text.lower()
+    server, database, user = _where(url)
+    check_url = "check --database-url (or AMP_DATABASE_URL)"
+    first = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    if isinstance(exc, NotMigrated) or (
+        re.search(r'(relation|schema|function) "?amp[."]', low) and "does not exist" in low
+    ):
+        return (
+            f"the database {database or ''} has no amp schema: it was never migrated".replace(
+                "database  has", "database has"
+            ),
+            "run 'amp migrate' with the same --database-url, then try again",
+        )
+    if "database" in low and "does not exist" in low:
+        name = re.search(r'database "([^"]*)" does not exist', text)
+        return (
+            f"database {name.group(1) if name else database!r} does not exist on {server}"
+            if name
+            else f"the database does not exist on {server}",
+            f"create it (createdb), or {check_url}",
+        )
+    if "password authentication failed" in low or "no password supplied" in low:
+        return (
+            f"{server} refused the password of user {user or '?'}",
+            f"check the user and password in the URL; {check_url}",
+        )
+    if "no pg_hba.conf entry" in low:
+        return (
+            f"{server} does not accept connections for user {user or '?'} from this host",
+            "ask the server's administrator (pg_hba.conf), or " + check_url,
+        )
+    if (
+        "lookup address" in low
+        or "could not translate host name" in low
+        or ("name or service not known" in low)
+    ):
+        return (f"cannot resolve the host of {server}", f"{check_url}: is the host name right?")
+    if "connection refused" in low:
+        return (
+            f"cannot connect to {server}: connection refused",
+            f"is PostgreSQL running there? {check_url}",
+        )
+    if (
+        "invalid connection string" in low
+        or "cannot parse configuration from dsn" in low
+        or "invalid dsn" in low
+        or 'missing "="' in low
+    ):
+        detail = re.search(r"invalid connection string: ([^|]*)", text)
+        reason = detail.group(1).strip().rstrip(".") if detail else first
+        return (
+            f"the database URL is malformed: {redact(reason)}",
+            "expected postgresql://user:password@host:port/database; " + check_url,
+        )
+    if "timeout" in low or "timed out" in low:
+        return (f"{server} did not answer in time", f"is the server up and reachable? {check_url}")
+    if isinstance(exc, AgentMessagingError):
+        return (first, "")
+    return (f"{type(exc).__name__}: {first}", "run 'amp --debug ...' to see the traceback")
+
 
 DatabaseUrl = typer.Option(
     None, "--database-url", envvar="AMP_DATABASE_URL", help="PostgreSQL URL (default: embedded)"
@@ -25,6 +173,7 @@ DatabaseUrl = typer.Option(
 
 
 def _config(database_url: str | None) -> Config:
+    _state["database_url"] = database_url
     if database_url:
         os.environ["AMP_DATABASE_URL"] = database_url
     return Config(database_url=database_url) if database_url else Config()
@@ -37,6 +186,7 @@ def migrate(database_url: str | None = DatabaseUrl) -> None:
     from .database import resolve_dsn
 
     dsn = asyncio.run(resolve_dsn(_config(database_url)))
+    asyncio.run(_probe(dsn, migrated=False))
     migrations.upgrade(dsn)
     console.print(f"[green]amp schema at revision {migrations.script_head()}[/green]")
 
@@ -44,15 +194,20 @@ def migrate(database_url: str | None = DatabaseUrl) -> None:
 @app.command()
 def demo(database_url: str | None = DatabaseUrl) -> None:
     """A live scenario: one-way, sync, async and a meeting across three processes."""
+    from .database import resolve_dsn
     from .demo import run_demo
 
-    asyncio.run(run_demo(_config(database_url), console))
+    config = _config(database_url)
+    asyncio.run(_probe(asyncio.run(resolve_dsn(config)), migrated=False))
+    asyncio.run(run_demo(config, console))
 
 
 async def _open(config: Config) -> Database:
     from .database import resolve_dsn
 
-    return Database.connect(await resolve_dsn(config), config.max_pool_size, config)
+    dsn = await resolve_dsn(config)
+    await _probe(dsn, migrated=True)
+    return Database.connect(dsn, config.max_pool_size, config)
 
 
 @app.command()

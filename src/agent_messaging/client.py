@@ -18,12 +18,13 @@ from uuid import UUID
 
 from pydantic import AfterValidator, TypeAdapter
 
-from . import agents, content, migrations, tasks
+from . import agents, content, migrations, tasks, validation
 from .config import Config
 from .conversations import SyncConversation
 from .database import Database, resolve_dsn
 from .delivery import DeliveryWorker, Handler
 from .dispatcher import Dispatcher
+from .exceptions import InvalidInputError
 from .inbox import AsyncConversation
 from .meeting_events import EventHandler, EventRelay
 from .meetings import MeetingManager, TurnSweeper
@@ -266,6 +267,7 @@ class AgentMessaging(Generic[T]):
         cached: an agent's id, and so its channel, never changes."""
         channel = self._channels.get(external_id)
         if channel is None:
+            validation.external_id("agent external id", external_id)
             channel = await agents.agent_channel(self.db, external_id)
             self._channels[external_id] = channel
         return channel
@@ -274,10 +276,21 @@ class AgentMessaging(Generic[T]):
         self, sender: str, recipient: str, message: Any, metadata: dict[str, Any] | None
     ) -> list[Any]:
         """``[sender, recipient, content, metadata]`` for an ``amp.*`` call that stores a
-        message: content serialised as ``T`` (refused if not serialisable or larger
-        than ``max_message_bytes``), both as JSON text for ``$n::text::jsonb``."""
-        body = content.encode(self.message_adapter, message, self.config.max_message_bytes)
-        return [sender, recipient, body, content.encode_metadata(metadata)]
+        message: ids checked, content serialised as ``T`` (refused if not serialisable,
+        not faithfully representable in JSON, or if content and metadata together
+        are larger than ``max_message_bytes``), both as JSON text for
+        ``$n::text::jsonb``."""
+        validation.external_id("sender external id", sender)
+        validation.external_id("recipient external id", recipient)
+        limit = self.config.max_message_bytes
+        body = content.encode(self.message_adapter, message, limit)
+        meta = content.encode_metadata(metadata)
+        size = len(body.encode()) + len(meta.encode())
+        if size > limit:
+            raise InvalidInputError(
+                f"message content and metadata are {size} bytes, more than the limit of {limit}"
+            )
+        return [sender, recipient, body, meta]
 
     # -- handlers ----------------------------------------------------------
 
@@ -410,6 +423,8 @@ class AgentMessaging(Generic[T]):
 
         Raises :class:`OrganizationAlreadyExistsError`, :class:`InvalidInputError`.
         """
+        validation.external_id("organization external id", external_id)
+        validation.display_name(name)
         return (await agents.register_organization(self.db, external_id, name)).id
 
     async def register_agent(
@@ -420,15 +435,20 @@ class AgentMessaging(Generic[T]):
         Raises :class:`AgentAlreadyExistsError`, :class:`OrganizationNotFoundError`,
         :class:`InvalidInputError`.
         """
+        validation.external_id("agent external id", external_id)
+        validation.external_id("organization external id", organization_external_id)
+        validation.display_name(name)
         agent = await agents.register_agent(self.db, external_id, organization_external_id, name)
         return agent.id
 
     async def get_organization(self, external_id: str) -> Organization:
         """The organization with that external id, or :class:`OrganizationNotFoundError`."""
+        validation.external_id("organization external id", external_id)
         return await agents.get_organization(self.db, external_id)
 
     async def get_agent(self, external_id: str) -> Agent:
         """The agent with that external id, or :class:`AgentNotFoundError`."""
+        validation.external_id("agent external id", external_id)
         return await agents.get_agent(self.db, external_id)
 
     # -- lookups of the planning's models -------------------------------------

@@ -8,7 +8,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
-from . import content, tasks
+from . import content, tasks, validation
 from .dispatcher import AnyNotification
 from .exceptions import (
     TRANSIENT_ERRORS,
@@ -74,6 +74,7 @@ class SyncConversation(Generic[T]):
         stored the first time instead of sending a second one.
         """
         sdk = self._sdk
+        timeout = validation.timeout("timeout", timeout)
         if timeout is None:
             timeout = sdk.config.default_conversation_timeout
         loop = asyncio.get_running_loop()
@@ -237,14 +238,14 @@ class SyncConversation(Generic[T]):
     async def _outcome(self, request: UUID, timeout: float | None = None) -> T | None:
         """The reply if there is one; raises if the wait is over without one."""
         row = await self._sdk.db.fetch_one(
-            "SELECT status, content FROM amp.sync_result($1)",
+            "SELECT status, content::text AS content FROM amp.sync_result($1)",
             [request],
             timeout=timeout,
             read_only=True,
         )
         status = row["status"]
         if status == "replied":
-            reply: T = content.decode(self._sdk.message_adapter, row["content"])
+            reply: T = content.decode(self._sdk.message_adapter, content.loads(row["content"]))
             return reply
         if status == "ended":
             raise ConversationEndedError(f"the conversation of request {request} was ended")

@@ -269,7 +269,12 @@ class DeliveryWorker:
         async with self._claim_lock:
             try:
                 rows = await self._db.fetch(
-                    "SELECT * FROM amp.claim_deliveries($1, $2, make_interval(secs => $3), $4)",
+                    # content as text, decoded row by row below: one value psqlpy cannot
+                    # decode must not fail the whole batch
+                    "SELECT id, seq, message_type, content::text AS content, "
+                    "metadata::text AS metadata, session_id, meeting_id, attempts, "
+                    "sender_external_id, sender_name, recipient_external_id, recipient_name "
+                    "FROM amp.claim_deliveries($1, $2, make_interval(secs => $3), $4)",
                     [
                         self.worker_id,
                         limit,
@@ -281,9 +286,17 @@ class DeliveryWorker:
                 log.exception("claiming deliveries failed; retrying after the poll interval")
                 return 0
             for row in rows:
-                claimed = Claimed.from_row(row)
-                self._held.add(claimed.id)
-                task = asyncio.create_task(self._deliver(claimed))
+                try:
+                    row["content"] = content.loads(row["content"])
+                    row["metadata"] = content.loads(row["metadata"])
+                    claimed = Claimed.from_row(row)
+                    self._held.add(claimed.id)
+                    work = self._deliver(claimed)
+                except content.UndecodableContent as exc:
+                    # retrying cannot make it decodable: dead-letter it alone, with the reason
+                    row["content"], row["metadata"] = None, {}
+                    work = self._fail(Claimed.from_row(row), str(exc), final=True)
+                task = asyncio.create_task(work)
                 self._inflight.add(task)
                 task.add_done_callback(self._finished)
             return len(rows)

@@ -1,13 +1,27 @@
-"""Asynchronous conversations: the calls of ``sql/inbox.sql``."""
+"""Asynchronous conversations: the calls of ``sql/inbox.sql``.
+
+Reading is recoverable: ``amp.read_unread`` hands messages out under a receipt and a
+lease, and they are marked read only by ``amp.confirm_read`` for the messages this
+process decoded and is about to return. If the answer of the read is lost (the
+connection drops after the commit) or the process dies before confirming, the
+messages are unread again once the lease runs out: nothing is lost. Each row is
+decoded on its own (content selected as text): one that cannot be decoded, or does
+not fit ``T``, is dead-lettered alone with its reason (``amp.reject_unread``; it shows
+in ``amp.failed_deliveries``) and the others are returned.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
-from . import content
+from pydantic import BaseModel
+
+from . import content, validation
 from .database import Row
 from .dispatcher import AnyNotification
 from .exceptions import TRANSIENT_ERRORS, HandlerExecutionError, HandlerNotRegisteredError
@@ -18,15 +32,49 @@ if TYPE_CHECKING:
     from .client import AgentMessaging
 
 T = TypeVar("T")
+log = logging.getLogger("agent_messaging.inbox")
 
+#: seconds a read holds its messages for confirmation (the confirmation follows at
+#: once; the lease matters only when the read's answer or the process was lost)
+READ_LEASE_SECONDS = 30.0
+#: seconds ``resume_agent_handler`` holds a message while its handler runs
+RESUME_LEASE_SECONDS = 600.0
+
+_COLUMNS = (
+    "id, seq, content::text AS content, metadata::text AS metadata, session_id, "
+    "sender_external_id, sender_name, created_at"
+)
 _READ = (
-    "SELECT id, content, metadata, session_id, sender_external_id, sender_name "
-    "FROM amp.read_unread($1, $2, $3)"
+    f"SELECT {_COLUMNS}, receipt FROM amp.read_unread($1, $2, $3::integer, "
+    "make_interval(secs => $4::float8))"
 )
-_PEEK = (
-    "SELECT id, content, metadata, session_id, sender_external_id, sender_name "
-    "FROM amp.peek_unread($1, $2)"
+_CONFIRM = "SELECT amp.confirm_read($1, $2::text::uuid, $3::text[]::uuid[]) AS id"
+_REJECT = "SELECT amp.reject_unread($1, $2::text::uuid, $3)"
+_PEEK = f"SELECT {_COLUMNS} FROM amp.peek_unread($1, $2, $3::integer)"
+_INBOX = (
+    f"SELECT {_COLUMNS}, read_at, delivery_status, last_error "
+    "FROM amp.inbox_messages($1, $2, $3::bigint, $4::integer)"
 )
+
+
+class InboxMessage(BaseModel, Generic[T]):
+    """One async message of an inbox page (:meth:`AsyncConversation.get_inbox`)."""
+
+    id: UUID
+    #: the message's position in the total order; pass the last one of a page as
+    #: ``after_seq`` to get the next page
+    seq: int
+    sender_external_id: str
+    sender_name: str
+    session_id: UUID | None
+    #: the content as ``T``; ``None`` if it could not be decoded (see ``error``)
+    content: T | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    #: when it was read (``None``: unread)
+    read_at: datetime | None
+    #: why the content could not be decoded or was dead-lettered, if so
+    error: str | None = None
 
 
 class AsyncConversation(Generic[T]):
@@ -63,24 +111,87 @@ class AsyncConversation(Generic[T]):
     async def get_unread_messages(
         self, agent_external_id: str, limit: int | None = None
     ) -> list[T]:
-        """Take the agent's unread messages (at most ``limit``), oldest first,
-        marking them read.
+        """Take the agent's unread messages, oldest first, marking them read: at
+        most ``limit``, by default one page (``amp.setting('default_page_size')``,
+        100 unless an administrator changed it; the largest limit allowed is
+        ``max_page_size``, 1000). Call again for the next page.
 
-        Atomic: two concurrent readers never receive the same message.
+        Atomic: two concurrent readers never receive the same message. Recoverable:
+        a message is marked read only once this call has it in hand (see the module
+        docstring). A message that cannot be decoded is dead-lettered, not returned.
+        Raises :class:`AgentNotFoundError`, :class:`InvalidInputError` (a bad limit).
         """
-        rows = await self._read(agent_external_id, None, limit)
-        return [self._decode(row) for row in rows]
+        validation.external_id("agent external id", agent_external_id)
+        taken = await self._take(agent_external_id, None, validation.limit(limit))
+        return [message for _, message in taken]
 
     async def get_messages_from_agent(
-        self, recipient_external_id: str, sender_external_id: str, mark_read: bool = True
+        self,
+        recipient_external_id: str,
+        sender_external_id: str,
+        mark_read: bool = True,
+        limit: int | None = None,
     ) -> list[T]:
-        """The unread messages from one sender, oldest first; ``mark_read=False``
-        only looks, leaving them unread."""
+        """The unread messages from one sender, oldest first, at most ``limit`` (by
+        default one page, as :meth:`get_unread_messages`); ``mark_read=False`` only
+        looks, leaving them unread (undecodable ones are then skipped)."""
+        validation.external_id("recipient external id", recipient_external_id)
+        validation.external_id("sender external id", sender_external_id)
+        page = validation.limit(limit)
         if mark_read:
-            rows = await self._read(recipient_external_id, sender_external_id, None)
-        else:
-            rows = await self._sdk.db.fetch(_PEEK, [recipient_external_id, sender_external_id])
-        return [self._decode(row) for row in rows]
+            taken = await self._take(recipient_external_id, sender_external_id, page)
+            return [message for _, message in taken]
+        rows = await self._sdk.db.fetch(_PEEK, [recipient_external_id, sender_external_id, page])
+        looked: list[T] = []
+        for row in rows:
+            try:
+                looked.append(self._decode(row))
+            except content.UndecodableContent as exc:
+                log.warning("skipping message %s of %s: %s", row["id"], recipient_external_id, exc)
+        return looked
+
+    async def get_inbox(
+        self,
+        agent_external_id: str,
+        sender_external_id: str | None = None,
+        after_seq: int = 0,
+        limit: int | None = None,
+    ) -> list[InboxMessage[T]]:
+        """Page through the agent's inbox, read and unread messages alike, oldest
+        first, without marking anything: the messages after ``after_seq``, at most
+        ``limit`` (default one page). Pass the last ``seq`` of a page as
+        ``after_seq`` for the next; an empty page is the end. Use it to read again
+        messages already read. A message that cannot be decoded is returned with
+        ``content=None`` and the reason in ``error``."""
+        validation.external_id("agent external id", agent_external_id)
+        validation.optional_external_id("sender external id", sender_external_id)
+        after = validation.sequence_number("after_seq", after_seq)
+        rows = await self._sdk.db.fetch(
+            _INBOX, [agent_external_id, sender_external_id, after, validation.limit(limit)]
+        )
+        page: list[InboxMessage[T]] = []
+        for row in rows:
+            error = row["last_error"] if row["delivery_status"] == "failed" else None
+            message: T | None = None
+            try:
+                message = self._decode(row)
+            except content.UndecodableContent as exc:
+                error = str(exc)
+            page.append(
+                InboxMessage[Any](
+                    id=row["id"],
+                    seq=row["seq"],
+                    sender_external_id=row["sender_external_id"],
+                    sender_name=row["sender_name"],
+                    session_id=row["session_id"],
+                    content=message,
+                    metadata=self._metadata(row),
+                    created_at=row["created_at"],
+                    read_at=row["read_at"],
+                    error=error,
+                )
+            )
+        return page
 
     async def wait_for_message(
         self,
@@ -98,6 +209,9 @@ class AsyncConversation(Generic[T]):
         until the deadline.
         """
         sdk = self._sdk
+        validation.external_id("recipient external id", recipient_external_id)
+        validation.optional_external_id("sender external id", sender_external_id)
+        timeout = validation.timeout("timeout", timeout)
         channel = await sdk.agent_channel(recipient_external_id)
         woken = asyncio.Event()
 
@@ -117,7 +231,7 @@ class AsyncConversation(Generic[T]):
             while True:
                 woken.clear()
                 try:
-                    rows = await self._read(
+                    taken = await self._take(
                         recipient_external_id,
                         sender_external_id,
                         1,
@@ -127,13 +241,13 @@ class AsyncConversation(Generic[T]):
                 except TRANSIENT_ERRORS:
                     if deadline is not None and loop.time() >= deadline:
                         return None
-                    rows = []
+                    taken = []
                     woken.set()  # check again after a short pause, not a whole poll
                     pause = retry if deadline is None else deadline - loop.time()
                     await asyncio.sleep(max(0.0, min(retry, pause)))
                     retry = min(retry * 2, 0.5)
-                if rows:
-                    return self._decode(rows[0])
+                if taken:
+                    return taken[0][1]
                 wait = sdk.config.poll_interval
                 if deadline is not None:
                     remaining = deadline - loop.time()
@@ -150,46 +264,91 @@ class AsyncConversation(Generic[T]):
         """Invoke the agent's handler (registered in this process) for each unread
         message, oldest first; returns how many were handled.
 
-        A message is marked read when taken; if the handler raises, that message is
-        put back unread and :class:`HandlerExecutionError` is raised. Raises
-        :class:`AgentNotFoundError` for an unknown agent, then
-        :class:`HandlerNotRegisteredError` if its handler is not registered here.
+        A message is held for the handler while it runs and marked read when it
+        returns; if the handler raises, that message is put back unread and
+        :class:`HandlerExecutionError` is raised (if the process dies, it is unread
+        again after ``RESUME_LEASE_SECONDS``). A message that cannot be decoded is
+        dead-lettered and skipped.
         """
         sdk = self._sdk
-        await sdk.get_agent(agent_external_id)  # AgentNotFoundError first, as planned
+        validation.external_id("agent external id", agent_external_id)
+        # AgentNotFoundError first, then HandlerNotRegisteredError, as planned
+        recipient_name = (await sdk.get_agent(agent_external_id)).name
         handler = sdk.handlers.get(agent_external_id)
         if handler is None:
             raise HandlerNotRegisteredError(f"no handler registered for {agent_external_id!r}")
         handled = 0
-        while rows := await self._read(agent_external_id, None, 1):
+        while True:
+            rows = await sdk.db.fetch(_READ, [agent_external_id, None, 1, RESUME_LEASE_SECONDS])
+            if not rows:
+                return handled
             row = rows[0]
+            decoded = await self._decode_or_reject(agent_external_id, rows)
+            if not decoded:
+                continue
+            message = decoded[0][1]
             context = MessageContext(
                 message_id=UUID(str(row["id"])),
                 sender_external_id=row["sender_external_id"],
                 sender_name=row["sender_name"],
                 recipient_external_id=agent_external_id,
-                recipient_name=(await sdk.get_agent(agent_external_id)).name,
+                recipient_name=recipient_name,
                 message_type="async",
-                session_id=UUID(str(row["session_id"])),
-                metadata=row["metadata"],
+                session_id=UUID(str(row["session_id"])) if row["session_id"] else None,
+                metadata=self._metadata(row),
             )
             try:
-                await handler(self._decode(row), context)
+                await handler(message, context)
             except Exception as exc:
-                await sdk.db.execute(
-                    "SELECT amp.mark_unread($1, $2)", [agent_external_id, context.message_id]
-                )
+                # release the receipt without confirming: the message is unread again
+                await sdk.db.fetch(_CONFIRM, [agent_external_id, str(row["receipt"]), []])
                 raise HandlerExecutionError(
                     f"handler of {agent_external_id!r} failed on message {row['id']}: {exc}"
                 ) from exc
+            await sdk.db.fetch(_CONFIRM, [agent_external_id, str(row["receipt"]), [str(row["id"])]])
             handled += 1
-        return handled
 
-    async def _read(
+    async def _take(
         self, agent: str, sender: str | None, limit: int | None, timeout: float | None = None
-    ) -> list[Row]:
-        return await self._sdk.db.fetch(_READ, [agent, sender, limit], timeout=timeout)
+    ) -> list[tuple[Row, T]]:
+        """Read under a receipt, decode row by row, dead-letter what cannot be
+        decoded, confirm the rest; returns the confirmed rows with their content."""
+        db = self._sdk.db
+        rows = await db.fetch(_READ, [agent, sender, limit, READ_LEASE_SECONDS], timeout=timeout)
+        if not rows:
+            return []
+        decoded = await self._decode_or_reject(agent, rows)
+        confirmed = await db.fetch(
+            _CONFIRM, [agent, str(rows[0]["receipt"]), [str(row["id"]) for row, _ in decoded]]
+        )
+        ids = {str(r["id"]) for r in confirmed}
+        if len(ids) < len(decoded):
+            lost = [str(row["id"]) for row, _ in decoded if str(row["id"]) not in ids]
+            log.warning("read lease of %s ran out before the confirmation: %s", agent, lost)
+        return [(row, message) for row, message in decoded if str(row["id"]) in ids]
+
+    async def _decode_or_reject(self, agent: str, rows: list[Row]) -> list[tuple[Row, T]]:
+        """Decode each row on its own; dead-letter those that cannot be decoded."""
+        decoded: list[tuple[Row, T]] = []
+        for row in rows:
+            try:
+                decoded.append((row, self._decode(row)))
+            except content.UndecodableContent as exc:
+                reason = f"inbox read: {exc}"
+                log.warning("dead-lettering message %s of %s: %s", row["id"], agent, reason)
+                await self._sdk.db.execute(_REJECT, [agent, str(row["id"]), reason[:2000]])
+        return decoded
 
     def _decode(self, row: Row) -> T:
-        value: T = content.decode(self._sdk.message_adapter, row["content"])
+        value: T = content.decode_text(self._sdk.message_adapter, row["content"])
+        self._metadata(row)
         return value
+
+    @staticmethod
+    def _metadata(row: Row) -> dict[str, Any]:
+        """The row's metadata (selected as text), parsed once and cached in the row."""
+        meta = row["metadata"]
+        if isinstance(meta, str):
+            parsed = content.loads(meta)
+            row["metadata"] = meta = parsed if isinstance(parsed, dict) else {}
+        return meta if isinstance(meta, dict) else {}

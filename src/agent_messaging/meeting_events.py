@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
-from . import tasks
+from . import content, tasks
 from .database import Database
 from .dispatcher import AnyNotification, Dispatcher
 from .models import MeetingEvent
@@ -94,7 +94,11 @@ class EventRelay:
         """Handle the events after the low-water mark; True if a full page was read."""
         limit = 500
         rows = await self._db.fetch(
-            "SELECT * FROM amp.meeting_events_after($1::bigint, $2::integer)", [self._low, limit]
+            # data as text, decoded per event in _dispatch: one value psqlpy cannot
+            # decode must not stop the relay
+            "SELECT seq, meeting_id, event_type, agent_external_id, data::text AS data, "
+            "created_at FROM amp.meeting_events_after($1::bigint, $2::integer)",
+            [self._low, limit],
         )
         for row in rows:
             seq = int(row["seq"])
@@ -126,8 +130,16 @@ class EventRelay:
             event = MeetingEvent(row["event_type"])
         except ValueError:
             return
-        for handler in list(self.handlers.get(event, ())):
+        handlers = list(self.handlers.get(event, ()))
+        if not handlers:
+            return
+        try:
+            data = content.loads(row["data"])
+        except content.UndecodableContent as exc:
+            log.warning("meeting event %s cannot be decoded: %s", row["seq"], exc)
+            data = {"error": str(exc)}
+        for handler in handlers:
             try:
-                await handler(UUID(str(row["meeting_id"])), row["agent_external_id"], row["data"])
+                await handler(UUID(str(row["meeting_id"])), row["agent_external_id"], data)
             except Exception:
                 log.exception("meeting event handler %r failed on event %s", handler, row["seq"])

@@ -23,7 +23,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
-from . import content, tasks
+from . import content, tasks, validation
 from .dispatcher import AnyNotification
 from .exceptions import (
     TRANSIENT_ERRORS,
@@ -53,6 +53,9 @@ log = logging.getLogger("agent_messaging.meetings")
 
 #: what a wait rides out (a check that ran out of time, a lost connection)
 _RETRIED: tuple[type[Exception], ...] = (TimeoutError, *TRANSIENT_ERRORS)
+#: the longest turn_duration the SDK sends (seconds, one year): the server's own
+#: limit, ``amp.setting('max_turn_duration_seconds')`` (default one week), is lower
+MAX_TURN_DURATION = 31_536_000.0
 
 #: slack added to a turn deadline before expiring it (clock granularity)
 _DEADLINE_SLACK = 0.01
@@ -91,21 +94,40 @@ class MeetingManager(Generic[T]):
         return content.encode(sdk.message_adapter, message, sdk.config.max_message_bytes)
 
     def _message(self, row: dict[str, Any]) -> MeetingMessage[T]:
+        """One history row, decoded on its own: a message that cannot be decoded (or
+        does not fit ``T``) is reported with ``content=None`` and ``error``, and
+        never breaks the history or a turn wait."""
         system = row["message_type"] == "system"
+        value: Any = None
+        error = None
+        try:
+            if system:
+                value = content.loads(row["content"])
+            else:
+                value = content.decode_text(self._sdk.message_adapter, row["content"])
+        except content.UndecodableContent as exc:
+            error = str(exc)
+            log.warning("meeting message %s cannot be decoded: %s", row["message_id"], exc)
         return MeetingMessage[T](
             seq=row["seq"],
             message_id=row["message_id"],
             message_type=row["message_type"],
             sender_external_id=row["sender_external_id"],
-            content=None if system else self._sdk.message_adapter.validate_python(row["content"]),
-            system=SystemMessage(row["content"]) if system else None,
+            content=None if system else value,
+            system=SystemMessage(value) if system and isinstance(value, dict) else None,
             is_late=row["is_late"],
             created_at=row["created_at"],
+            error=error,
         )
 
     async def _history(self, meeting: str, after_seq: int = 0) -> list[MeetingMessage[T]]:
         rows = await self._sdk.db.fetch(
-            "SELECT * FROM amp.meeting_history($1::text::uuid, $2::bigint)", [meeting, after_seq]
+            # content as text, decoded row by row: one undecodable message must not
+            # break the history (or every participant's turn wait)
+            "SELECT seq, message_id, message_type, sender_external_id, "
+            "content::text AS content, is_late, created_at "
+            "FROM amp.meeting_history($1::text::uuid, $2::bigint)",
+            [meeting, after_seq],
         )
         return [self._message(row) for row in rows]
 
@@ -134,15 +156,25 @@ class MeetingManager(Generic[T]):
         :class:`InvalidInputError` (empty ids).
         """
         sdk = self._sdk
-        await sdk.events_ready()
+        validation.external_id("host external id", host_external_id)
+        if isinstance(agent_external_ids, str) or not isinstance(agent_external_ids, list | tuple):
+            raise InvalidInputError("agent_external_ids must be a list of agent external ids")
+        for agent in agent_external_ids:
+            validation.external_id("agent external id", agent)
         duration: float | None
         if turn_duration is DEFAULT:
             config = sdk.config
             duration = config.default_turn_duration if config.enable_turn_timeout else None
         else:
             duration = turn_duration
-        if duration is not None and duration <= 0:
-            raise InvalidMeetingError("turn_duration must be positive")
+        if duration is not None:
+            try:
+                duration = validation.seconds(
+                    "turn_duration", duration, allow_zero=False, maximum=MAX_TURN_DURATION
+                )
+            except InvalidInputError as exc:
+                raise InvalidMeetingError(str(exc)) from None
+        await sdk.events_ready()
         value = await sdk.db.fetch_value(
             "SELECT amp.create_meeting($1::text, $2::text[], "
             "make_interval(secs => $3::float8)) AS id",
@@ -162,6 +194,8 @@ class MeetingManager(Generic[T]):
         Raises :class:`AgentNotFoundError`, :class:`MeetingNotFoundError`,
         :class:`AgentNotInMeetingError`, :class:`MeetingTimeoutError`.
         """
+        validation.external_id("agent external id", agent_external_id)
+        timeout = validation.timeout("timeout", timeout)
         await self._sdk.events_ready()
         meeting = _meeting_id(meeting_id)
         await self._sdk.db.fetch_value(
@@ -190,6 +224,8 @@ class MeetingManager(Generic[T]):
         (next speaker), :class:`MeetingNotFoundError`.
         """
         sdk = self._sdk
+        validation.external_id("host external id", host_external_id)
+        validation.optional_external_id("next speaker external id", next_speaker_external_id)
         await sdk.events_ready()
         meeting = _meeting_id(meeting_id)
         args = [host_external_id, meeting, self._dump(initial_message), next_speaker_external_id]
@@ -235,6 +271,9 @@ class MeetingManager(Generic[T]):
         :class:`MeetingNotFoundError`, and :class:`SpeakingTimeoutError` (a
         :class:`MeetingTimeoutError`) if the next turn does not come within ``timeout``.
         """
+        validation.external_id("speaker external id", speaker_external_id)
+        validation.optional_external_id("next speaker external id", next_speaker_external_id)
+        timeout = validation.timeout("timeout", timeout)
         await self._sdk.events_ready()
         await self._sdk.db.fetch_value(
             "SELECT amp.speak($1::text, $2::text::uuid, $3::text::jsonb, $4::text) AS id",
@@ -253,6 +292,7 @@ class MeetingManager(Generic[T]):
         """Leave (not the host); a held turn passes on. Raises
         :class:`HostCannotLeaveError`, :class:`AgentNotInMeetingError`,
         :class:`MeetingNotFoundError`."""
+        validation.external_id("agent external id", agent_external_id)
         await self._sdk.events_ready()
         await self._sdk.db.execute(
             "SELECT amp.leave_meeting($1::text, $2::text::uuid)",
@@ -263,6 +303,7 @@ class MeetingManager(Generic[T]):
         """End the meeting (host only); every waiter wakes with ``meeting_ended``.
         Raises :class:`NotMeetingHostError`, :class:`MeetingNotFoundError`,
         :class:`InvalidMeetingStateError` (already ended)."""
+        validation.external_id("host external id", host_external_id)
         await self._sdk.events_ready()
         meeting = _meeting_id(meeting_id)
         await self._sdk.db.execute(
@@ -317,6 +358,8 @@ class MeetingManager(Generic[T]):
         self, agent_external_id: str, meeting_id: UUID, timeout: float | None = None
     ) -> TurnSignal[T]:
         """Wait until it is ``agent_external_id``'s turn or the meeting has ended."""
+        validation.external_id("agent external id", agent_external_id)
+        timeout = validation.timeout("timeout", timeout)
         return await self._wait_for_turn(agent_external_id, meeting_id, timeout)
 
     async def _wait_for_turn(
@@ -369,6 +412,7 @@ class MeetingManager(Generic[T]):
     ) -> MeetingStatusResponse:
         """Wait until every invitee attended (status ``ready``), for a host about to
         start. Returns at once if the meeting is already past ``created``."""
+        timeout = validation.timeout("timeout", timeout)
         meeting = _meeting_id(meeting_id)
 
         async def check() -> dict[str, Any]:

@@ -343,6 +343,8 @@ class MeetingMessage(BaseModel, Generic[T]):
     #: spoken after the speaker's turn had expired (it did not take the turn)
     is_late: bool = False
     created_at: datetime
+    #: why ``content`` is ``None`` for a stored message that could not be decoded
+    error: str | None = None
 
     @property
     def id(self) -> UUID:

@@ -16,6 +16,7 @@ from uuid import UUID
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .database import Database, Row
 from .dispatcher import AnyNotification, Dispatcher
@@ -71,8 +72,28 @@ def to_json(status: dict[str, list[Row]]) -> str:
     return json.dumps(plain, indent=2, default=str)
 
 
+def safe(value: object) -> str:
+    """``value`` as text fit for a terminal: control and format characters (escape
+    sequences, bidi overrides, ...) are shown as ``\\xNN`` / ``\\uNNNN`` instead of
+    being sent to the terminal. Agent ids and content are untrusted text."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable() or ch == " ":
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}")
+    return "".join(out)
+
+
 def render(status: dict[str, list[Row]], console: Console) -> None:
-    """The status as rich tables."""
+    """The status as rich tables. Every value is plain text (``Text``), never rich
+    markup, and goes through :func:`safe`: an agent named ``[/oops]`` or holding
+    escape sequences is shown as it is, harmlessly."""
     for name, rows in status.items():
         title = name.replace("_", " ")
         if not rows:
@@ -82,7 +103,7 @@ def render(status: dict[str, list[Row]], console: Console) -> None:
         for column in rows[0]:
             table.add_column(column)
         for row in rows:
-            table.add_row(*("" if v is None else str(_plain(v)) for v in row.values()))
+            table.add_row(*(Text("" if v is None else safe(_plain(v))) for v in row.values()))
         console.print(table)
 
 
@@ -134,8 +155,8 @@ class Watcher:
                 [n.message_id],
             )
             self._out(
-                f"message  {row['message_type']:<18} {row['sender'] or 'system'} -> "
-                f"{row['recipient']}: {_clip(row['content'])}"
+                f"message  {row['message_type']:<18} {safe(row['sender'] or 'system')} -> "
+                f"{safe(row['recipient'])}: {_clip(row['content'])}"
             )
         elif isinstance(n, DeliveryFinished):
             what = str(n.message_id) if n.message_id else f"{n.count} message(s)"
@@ -152,13 +173,15 @@ class Watcher:
             )
             said = f": {_clip(row['content'])}" if row["content"] is not None else ""
             self._out(
-                f"meeting  {row['event_type']:<18} {row['agent'] or '-'} in {n.meeting_id}{said}"
+                f"meeting  {row['event_type']:<18} {safe(row['agent'] or '-')} "
+                f"in {n.meeting_id}{said}"
             )
         elif isinstance(n, Unknown):
-            self._out(f"{n.kind}")
+            self._out(safe(n.kind))
         else:
-            self._out(f"{n.kind:<8} {n.model_dump_json(exclude={'kind'})}")
+            self._out(safe(f"{n.kind:<8} {n.model_dump_json(exclude={'kind'})}"))
 
 
 def _clip(text: str, width: int = 80) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    clipped = text if len(text) <= width else text[: width - 1] + "…"
+    return safe(clipped)
