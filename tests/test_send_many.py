@@ -107,7 +107,7 @@ def test_sql_batch_refusal_names_the_element_and_stores_nothing(
     cases = [
         # content over the server's limit at element 1
         (
-            """SELECT amp.send_one_way_many('a', '{b,b}', '{"1", "\\"a long message that is well over sixty-four bytes of content, as the limit asks\\""}')""",
+            "SELECT amp.send_one_way_many('a', '{b,b}', ARRAY['1', to_jsonb(repeat('x', 80))])",
             "AM001",
             "batch element 1: message content and metadata are",
         ),
