@@ -171,6 +171,7 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM amp.raise_error('AM030', format('no sync request %s', p_request));
     END IF;
+    PERFORM amp.require_message_reader(v_request);
     SELECT * INTO v_reply FROM amp.messages m WHERE m.reply_to = p_request ORDER BY m.seq LIMIT 1;
     IF FOUND THEN
         RETURN QUERY SELECT 'replied', v_reply.id, v_reply.content, v_reply.metadata;
@@ -194,7 +195,7 @@ LANGUAGE sql STABLE AS $$
     JOIN amp.messages m ON m.id = s.waiting_for
     JOIN amp.agents w ON w.id = s.locked_agent_id
     WHERE s.session_type = 'sync' AND s.status = 'waiting'
-      AND (amp.get_agent(p_agent)).id IN (s.agent_a_id, s.agent_b_id)
-      AND s.locked_agent_id <> (amp.get_agent(p_agent)).id
+      AND (amp.acting_agent(p_agent)).id IN (s.agent_a_id, s.agent_b_id)
+      AND s.locked_agent_id <> (amp.acting_agent(p_agent)).id
     ORDER BY s.waiting_since
 $$;

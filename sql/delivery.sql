@@ -32,8 +32,9 @@ BEGIN
 END;
 $$;
 
--- The sender and recipient of a two-party message, validated: both exist and
--- they are not the same agent.
+-- The sender and recipient of a two-party message, validated: both exist, they
+-- are not the same agent, the connection may act as the sender (AM060) and the
+-- organizations may contact each other (AM061).
 CREATE OR REPLACE FUNCTION amp.resolve_pair(
     p_sender text, p_recipient text, OUT sender amp.agents, OUT recipient amp.agents)
 LANGUAGE plpgsql STABLE AS $$
@@ -43,6 +44,7 @@ BEGIN
     IF sender.id = recipient.id THEN
         PERFORM amp.raise_error('AM001', format('agent %L cannot send a message to itself', p_sender));
     END IF;
+    PERFORM amp.require_actor(sender), amp.require_contact(sender, recipient);
 END;
 $$;
 
@@ -144,8 +146,9 @@ DECLARE
     v_external_id text;
     v_agent amp.agents;
 BEGIN
+    PERFORM amp.require_worker(p_worker);
     FOREACH v_external_id IN ARRAY p_agents LOOP
-        v_agent := amp.get_agent(v_external_id);
+        v_agent := amp.acting_agent(v_external_id);
         INSERT INTO amp.worker_agents (worker_id, agent_id) VALUES (p_worker, v_agent.id)
         ON CONFLICT DO NOTHING;
         RETURN NEXT v_agent.id;
@@ -156,6 +159,7 @@ $$;
 CREATE OR REPLACE FUNCTION amp.heartbeat(p_worker uuid)
 RETURNS void
 LANGUAGE sql AS $$
+    SELECT amp.require_worker(p_worker);
     UPDATE amp.workers SET heartbeat_at = now() WHERE id = p_worker;
     -- workers silent for an hour are gone; their claims expire on their own
     DELETE FROM amp.workers WHERE heartbeat_at < now() - interval '1 hour';
@@ -168,6 +172,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_message amp.messages;
 BEGIN
+    PERFORM amp.require_worker(p_worker);
     FOR v_message IN
         UPDATE amp.messages SET claimed_by = NULL, claim_expires_at = NULL
         WHERE claimed_by = p_worker AND delivery_status = 'pending'
@@ -207,6 +212,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_failed amp.messages;  -- a message settled here without a handler
 BEGIN
+    PERFORM amp.require_worker(p_worker, true);
     PERFORM amp.lease_commit();
     FOR v_failed IN
         UPDATE amp.messages m
@@ -271,6 +277,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_message amp.messages;
 BEGIN
+    PERFORM amp.require_worker(p_worker);
     UPDATE amp.messages
     SET delivery_status = 'delivered', delivered_at = now(),
         claimed_by = NULL, claim_expires_at = NULL
@@ -296,6 +303,7 @@ DECLARE
     v_acked uuid[];
     v_sender record;
 BEGIN
+    PERFORM amp.require_worker(p_worker);
     PERFORM amp.lease_commit();
     WITH acked AS (
         UPDATE amp.messages
@@ -327,6 +335,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_message amp.messages;
 BEGIN
+    PERFORM amp.require_worker(p_worker);
     UPDATE amp.messages
     SET delivery_status = CASE WHEN attempts >= p_max_attempts THEN 'failed' ELSE 'pending' END,
         available_at = now() + p_retry_in,
@@ -357,5 +366,5 @@ LANGUAGE sql STABLE AS $$
                     ELSE m.available_at END)
     FROM amp.messages m
     JOIN amp.worker_agents wa ON wa.agent_id = m.recipient_id AND wa.worker_id = p_worker
-    WHERE m.delivery_status = 'pending'
+    WHERE m.delivery_status = 'pending' AND amp.require_worker(p_worker)
 $$;

@@ -48,7 +48,7 @@ RETURNS TABLE (
     sender_external_id text, sender_name text, created_at timestamptz)
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_agent amp.agents := amp.get_agent(p_agent);
+    v_agent amp.agents := amp.acting_agent(p_agent);
     v_sender_id uuid := CASE WHEN p_sender IS NULL THEN NULL ELSE (amp.get_agent(p_sender)).id END;
 BEGIN
     RETURN QUERY
@@ -77,7 +77,7 @@ RETURNS TABLE (
     sender_external_id text, sender_name text, created_at timestamptz)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    v_agent amp.agents := amp.get_agent(p_agent);
+    v_agent amp.agents := amp.acting_agent(p_agent);
     v_sender_id uuid := CASE WHEN p_sender IS NULL THEN NULL ELSE (amp.get_agent(p_sender)).id END;
 BEGIN
     RETURN QUERY
@@ -95,7 +95,7 @@ RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE amp.messages SET read_at = NULL
-    WHERE id = p_message_id AND recipient_id = (amp.get_agent(p_agent)).id
+    WHERE id = p_message_id AND recipient_id = (amp.acting_agent(p_agent)).id
       AND message_type = 'async';
     IF NOT FOUND THEN
         PERFORM amp.raise_error('AM001', format(

@@ -38,7 +38,7 @@ CREATE OR REPLACE FUNCTION amp.meeting_lock_as_host(
     p_host text, p_meeting uuid, p_verb text, OUT host amp.agents, OUT meeting amp.meetings)
 LANGUAGE plpgsql AS $$
 BEGIN
-    host := amp.get_agent(p_host);
+    host := amp.acting_agent(p_host);
     meeting := amp.meeting_lock(p_meeting);
     IF meeting.host_id <> host.id THEN
         PERFORM amp.raise_error('AM041', format(
@@ -208,7 +208,7 @@ DECLARE
     v_order   text[];
     v_i       integer;
 BEGIN
-    v_host := amp.get_agent(p_host);
+    v_host := amp.acting_agent(p_host);
     IF p_agents IS NULL OR cardinality(p_agents) = 0 THEN
         PERFORM amp.raise_error('AM001', 'a meeting needs at least one invited agent');
     END IF;
@@ -233,6 +233,7 @@ BEGIN
     RETURNING * INTO v_meeting;
     FOR v_i IN 1 .. cardinality(v_order) LOOP
         v_agent := amp.get_agent(v_order[v_i]);
+        PERFORM amp.require_contact(v_host, v_agent);
         INSERT INTO amp.meeting_participants (meeting_id, agent_id, join_order, status, joined_at)
         VALUES (v_meeting.id, v_agent.id, v_i - 1,
                 CASE WHEN v_agent.id = v_host.id THEN 'attending' ELSE 'invited' END,
@@ -265,7 +266,7 @@ DECLARE
     v_meeting amp.meetings;
     v_part    amp.meeting_participants;
 BEGIN
-    v_agent := amp.get_agent(p_agent);
+    v_agent := amp.acting_agent(p_agent);
     v_meeting := amp.meeting_lock(p_meeting);
     v_part := amp.meeting_member(p_meeting, v_agent);
     IF v_meeting.status = 'ended' OR v_part.status <> 'invited' THEN
@@ -337,7 +338,7 @@ DECLARE
     v_message amp.messages;
     v_late    boolean;
 BEGIN
-    v_agent := amp.get_agent(p_agent);
+    v_agent := amp.acting_agent(p_agent);
     PERFORM amp.check_content(p_content);
     v_meeting := amp.meeting_lock(p_meeting);
     PERFORM amp.meeting_member(p_meeting, v_agent);
@@ -390,7 +391,7 @@ DECLARE
     v_meeting amp.meetings;
     v_part    amp.meeting_participants;
 BEGIN
-    v_agent := amp.get_agent(p_agent);
+    v_agent := amp.acting_agent(p_agent);
     v_meeting := amp.meeting_lock(p_meeting);
     v_part := amp.meeting_member(p_meeting, v_agent);
     IF v_meeting.host_id = v_agent.id THEN
@@ -475,6 +476,7 @@ RETURNS TABLE (
     created_at timestamptz, started_at timestamptz, ended_at timestamptz)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
+    PERFORM amp.require_meeting_reader(p_meeting);
     RETURN QUERY
     SELECT m.id, m.status, h.external_id, s.external_id,
            extract(epoch FROM m.turn_duration)::double precision, m.turn_deadline,
@@ -502,7 +504,7 @@ LANGUAGE sql STABLE AS $$
     FROM amp.meeting_participants p
     JOIN amp.meetings m ON m.id = p.meeting_id
     JOIN amp.agents a ON a.id = p.agent_id
-    WHERE p.meeting_id = p_meeting
+    WHERE p.meeting_id = p_meeting AND amp.require_meeting_reader(p_meeting)
     ORDER BY p.join_order
 $$;
 
@@ -518,6 +520,7 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM amp.meetings WHERE id = p_meeting) THEN
         PERFORM amp.raise_error('AM040', format('meeting %s not found', p_meeting));
     END IF;
+    PERFORM amp.require_meeting_reader(p_meeting);
     RETURN QUERY
     SELECT m.seq, m.id, m.message_type, a.external_id, m.content, m.is_late, m.created_at
     FROM amp.messages m
@@ -539,7 +542,7 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_agent amp.agents;
 BEGIN
-    v_agent := amp.get_agent(p_agent);
+    v_agent := amp.acting_agent(p_agent);
     RETURN QUERY
     SELECT v_agent.id, m.status, p.status, s.external_id,
            m.status = 'active' AND m.current_speaker_id = v_agent.id,
@@ -571,6 +574,7 @@ LANGUAGE sql STABLE AS $$
     LEFT JOIN amp.agents a ON a.id = e.agent_id
     LEFT JOIN amp.messages m ON m.id = (e.data ->> 'message_id')::uuid
     WHERE e.seq > p_after_seq
+      AND ((SELECT amp.is_admin()) OR amp.may_read_meeting(e.meeting_id))
     ORDER BY e.seq
     LIMIT p_limit
 $$;

@@ -7,10 +7,12 @@ calls those functions and awaits notifications.
 from .client import AgentMessaging
 from .config import Config
 from .exceptions import (
+    AccessDeniedError,
     AgentAlreadyExistsError,
     AgentMessagingError,
     AgentNotFoundError,
     AgentNotInMeetingError,
+    ContactNotAllowedError,
     ConversationEndedError,
     ConversationTimeoutError,
     DeliveryError,
@@ -45,6 +47,7 @@ from .models import (
 )
 
 __all__ = [
+    "AccessDeniedError",
     "Agent",
     "AgentAlreadyExistsError",
     "AgentMessaging",
@@ -52,6 +55,7 @@ __all__ = [
     "AgentNotFoundError",
     "AgentNotInMeetingError",
     "Config",
+    "ContactNotAllowedError",
     "ConversationEndedError",
     "ConversationTimeoutError",
     "DeliveryError",

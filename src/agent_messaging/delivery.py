@@ -144,9 +144,9 @@ class DeliveryWorker:
                     self._ack_task,
                     asyncio.create_task(self._heartbeat(), name="amp-heartbeat"),
                 ]
+            await self._db.fetch("SELECT amp.serve_agents($1, $2)", [self.worker_id, fresh])
             rows = await self._db.fetch(
-                "SELECT amp.agent_channel_by_id(id) AS channel FROM amp.serve_agents($1, $2) AS id",
-                [self.worker_id, fresh],
+                "SELECT amp.agent_channel(a) AS channel FROM unnest($1::text[]) AS a", [fresh]
             )
             channels = [r["channel"] for r in rows]
             # LISTEN before the first claim: nothing sent from now on is missed

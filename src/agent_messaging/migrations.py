@@ -23,7 +23,7 @@ from typing import Any
 import psqlpy
 
 #: The newest revision in ``alembic/versions``; a test checks it against alembic.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 VERSION_TABLE = "alembic_version"
 #: pg_advisory_xact_lock key that serialises migrations of concurrent processes.
 MIGRATION_LOCK_KEY = 0x616D705F6D6967  # "amp_mig"
@@ -181,10 +181,16 @@ async def current_revision(pool: psqlpy.ConnectionPool) -> str | None:
     """The revision the database is at, or ``None`` if it was never migrated."""
     conn = await pool.connection()
     rows = (
-        await conn.execute("SELECT to_regclass('amp.alembic_version') IS NOT NULL AS present")
+        await conn.execute(
+            "SELECT to_regclass('amp.alembic_version') IS NOT NULL AS present, "
+            "to_regprocedure('amp.schema_version()') IS NOT NULL AS readable"
+        )
     ).result()
     if not rows[0]["present"]:
         return None
+    if rows[0]["readable"]:  # an application role may not read the table itself
+        version = (await conn.execute("SELECT amp.schema_version() AS v")).result()[0]["v"]
+        return None if version is None else str(version)
     rows = (await conn.execute("SELECT version_num FROM amp.alembic_version")).result()
     return str(rows[0]["version_num"]) if rows else None
 
