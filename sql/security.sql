@@ -42,7 +42,9 @@ LANGUAGE sql IMMUTABLE AS $$
         -- access control
         'bind_organization', 'bind_agent', 'unbind_organization', 'unbind_agent',
         'allow_contact', 'revoke_contact', 'can_act_as', 'role_map', 'contact_list',
-        'agent_channels', 'get_message', 'schema_version'
+        'agent_channels', 'get_message', 'schema_version',
+        -- the views' filters (a view calls functions with its reader's rights)
+        'may_act_as_id', 'may_read_meeting'
     ]) AS name
     UNION ALL
     SELECT name, false FROM unnest(ARRAY[
@@ -58,9 +60,9 @@ LANGUAGE sql IMMUTABLE AS $$
         'meeting_system_message', 'meeting_next_after', 'meeting_pick_next',
         'meeting_give_turn', 'meeting_expire', 'meeting_check_ready',
         -- access.sql
-        'is_admin', 'role_may_act_as', 'may_act_as', 'may_act_as_id', 'require_actor',
+        'is_admin', 'role_may_act_as', 'may_act_as', 'require_actor',
         'acting_agent', 'require_organization_actor', 'organization_bound', 'require_contact',
-        'require_admin', 'require_worker', 'may_read_meeting', 'require_meeting_reader',
+        'require_admin', 'require_worker', 'require_meeting_reader',
         'may_read_message', 'require_message_reader', 'require_role_exists',
         -- this file
         'api_functions'

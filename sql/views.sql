@@ -5,6 +5,8 @@
 -- act as, meetings it takes part in; everything for superusers and amp_admin. The
 -- views are security barriers (a caller's own WHERE clause cannot run before the
 -- filter) owned by amp_owner; amp_user may SELECT them, not the tables beneath.
+-- The filters call amp.may_act_as_id and amp.may_read_meeting, which are public
+-- because a view calls functions with the rights of whoever selects from it.
 
 DROP VIEW IF EXISTS amp.active_conversations, amp.active_meetings, amp.agent_inbox,
     amp.meeting_timeline, amp.online_agents, amp.failed_deliveries;
@@ -27,7 +29,7 @@ FROM amp.sessions s
 JOIN amp.agents a ON a.id = s.agent_a_id
 JOIN amp.agents b ON b.id = s.agent_b_id
 LEFT JOIN amp.agents w ON w.id = s.locked_agent_id
-WHERE s.status <> 'ended' AND (amp.may_act_as(a) OR amp.may_act_as(b));
+WHERE s.status <> 'ended' AND (amp.may_act_as_id(a.id) OR amp.may_act_as_id(b.id));
 
 -- Meetings not yet ended, with the current speaker and when the turn expires.
 CREATE VIEW amp.active_meetings WITH (security_barrier) AS
@@ -56,7 +58,7 @@ SELECT a.external_id      AS agent,
        max(m.created_at)  AS newest_unread_at
 FROM amp.messages m
 JOIN amp.agents a ON a.id = m.recipient_id
-WHERE m.read_at IS NULL AND m.message_type = 'async' AND amp.may_act_as(a)
+WHERE m.read_at IS NULL AND m.message_type = 'async' AND amp.may_act_as_id(a.id)
 GROUP BY a.external_id;
 
 -- Everything that happened in meetings, messages and events together;
@@ -101,7 +103,7 @@ SELECT a.external_id      AS agent,
 FROM amp.worker_agents wa
 JOIN amp.workers w ON w.id = wa.worker_id
 JOIN amp.agents a ON a.id = wa.agent_id
-WHERE w.heartbeat_at > now() - interval '30 seconds' AND amp.may_act_as(a);
+WHERE w.heartbeat_at > now() - interval '30 seconds' AND amp.may_act_as_id(a.id);
 
 -- Pushed messages whose handler kept failing until the attempts ran out.
 CREATE VIEW amp.failed_deliveries WITH (security_barrier) AS
@@ -116,4 +118,4 @@ SELECT m.id               AS message_id,
 FROM amp.messages m
 LEFT JOIN amp.agents s ON s.id = m.sender_id
 JOIN amp.agents r ON r.id = m.recipient_id
-WHERE m.delivery_status = 'failed' AND (amp.may_act_as(r) OR amp.may_act_as_id(m.sender_id));
+WHERE m.delivery_status = 'failed' AND (amp.may_act_as_id(r.id) OR amp.may_act_as_id(m.sender_id));

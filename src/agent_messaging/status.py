@@ -146,9 +146,9 @@ class Watcher:
             self._out(f"session  {n.status:<18} {n.session_id}")
         elif isinstance(n, MeetingEventRecorded):
             row = await self._db.fetch_one(
-                "SELECT event_type, agent_external_id AS agent, "
-                "(data -> 'message')::text AS content "
-                "FROM amp.meeting_events_after($1::bigint - 1, 1) WHERE seq = $1",
+                "SELECT e.event_type, e.agent_external_id AS agent, "
+                "(SELECT g.content::text FROM amp.get_message((e.data ->> 'message_id')::uuid) g) "
+                "AS content FROM amp.meeting_events_after($1::bigint - 1, 1) e WHERE e.seq = $1",
                 [n.seq],
             )
             said = f": {_clip(row['content'])}" if row["content"] is not None else ""
