@@ -28,6 +28,12 @@ class Roles:
         self.server_dsn = server_dsn
         self.created: list[str] = []
 
+    def reserve(self, prefix: str) -> str:
+        """A unique role name that something else creates; dropped like the others."""
+        name = f"t_{prefix}_{uuid.uuid4().hex[:8]}"
+        self.created.append(name)
+        return name
+
     def create(self, prefix: str, *, login: bool = True, member_of: Sequence[str] = ()) -> str:
         """A new role named ``t_<prefix>_<random>``, granted ``member_of``."""
         name = f"t_{prefix}_{uuid.uuid4().hex[:8]}"

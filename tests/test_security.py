@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -725,3 +727,51 @@ async def test_status_and_watch_show_the_organization_only(world: World) -> None
     )
     assert done.returncode == 0, done.stderr
     assert [r["agent"] for r in json.loads(done.stdout)["inboxes"]] == ["bob"]
+
+
+def amp_cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent_messaging.cli", *args, "--database-url", dsn],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+
+
+def test_roles_cli(dsn: str, roles: Roles) -> None:
+    group, login = roles.reserve("cli_org"), roles.reserve("cli_app")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT amp.register_organization('initech')")
+        conn.execute("SELECT amp.register_agent('peter', 'initech')")
+        conn.execute("SELECT amp.register_organization('other')")
+        conn.execute("SELECT amp.register_agent('olga', 'other')")
+    for args in (
+        ("roles", "create"),
+        ("roles", "bind", "initech", group, "--create"),
+        ("roles", "grant", login, group, "--create"),
+        ("roles", "allow", "initech", "other", "--one-way"),
+    ):
+        done = amp_cli(dsn, *args)
+        assert done.returncode == 0, (args, done.stderr)
+    app = as_role(dsn, login)
+    with psycopg.connect(app, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT amp.can_act_as('peter'), amp.can_act_as('olga')"
+        ).fetchone() == (True, True)  # 'other' is bound to no role: open
+    shown = amp_cli(dsn, "roles", "show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    agents = {r["agent"]: r for r in json.loads(shown.stdout)["agents"]}
+    assert agents["peter"]["bound_role"] == group and agents["peter"]["bound_by"] == "organization"
+    assert login in agents["peter"]["login_roles"].split(", ")
+    assert agents["olga"]["bound_by"] == "open"
+    assert json.loads(shown.stdout)["contacts"] == [
+        {"from_organization": "initech", "to_organization": "other"}
+    ]
+    # run as the login role: it sees what it may act as, and may not administer
+    mine = amp_cli(app, "roles", "show", "--json")
+    assert mine.returncode == 0, mine.stderr
+    assert {r["agent"] for r in json.loads(mine.stdout)["agents"]} == {"peter", "olga"}
+    refused = amp_cli(app, "roles", "allow", "other", "initech")
+    assert refused.returncode != 0
+    assert "may not allow contact" in refused.stderr
