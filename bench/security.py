@@ -5,8 +5,10 @@ The same login role (a member of an organization's role, granted ``amp_user``, n
 superuser) runs one-way throughput (one sender, a handler in another process) and
 sync round trips (p50) twice: on a database where the organization is bound to
 no role (open) and on one where it is bound to the login's group, so every call
-checks the role. The rounds alternate (open, bound, open, bound, ...) and the best
-round of each counts, which keeps the noise of a shared machine out of the ratio.
+checks the role; and the server time of one send (many sends in one statement, so
+the client and the network are not in it). The rounds alternate (open, bound, open,
+bound, ...) and the best round of each counts, which keeps some of the noise of a
+shared machine out of the ratio.
 """
 
 from __future__ import annotations
@@ -85,6 +87,20 @@ async def sync_p50(dsn: str, sdk: AgentMessaging[Any], n: int) -> float:
         await child.stop()
 
 
+def server_send_us(dsn: str, n: int) -> float:
+    """Microseconds of server time per ``amp.send_one_way``: one statement sends n
+    messages, so neither the network nor the client is in the figure."""
+    recipient = f"bench_srv_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT amp.register_agent(%s, 'bench')", (recipient,))
+        start = time.perf_counter()
+        conn.execute(
+            "SELECT count(amp.send_one_way('bench_sender', %s, '1')) FROM generate_series(1, %s)",
+            (recipient, n),
+        )
+        return (time.perf_counter() - start) * 1e6 / n
+
+
 async def run(server: str, quick: bool, rounds: int) -> dict[str, Any]:
     n_oneway = 300 if quick else 2000
     n_sync = 100 if quick else 500
@@ -100,7 +116,8 @@ async def run(server: str, quick: bool, rounds: int) -> dict[str, Any]:
         for name in databases.values():
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     results: dict[str, dict[str, list[float]]] = {
-        mode: {"oneway_msgs_per_s": [], "sync_p50_ms": []} for mode in databases
+        mode: {"oneway_msgs_per_s": [], "sync_p50_ms": [], "server_us_per_send": []}
+        for mode in databases
     }
     try:
         for mode, name in databases.items():
@@ -120,6 +137,8 @@ async def run(server: str, quick: bool, rounds: int) -> dict[str, Any]:
                 async with AgentMessaging[Any](config) as sdk:
                     rate = await oneway(dsn, admin_dsn, sdk, n_oneway)
                     p50 = await sync_p50(dsn, sdk, n_sync)
+                cost = await asyncio.to_thread(server_send_us, dsn, 500 if quick else 5000)
+                results[mode]["server_us_per_send"].append(round(cost, 1))
                 results[mode]["oneway_msgs_per_s"].append(round(rate, 1))
                 results[mode]["sync_p50_ms"].append(round(p50, 3))
     finally:
@@ -134,6 +153,7 @@ async def run(server: str, quick: bool, rounds: int) -> dict[str, Any]:
         mode: {
             "oneway_msgs_per_s": max(r["oneway_msgs_per_s"]),
             "sync_p50_ms": min(r["sync_p50_ms"]),
+            "server_us_per_send": min(r["server_us_per_send"]),
         }
         for mode, r in results.items()
     }
@@ -146,6 +166,9 @@ async def run(server: str, quick: bool, rounds: int) -> dict[str, Any]:
                 best["bound"]["oneway_msgs_per_s"] / best["open"]["oneway_msgs_per_s"], 3
             ),
             "sync_p50": round(best["bound"]["sync_p50_ms"] / best["open"]["sync_p50_ms"], 3),
+            "server_time_per_send": round(
+                best["bound"]["server_us_per_send"] / best["open"]["server_us_per_send"], 3
+            ),
         },
     }
 

@@ -100,7 +100,8 @@ LANGUAGE sql STABLE AS $$
     SELECT pg_has_role(session_user, 'amp_admin', 'MEMBER')
 $$;
 
--- May role p_role act as the agent? The single definition of identity.
+-- May role p_role act as the agent? The single definition of identity. (A bound
+-- role that no longer exists is NULL for to_regrole: nobody is its member.)
 CREATE OR REPLACE FUNCTION amp.role_may_act_as(p_role name, p_agent amp.agents)
 RETURNS boolean
 LANGUAGE sql STABLE AS $$
@@ -109,10 +110,11 @@ LANGUAGE sql STABLE AS $$
                          WHERE b.agent_id = p_agent.id
                             OR b.organization_id = p_agent.organization_id)
             THEN pg_has_role(p_role, 'amp_user', 'MEMBER')   -- open
-        ELSE EXISTS (SELECT 1 FROM amp.role_bindings b
-                     JOIN pg_roles r ON r.rolname = b.role_name
-                     WHERE (b.agent_id = p_agent.id OR b.organization_id = p_agent.organization_id)
-                       AND pg_has_role(p_role, r.oid, 'MEMBER'))
+        ELSE coalesce((SELECT bool_or(pg_has_role(p_role, to_regrole(quote_ident(b.role_name)),
+                                                  'MEMBER'))
+                       FROM amp.role_bindings b
+                       WHERE b.agent_id = p_agent.id
+                          OR b.organization_id = p_agent.organization_id), false)
              OR pg_has_role(p_role, 'amp_admin', 'MEMBER')
     END
 $$;
@@ -135,7 +137,7 @@ CREATE OR REPLACE FUNCTION amp.require_actor(p_agent amp.agents)
 RETURNS amp.agents
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    IF NOT amp.may_act_as(p_agent) THEN
+    IF NOT amp.role_may_act_as(session_user, p_agent) THEN
         PERFORM amp.raise_error('AM060', format(
             'role %I is not allowed to act as agent %L', session_user, p_agent.external_id));
     END IF;

@@ -25,4 +25,4 @@ def test_bench_security_quick_reports_both_modes(dsn: str) -> None:
     for mode in ("open", "bound"):
         assert result["best"][mode]["oneway_msgs_per_s"] > 0
         assert result["best"][mode]["sync_p50_ms"] > 0
-    assert set(result["bound_vs_open"]) == {"oneway_throughput", "sync_p50"}
+    assert set(result["bound_vs_open"]) == {"oneway_throughput", "sync_p50", "server_time_per_send"}
