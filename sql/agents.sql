@@ -22,7 +22,9 @@ LANGUAGE sql IMMUTABLE AS $$
         ('AM044', 'not_current_speaker',          'only the current speaker may speak'),
         ('AM045', 'host_cannot_leave',            'the host ends a meeting, it cannot leave it'),
         ('AM046', 'invalid_meeting',              'the meeting asked for is invalid (invitation list, turn duration)'),
-        ('AM050', 'delivery_not_found',           'no delivery with that id is leased by this worker')
+        ('AM050', 'delivery_not_found',           'no delivery with that id is leased by this worker'),
+        ('AM060', 'access_denied',                'the connection''s role may not act as that agent (or do that)'),
+        ('AM061', 'contact_not_allowed',          'the two agents'' organizations may not contact each other')
 $$;
 
 CREATE OR REPLACE FUNCTION amp.raise_error(p_code text, p_message text)
@@ -38,15 +40,16 @@ $$;
 
 -- ---------------------------------------------------------------------------
 -- Channels. The rule lives here so no client has to know it:
---   amp_agent_<agent uuid hex>      everything an agent may be waiting for
+--   amp_agent_<32 random hex>       everything an agent may be waiting for
+--                                   (amp.agent_channels: unguessable)
 --   amp_meeting_<meeting uuid hex>  turn changes and the end of one meeting
 --   amp_meeting_events              every meeting event, for observers
 -- ---------------------------------------------------------------------------
 
 CREATE OR REPLACE FUNCTION amp.agent_channel_by_id(p_agent_id uuid)
 RETURNS text
-LANGUAGE sql IMMUTABLE STRICT AS $$
-    SELECT 'amp_agent_' || replace(p_agent_id::text, '-', '')
+LANGUAGE sql STABLE STRICT AS $$
+    SELECT channel FROM amp.agent_channels WHERE agent_id = p_agent_id
 $$;
 
 CREATE OR REPLACE FUNCTION amp.meeting_channel(p_meeting_id uuid)
@@ -181,7 +184,7 @@ BEGIN
     PERFORM amp.require_external_id('agent', p_external_id);
     PERFORM amp.require_external_id('organization', p_organization_external_id);
     PERFORM amp.require_name(p_name);
-    v_org := amp.get_organization(p_organization_external_id);
+    v_org := amp.require_organization_actor(amp.get_organization(p_organization_external_id));
     INSERT INTO amp.agents (external_id, organization_id, name)
     VALUES (p_external_id, v_org.id, coalesce(nullif(btrim(p_name), ''), p_external_id))
     ON CONFLICT (external_id) DO NOTHING
@@ -208,9 +211,12 @@ BEGIN
 END;
 $$;
 
--- An agent's channel by external id, for clients in any language.
+-- An agent's channel by external id, for clients in any language; only for a
+-- connection that may act as the agent (AM060 otherwise).
 CREATE OR REPLACE FUNCTION amp.agent_channel(p_external_id text)
 RETURNS text
-LANGUAGE sql STABLE AS $$
-    SELECT amp.agent_channel_by_id((amp.get_agent(p_external_id)).id)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN amp.agent_channel_by_id((amp.acting_agent(p_external_id)).id);
+END;
 $$;

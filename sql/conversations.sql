@@ -195,6 +195,7 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM amp.raise_error('AM030', format('no sync request %s', p_request));
     END IF;
+    PERFORM amp.require_message_reader(v_request);
     SELECT * INTO v_reply FROM amp.messages m WHERE m.reply_to = p_request ORDER BY m.seq LIMIT 1;
     IF FOUND THEN
         RETURN QUERY SELECT 'replied', v_reply.id, v_reply.content, v_reply.metadata;
@@ -219,8 +220,8 @@ LANGUAGE sql STABLE AS $$
     JOIN amp.agents w ON w.id = s.locked_agent_id
     WHERE s.session_type = 'sync' AND s.status = 'waiting'
       AND (s.wait_deadline IS NULL OR s.wait_deadline > now())
-      AND (amp.get_agent(p_agent)).id IN (s.agent_a_id, s.agent_b_id)
-      AND s.locked_agent_id <> (amp.get_agent(p_agent)).id
+      AND (amp.acting_agent(p_agent)).id IN (s.agent_a_id, s.agent_b_id)
+      AND s.locked_agent_id <> (amp.acting_agent(p_agent)).id
     ORDER BY s.waiting_since
 $$;
 
@@ -230,7 +231,7 @@ CREATE OR REPLACE FUNCTION amp.get_session(p_agent text, p_other text, p_type te
 RETURNS SETOF amp.sessions
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    v_a amp.agents := amp.get_agent(p_agent);
+    v_a amp.agents := amp.acting_agent(p_agent);
     v_b amp.agents := amp.get_agent(p_other);
 BEGIN
     RETURN QUERY

@@ -69,8 +69,9 @@ BEGIN
 END;
 $$;
 
--- The sender and recipient of a two-party message, validated: both exist and
--- they are not the same agent.
+-- The sender and recipient of a two-party message, validated: both exist, they
+-- are not the same agent, the connection may act as the sender (AM060) and the
+-- organizations may contact each other (AM061).
 CREATE OR REPLACE FUNCTION amp.resolve_pair(
     p_sender text, p_recipient text, OUT sender amp.agents, OUT recipient amp.agents)
 LANGUAGE plpgsql STABLE AS $$
@@ -80,6 +81,7 @@ BEGIN
     IF sender.id = recipient.id THEN
         PERFORM amp.raise_error('AM001', format('agent %L cannot send a message to itself', p_sender));
     END IF;
+    PERFORM amp.require_actor(sender), amp.require_contact(sender, recipient);
 END;
 $$;
 
@@ -273,8 +275,9 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM amp.workers WHERE id = p_worker) THEN
         PERFORM amp.raise_error('AM001', format('no worker %s (registered?)', p_worker));
     END IF;
+    PERFORM amp.require_worker(p_worker);
     FOREACH v_external_id IN ARRAY p_agents LOOP
-        v_agent := amp.get_agent(v_external_id);
+        v_agent := amp.acting_agent(v_external_id);
         INSERT INTO amp.worker_agents (worker_id, agent_id) VALUES (p_worker, v_agent.id)
         ON CONFLICT DO NOTHING;
         RETURN NEXT v_agent.id;
@@ -285,6 +288,7 @@ $$;
 CREATE OR REPLACE FUNCTION amp.heartbeat(p_worker uuid)
 RETURNS void
 LANGUAGE sql AS $$
+    SELECT amp.require_worker(p_worker);
     UPDATE amp.workers SET heartbeat_at = now() WHERE id = p_worker;
     -- workers silent for an hour are gone; their claims expire on their own
     DELETE FROM amp.workers WHERE heartbeat_at < now() - interval '1 hour';
@@ -297,6 +301,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_message amp.messages;
 BEGIN
+    PERFORM amp.require_worker(p_worker);
     FOR v_message IN
         UPDATE amp.messages SET claimed_by = NULL, claim_expires_at = NULL
         WHERE claimed_by = p_worker AND delivery_status = 'pending'
@@ -336,6 +341,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_failed amp.messages;  -- a message settled here without a handler
 BEGIN
+    PERFORM amp.require_worker(p_worker, true);
     PERFORM amp.lease_commit();
     FOR v_failed IN
         UPDATE amp.messages m
@@ -401,6 +407,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_message amp.messages;
 BEGIN
+    PERFORM amp.require_worker(p_worker);
     UPDATE amp.messages
     SET delivery_status = 'delivered', delivered_at = now(),
         claimed_by = NULL, claim_expires_at = NULL
@@ -426,6 +433,7 @@ DECLARE
     v_acked uuid[];
     v_sender record;
 BEGIN
+    PERFORM amp.require_worker(p_worker);
     PERFORM amp.lease_commit();
     WITH acked AS (
         UPDATE amp.messages
@@ -467,6 +475,7 @@ BEGIN
     IF p_max_attempts IS NULL THEN
         PERFORM amp.raise_error('AM001', 'max attempts (p_max_attempts) must not be null');
     END IF;
+    PERFORM amp.require_worker(p_worker);
     UPDATE amp.messages
     SET delivery_status = CASE WHEN attempts >= p_max_attempts THEN 'failed' ELSE 'pending' END,
         available_at = now() + p_retry_in,
@@ -497,7 +506,7 @@ LANGUAGE sql STABLE AS $$
                     ELSE m.available_at END)
     FROM amp.messages m
     JOIN amp.worker_agents wa ON wa.agent_id = m.recipient_id AND wa.worker_id = p_worker
-    WHERE m.delivery_status = 'pending'
+    WHERE m.delivery_status = 'pending' AND amp.require_worker(p_worker)
 $$;
 
 -- Many one-way messages from one sender in one call and one transaction: element i
@@ -520,7 +529,7 @@ DECLARE
     v_state text;
     v_text text;
 BEGIN
-    v_sender := amp.get_agent(p_sender);
+    v_sender := amp.acting_agent(p_sender);
     IF v_n = 0 THEN
         PERFORM amp.raise_error('AM001', 'a batch needs at least one recipient');
     END IF;
@@ -541,6 +550,7 @@ BEGIN
         FOR i IN 1 .. v_n LOOP
             v_index := i - 1;
             v_recipient := amp.get_agent(p_recipients[i]);
+            PERFORM amp.require_contact(v_sender, v_recipient);
             IF v_recipient.id = v_sender.id THEN
                 PERFORM amp.raise_error('AM001', format(
                     'agent %L cannot send a message to itself', p_sender));
@@ -570,6 +580,8 @@ CREATE OR REPLACE FUNCTION amp.extend_leases(p_worker uuid, p_message_ids uuid[]
 RETURNS SETOF uuid
 LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM amp.require_worker_arg(p_worker);
+    PERFORM amp.require_worker(p_worker);
     PERFORM amp.lease_commit();
     RETURN QUERY
     UPDATE amp.messages SET claim_expires_at = now() + p_lease
@@ -584,36 +596,18 @@ $$;
 CREATE OR REPLACE FUNCTION amp.delivery_outcome(p_message_id uuid)
 RETURNS TABLE (delivery_status text, last_error text, attempts integer, sender_channel text)
 LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_message amp.messages;
 BEGIN
-    RETURN QUERY
-    SELECT m.delivery_status, m.last_error, m.attempts, amp.agent_channel_by_id(m.sender_id)
-    FROM amp.messages m
+    SELECT * INTO v_message FROM amp.messages m
     WHERE m.id = p_message_id AND m.delivery_status IS NOT NULL;
     IF NOT FOUND THEN
         PERFORM amp.raise_error('AM001', format('no pushed message has id %s', p_message_id));
     END IF;
+    -- the sender's question (its answer names the sender's channel)
+    PERFORM amp.require_actor(a) FROM amp.agents a WHERE a.id = v_message.sender_id;
+    RETURN QUERY SELECT v_message.delivery_status, v_message.last_error, v_message.attempts,
+                        amp.agent_channel_by_id(v_message.sender_id);
 END;
 $$;
 
--- One stored message (the planning's Message model), or AM001.
-CREATE OR REPLACE FUNCTION amp.get_message(p_message_id uuid)
-RETURNS TABLE (
-    id uuid, seq bigint, message_type text, sender_id uuid, sender_external_id text,
-    recipient_id uuid, recipient_external_id text, session_id uuid, meeting_id uuid,
-    content jsonb, metadata jsonb, read_at timestamptz, created_at timestamptz,
-    delivery_status text)
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    RETURN QUERY
-    SELECT m.id, m.seq, m.message_type, m.sender_id, s.external_id, m.recipient_id,
-           r.external_id, m.session_id, m.meeting_id, m.content, m.metadata, m.read_at,
-           m.created_at, m.delivery_status
-    FROM amp.messages m
-    LEFT JOIN amp.agents s ON s.id = m.sender_id
-    LEFT JOIN amp.agents r ON r.id = m.recipient_id
-    WHERE m.id = p_message_id;
-    IF NOT FOUND THEN
-        PERFORM amp.raise_error('AM001', format('no message has id %s', p_message_id));
-    END IF;
-END;
-$$;

@@ -81,7 +81,7 @@ RETURNS TABLE (
     sender_external_id text, sender_name text, created_at timestamptz, receipt uuid)
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_agent amp.agents := amp.get_agent(p_agent);
+    v_agent amp.agents := amp.acting_agent(p_agent);
     v_sender_id uuid := CASE WHEN p_sender IS NULL THEN NULL ELSE (amp.get_agent(p_sender)).id END;
     v_limit integer := amp.page_size(p_limit);
     v_receipt uuid := CASE WHEN p_lease IS NULL THEN NULL ELSE gen_random_uuid() END;
@@ -123,7 +123,7 @@ CREATE OR REPLACE FUNCTION amp.confirm_read(p_agent text, p_receipt uuid, p_ids 
 RETURNS SETOF uuid
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_agent amp.agents := amp.get_agent(p_agent);
+    v_agent amp.agents := amp.acting_agent(p_agent);
 BEGIN
     IF p_receipt IS NULL THEN
         PERFORM amp.raise_error('AM001', 'read receipt (p_receipt) must not be null');
@@ -154,7 +154,7 @@ BEGIN
     UPDATE amp.messages
     SET delivery_status = 'failed', last_error = left(coalesce(p_reason, 'rejected'), 2000),
         read_receipt = NULL, read_lease_until = NULL
-    WHERE id = p_message_id AND recipient_id = (amp.get_agent(p_agent)).id
+    WHERE id = p_message_id AND recipient_id = (amp.acting_agent(p_agent)).id
       AND message_type = 'async' AND read_at IS NULL;
     IF NOT FOUND THEN
         PERFORM amp.raise_error('AM001', format(
@@ -172,7 +172,7 @@ RETURNS TABLE (
     sender_external_id text, sender_name text, created_at timestamptz)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    v_agent amp.agents := amp.get_agent(p_agent);
+    v_agent amp.agents := amp.acting_agent(p_agent);
     v_sender_id uuid := CASE WHEN p_sender IS NULL THEN NULL ELSE (amp.get_agent(p_sender)).id END;
     v_limit integer := amp.page_size(p_limit);
 BEGIN
@@ -199,7 +199,7 @@ RETURNS TABLE (
     read_at timestamptz, delivery_status text, last_error text)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    v_agent amp.agents := amp.get_agent(p_agent);
+    v_agent amp.agents := amp.acting_agent(p_agent);
     v_sender_id uuid := CASE WHEN p_sender IS NULL THEN NULL ELSE (amp.get_agent(p_sender)).id END;
     v_limit integer := amp.page_size(p_limit);
 BEGIN
@@ -221,7 +221,7 @@ RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE amp.messages SET read_at = NULL, read_receipt = NULL, read_lease_until = NULL
-    WHERE id = p_message_id AND recipient_id = (amp.get_agent(p_agent)).id
+    WHERE id = p_message_id AND recipient_id = (amp.acting_agent(p_agent)).id
       AND message_type = 'async';
     IF NOT FOUND THEN
         PERFORM amp.raise_error('AM001', format(

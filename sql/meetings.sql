@@ -38,7 +38,7 @@ CREATE OR REPLACE FUNCTION amp.meeting_lock_as_host(
     p_host text, p_meeting uuid, p_verb text, OUT host amp.agents, OUT meeting amp.meetings)
 LANGUAGE plpgsql AS $$
 BEGIN
-    host := amp.get_agent(p_host);
+    host := amp.acting_agent(p_host);
     meeting := amp.meeting_lock(p_meeting);
     IF meeting.host_id <> host.id THEN
         PERFORM amp.raise_error('AM041', format(
@@ -214,7 +214,7 @@ DECLARE
     v_order   text[];
     v_i       integer;
 BEGIN
-    v_host := amp.get_agent(p_host);
+    v_host := amp.acting_agent(p_host);
     IF p_agents IS NULL OR cardinality(p_agents) = 0 THEN
         PERFORM amp.raise_error('AM046', 'a meeting needs at least one invited agent');
     END IF;
@@ -248,6 +248,7 @@ BEGIN
     RETURNING * INTO v_meeting;
     FOR v_i IN 1 .. cardinality(v_order) LOOP
         v_agent := amp.get_agent(v_order[v_i]);
+        PERFORM amp.require_contact(v_host, v_agent);
         INSERT INTO amp.meeting_participants (meeting_id, agent_id, join_order, status, joined_at)
         VALUES (v_meeting.id, v_agent.id, v_i - 1,
                 CASE WHEN v_agent.id = v_host.id THEN 'attending' ELSE 'invited' END,
@@ -280,7 +281,7 @@ DECLARE
     v_meeting amp.meetings;
     v_part    amp.meeting_participants;
 BEGIN
-    v_agent := amp.get_agent(p_agent);
+    v_agent := amp.acting_agent(p_agent);
     v_meeting := amp.meeting_lock(p_meeting);
     v_part := amp.meeting_member(p_meeting, v_agent);
     IF v_meeting.status = 'ended' OR v_part.status <> 'invited' THEN
@@ -352,7 +353,7 @@ DECLARE
     v_message amp.messages;
     v_late    boolean;
 BEGIN
-    v_agent := amp.get_agent(p_agent);
+    v_agent := amp.acting_agent(p_agent);
     v_meeting := amp.meeting_lock(p_meeting);
     PERFORM amp.meeting_member(p_meeting, v_agent);
     IF v_meeting.status <> 'active' THEN
@@ -404,7 +405,7 @@ DECLARE
     v_meeting amp.meetings;
     v_part    amp.meeting_participants;
 BEGIN
-    v_agent := amp.get_agent(p_agent);
+    v_agent := amp.acting_agent(p_agent);
     v_meeting := amp.meeting_lock(p_meeting);
     v_part := amp.meeting_member(p_meeting, v_agent);
     IF v_meeting.host_id = v_agent.id THEN
@@ -497,6 +498,7 @@ CREATE OR REPLACE FUNCTION amp.get_meeting(p_meeting uuid)
 RETURNS SETOF amp.meetings
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
+    PERFORM amp.require_meeting_reader(p_meeting);
     RETURN QUERY SELECT * FROM amp.meetings WHERE id = p_meeting;
     IF NOT FOUND THEN
         PERFORM amp.raise_error('AM040', format('meeting %s not found', p_meeting));
@@ -513,6 +515,7 @@ RETURNS TABLE (
     turn_started_at timestamptz, metadata jsonb)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
+    PERFORM amp.require_meeting_reader(p_meeting);
     RETURN QUERY
     SELECT m.id, m.status, h.external_id, s.external_id,
            extract(epoch FROM m.turn_duration)::double precision, m.turn_deadline,
@@ -540,7 +543,7 @@ LANGUAGE sql STABLE AS $$
     FROM amp.meeting_participants p
     JOIN amp.meetings m ON m.id = p.meeting_id
     JOIN amp.agents a ON a.id = p.agent_id
-    WHERE p.meeting_id = p_meeting
+    WHERE p.meeting_id = p_meeting AND amp.require_meeting_reader(p_meeting)
     ORDER BY p.join_order
 $$;
 
@@ -556,6 +559,7 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM amp.meetings WHERE id = p_meeting) THEN
         PERFORM amp.raise_error('AM040', format('meeting %s not found', p_meeting));
     END IF;
+    PERFORM amp.require_meeting_reader(p_meeting);
     RETURN QUERY
     SELECT m.seq, m.id, m.message_type, a.external_id, m.content, m.is_late, m.created_at
     FROM amp.messages m
@@ -577,7 +581,7 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_agent amp.agents;
 BEGIN
-    v_agent := amp.get_agent(p_agent);
+    v_agent := amp.acting_agent(p_agent);
     RETURN QUERY
     SELECT v_agent.id, m.status, p.status, s.external_id,
            m.status = 'active' AND m.current_speaker_id = v_agent.id,
@@ -609,6 +613,7 @@ LANGUAGE sql STABLE AS $$
     LEFT JOIN amp.agents a ON a.id = e.agent_id
     LEFT JOIN amp.messages m ON m.id = (e.data ->> 'message_id')::uuid
     WHERE e.seq > p_after_seq
+      AND ((SELECT amp.is_admin()) OR amp.may_read_meeting(e.meeting_id))
     ORDER BY e.seq
     LIMIT p_limit
 $$;

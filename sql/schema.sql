@@ -182,6 +182,8 @@ CREATE TABLE amp.workers (
     id           uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     hostname     text NOT NULL,
     pid          integer NOT NULL,
+    -- the login role that registered it: only that role (or an admin) may use it
+    login_role   name NOT NULL DEFAULT session_user,
     started_at   timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now()
 );
@@ -193,6 +195,14 @@ CREATE TABLE amp.worker_agents (
     PRIMARY KEY (worker_id, agent_id)
 );
 CREATE INDEX worker_agents_agent_idx ON amp.worker_agents (agent_id);
+
+-- Each agent's notification channel is named at random ('amp_agent_' and 32 hex
+-- digits), so that only those allowed to act as the agent learn it
+-- (amp.agent_channel); the notifying functions look it up here.
+CREATE TABLE amp.agent_channels (
+    agent_id uuid PRIMARY KEY REFERENCES amp.agents (id) ON DELETE CASCADE,
+    channel  text NOT NULL DEFAULT 'amp_agent_' || replace(gen_random_uuid()::text, '-', '')
+);
 
 -- updated_at is kept by the database, not by each caller.
 CREATE FUNCTION amp.touch_updated_at() RETURNS trigger
@@ -213,6 +223,19 @@ CREATE TRIGGER meetings_touch BEFORE UPDATE ON amp.meetings
     FOR EACH ROW EXECUTE FUNCTION amp.touch_updated_at();
 CREATE TRIGGER meeting_participants_touch BEFORE UPDATE ON amp.meeting_participants
     FOR EACH ROW EXECUTE FUNCTION amp.touch_updated_at();
+
+-- Every agent gets its channel however its row was made (register_agent, or an
+-- administrator's INSERT), so no notification ever lacks a channel.
+CREATE FUNCTION amp.name_agent_channel() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO amp.agent_channels (agent_id) VALUES (NEW.id);
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER agents_channel AFTER INSERT ON amp.agents
+    FOR EACH ROW EXECUTE FUNCTION amp.name_agent_channel();
 
 -- ---------------------------------------------------------------------------
 -- Settings: limits an administrator sets. Only the owner of the schema (the role

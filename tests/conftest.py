@@ -22,6 +22,7 @@ import pytest
 from agent_messaging import AgentMessaging, migrations
 
 from .helpers import make_config
+from .roles import Roles
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -104,3 +105,11 @@ def sql(dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """A plain psycopg connection to this test's database, autocommit."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+def roles(server_dsn: str) -> Iterator[Roles]:
+    """Creates real roles for this test (unique names) and drops them afterwards."""
+    made = Roles(server_dsn)
+    yield made
+    made.drop_all()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from agent_messaging import (
@@ -86,6 +88,9 @@ async def test_agent_channel_rule_lives_in_sql(sdk: SDK) -> None:
         1
     ]
     channel = await sdk.db.fetch_value("SELECT amp.agent_channel($1)", ["alice"])
-    assert channel == f"amp_agent_{agent_id.hex}"
+    # random, not derived from the agent's (public) id, and stable
+    assert re.fullmatch(r"amp_agent_[0-9a-f]{32}", channel)
+    assert channel != f"amp_agent_{agent_id.hex}"
+    assert await sdk.db.fetch_value("SELECT amp.agent_channel($1)", ["alice"]) == channel
     with pytest.raises(AgentNotFoundError):
         await sdk.db.fetch_value("SELECT amp.agent_channel($1)", ["ghost"])

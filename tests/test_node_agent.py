@@ -13,8 +13,19 @@ import pytest
 from agent_messaging import AgentMessaging
 
 from .helpers import REPO, AgentProcess
+from .roles import Roles, as_role
 
 NODE_DIR = REPO / "examples" / "node"
+
+
+async def node_role_dsn(sdk: AgentMessaging[Any], dsn: str, roles: Roles) -> str:
+    """The Node agent runs as its own login role, in a role bound to its organization."""
+    group, login = roles.organization("node")
+    await sdk.register_organization("node-org")
+    await sdk.db.execute("SELECT amp.bind_organization('node-org', $1)", [group])
+    return as_role(dsn, login)
+
+
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 
 
@@ -29,9 +40,9 @@ def node_agent() -> list[str]:
 
 
 async def test_node_agent_answers_python_sync_requests(
-    trio: AgentMessaging[Any], dsn: str, node_agent: list[str]
+    trio: AgentMessaging[Any], dsn: str, node_agent: list[str], roles: Roles
 ) -> None:
-    node = await AgentProcess.spawn(*node_agent, dsn, "nodey")
+    node = await AgentProcess.spawn(*node_agent, await node_role_dsn(trio, dsn, roles), "nodey")
     try:
         await node.expect("ready")
         for i in range(5):
@@ -55,9 +66,9 @@ async def test_node_agent_answers_python_sync_requests(
 
 
 async def test_node_agent_takes_part_in_a_python_hosted_meeting(
-    trio: AgentMessaging[Any], dsn: str, node_agent: list[str]
+    trio: AgentMessaging[Any], dsn: str, node_agent: list[str], roles: Roles
 ) -> None:
-    node = await AgentProcess.spawn(*node_agent, dsn, "nodey")
+    node = await AgentProcess.spawn(*node_agent, await node_role_dsn(trio, dsn, roles), "nodey")
     try:
         await node.expect("ready")
         meeting_id = await trio.meeting.create_meeting(

@@ -69,7 +69,7 @@ async def test_close_drains_up_to_the_shutdown_timeout(dsn: str) -> None:
     """Everything already claimable is delivered on close; a handler that outlasts
     ``shutdown_timeout`` is given up and its message handed back (still pending)."""
     done: list[int] = []
-    async with AgentMessaging[Any](make_config(dsn, shutdown_timeout=3.0)) as sdk:
+    async with AgentMessaging[Any](make_config(dsn, shutdown_timeout=6.0)) as sdk:
         await setup(sdk, "alice", "bob")
         block = asyncio.Event()
 

@@ -1,4 +1,5 @@
-"""The amp schema: all tables, organizations and agents, channels, views.
+"""The amp schema: all tables, organizations and agents, channels, access control
+(roles, bindings, contact policy, checks), views.
 
 Revision ID: 0001
 Revises:
@@ -13,7 +14,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    apply_sql_files("schema.sql", "agents.sql", "views.sql")
+    apply_sql_files("schema.sql", "agents.sql", "access.sql", "views.sql")
 
 
 def downgrade() -> None:

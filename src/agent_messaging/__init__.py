@@ -7,12 +7,14 @@ calls those functions and awaits notifications.
 from .client import AgentMessaging
 from .config import Config
 from .exceptions import (
+    AccessDeniedError,
     AgentAlreadyExistsError,
     AgentMessagingError,
     AgentMessagingTimeoutError,
     AgentNotFoundError,
     AgentNotInMeetingError,
     ConnectionLostError,
+    ContactNotAllowedError,
     ConversationEndedError,
     ConversationTimeoutError,
     DatabaseError,
@@ -65,6 +67,7 @@ from .models import (
 )
 
 __all__ = [
+    "AccessDeniedError",
     "Agent",
     "AgentAlreadyExistsError",
     "AgentMessaging",
@@ -75,6 +78,7 @@ __all__ = [
     "AttrDict",
     "Config",
     "ConnectionLostError",
+    "ContactNotAllowedError",
     "ConversationEndedError",
     "ConversationTimeoutError",
     "DatabaseError",

@@ -320,6 +320,114 @@ def mcp(
         pass
 
 
+roles_app = typer.Typer(
+    help="Identity = a PostgreSQL role: create the roles, bind organizations, grant logins."
+)
+app.add_typer(roles_app, name="roles")
+
+
+def _roles_run(database_url: str | None, work: Any) -> Any:
+    async def run() -> Any:
+        db = await _open(_config(database_url))
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
+@roles_app.command("create")
+def roles_create(database_url: str | None = DatabaseUrl) -> None:
+    """Create amp_owner, amp_user and amp_admin where missing (as a superuser or CREATEROLE)."""
+    from . import roles
+
+    _roles_run(database_url, roles.create_roles)
+    console.print("[green]roles amp_owner, amp_user, amp_admin are there[/green]")
+
+
+@roles_app.command("bind")
+def roles_bind(
+    target: str = typer.Argument(..., help="organization external id (an agent's with --agent)"),
+    role: str = typer.Argument(..., help="the PostgreSQL role its processes act through"),
+    agent: bool = typer.Option(False, "--agent", help="bind one agent, not an organization"),
+    create: bool = typer.Option(
+        False, "--create", help="create the role (NOLOGIN, granted amp_user) if missing"
+    ),
+    database_url: str | None = DatabaseUrl,
+) -> None:
+    """Bind an organization (or one agent) to a role: only its members act as its agents."""
+    from . import roles
+
+    _roles_run(database_url, lambda db: roles.bind(db, target, role, agent=agent, create=create))
+    console.print(f"[green]{'agent' if agent else 'organization'} {target} bound to {role}[/green]")
+
+
+@roles_app.command("grant")
+def roles_grant(
+    login: str = typer.Argument(..., help="the login role a process connects as"),
+    role: str = typer.Argument(..., help="the organization's (or agent's) role"),
+    create: bool = typer.Option(False, "--create", help="create the login role if missing"),
+    password_env: str | None = typer.Option(
+        None, "--password-env", help="with --create: take its password from this variable"
+    ),
+    database_url: str | None = DatabaseUrl,
+) -> None:
+    """Grant an organization's role to a login role."""
+    from . import roles
+
+    password = os.environ.get(password_env) if password_env else None
+    _roles_run(
+        database_url,
+        lambda db: roles.grant(db, login, role, create=create, password=password),
+    )
+    console.print(f"[green]{login} may now act as {role}[/green]")
+
+
+@roles_app.command("allow")
+def roles_allow(
+    first: str = typer.Argument(..., help="organization whose agents may start contact"),
+    second: str = typer.Argument(..., help="organization they may contact"),
+    one_way: bool = typer.Option(False, "--one-way", help="only from FIRST to SECOND"),
+    database_url: str | None = DatabaseUrl,
+) -> None:
+    """Let agents of two bound organizations contact each other (amp.allow_contact)."""
+    from . import roles
+
+    _roles_run(database_url, lambda db: roles.allow(db, first, second, both_ways=not one_way))
+    console.print(f"[green]{first} {'->' if one_way else '<->'} {second} allowed[/green]")
+
+
+@roles_app.command("revoke")
+def roles_revoke(
+    first: str = typer.Argument(...),
+    second: str = typer.Argument(...),
+    one_way: bool = typer.Option(False, "--one-way", help="only from FIRST to SECOND"),
+    database_url: str | None = DatabaseUrl,
+) -> None:
+    """Close contact between two organizations (amp.revoke_contact)."""
+    from . import roles
+
+    _roles_run(database_url, lambda db: roles.revoke(db, first, second, both_ways=not one_way))
+    console.print(f"[green]{first} {'->' if one_way else '<->'} {second} revoked[/green]")
+
+
+@roles_app.command("show")
+def roles_show(
+    database_url: str | None = DatabaseUrl,
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+) -> None:
+    """Who may act as whom: each agent you may see, its binding and its login roles."""
+    from . import roles
+    from . import status as inspection
+
+    found = _roles_run(database_url, roles.show)
+    if as_json:
+        print(inspection.to_json(found))
+    else:
+        inspection.render(found, console)
+
+
 def _bench_main() -> Any:
     """``bench.__main__.main`` from the repository (``bench/`` is not in the wheel)."""
     import importlib

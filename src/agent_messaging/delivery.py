@@ -159,9 +159,9 @@ class DeliveryWorker:
                 ]
                 self._keeper = asyncio.create_task(self._keep_leases(), name="amp-leases")
                 self._tasks.append(self._keeper)
+            await self._db.fetch("SELECT amp.serve_agents($1, $2)", [self.worker_id, fresh])
             rows = await self._db.fetch(
-                "SELECT amp.agent_channel_by_id(id) AS channel FROM amp.serve_agents($1, $2) AS id",
-                [self.worker_id, fresh],
+                "SELECT amp.agent_channel(a) AS channel FROM unnest($1::text[]) AS a", [fresh]
             )
             channels = [r["channel"] for r in rows]
             # LISTEN before the first claim: nothing sent from now on is missed

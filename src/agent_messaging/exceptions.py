@@ -133,6 +133,22 @@ class DeliveryError(AgentMessagingError):
     sqlstate = "AM050"
 
 
+class AccessDeniedError(AgentMessagingError, PermissionError):
+    """The connection's database role may not act as that agent, read that meeting
+    or message, use that worker, or administer access (``amp.*`` raised AM060).
+    Nothing was stored."""
+
+    sqlstate = "AM060"
+
+
+class ContactNotAllowedError(AccessDeniedError):
+    """The sender's and the recipient's organizations are both bound to roles and
+    no ``amp.allow_contact`` lets the one contact the other (AM061). Nothing was
+    stored."""
+
+    sqlstate = "AM061"
+
+
 class HandlerError(AgentMessagingError):
     """Base of handler errors."""
 
@@ -258,6 +274,8 @@ SQLSTATE_EXCEPTIONS: dict[str, type[AgentMessagingError]] = {
         InvalidMeetingError,
         HostCannotLeaveError,
         DeliveryError,
+        AccessDeniedError,
+        ContactNotAllowedError,
     )
     if cls.sqlstate is not None
 }

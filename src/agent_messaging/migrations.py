@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .database import Database
 
 #: The newest revision in ``alembic/versions``; a test checks it against alembic.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 VERSION_TABLE = "alembic_version"
 #: pg_advisory_xact_lock key that serialises migrations of concurrent processes.
 MIGRATION_LOCK_KEY = 0x616D705F6D6967  # "amp_mig"
@@ -180,11 +180,16 @@ def script_head() -> str:
 
 async def current_revision(db: Database) -> str | None:
     """The revision the database is at, or ``None`` if it was never migrated."""
-    present = await db.fetch_value(
-        "SELECT to_regclass('amp.alembic_version') IS NOT NULL AS present", read_only=True
+    row = await db.fetch_one(
+        "SELECT to_regclass('amp.alembic_version') IS NOT NULL AS present, "
+        "to_regprocedure('amp.schema_version()') IS NOT NULL AS readable",
+        read_only=True,
     )
-    if not present:
+    if not row["present"]:
         return None
+    if row["readable"]:  # an application role may not read the table itself
+        version = await db.fetch_value("SELECT amp.schema_version() AS v", read_only=True)
+        return None if version is None else str(version)
     rows = await db.fetch("SELECT version_num FROM amp.alembic_version", read_only=True)
     return str(rows[0]["version_num"]) if rows else None
 

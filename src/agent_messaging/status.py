@@ -1,7 +1,10 @@
 """``amp status`` and ``amp watch``: live inspection with plain SQL and LISTEN.
 
-Status reads the ``amp.*`` views; watch LISTENs on every agent's channel and on
-``amp_meeting_events`` and prints what happened, reading the rows each hint names.
+Status reads the ``amp.*`` views; watch LISTENs on the channel of every agent the
+connection may act as (``amp.agent_channels()``) and on ``amp_meeting_events`` and
+prints what happened, reading what each hint names through ``amp.get_message`` and
+``amp.meeting_events_after``. Neither reads a table, so both work for an
+organization's role and show that organization only.
 """
 
 from __future__ import annotations
@@ -119,7 +122,7 @@ class Watcher:
 
     async def refresh_agents(self) -> None:
         """LISTEN on the channels of agents registered since the last refresh."""
-        rows = await self._db.fetch("SELECT amp.agent_channel_by_id(id) AS c FROM amp.agents")
+        rows = await self._db.fetch("SELECT channel AS c FROM amp.agent_channels()")
         fresh = [r["c"] for r in rows if r["c"] not in self._channels]
         if fresh:
             await self._dispatcher.subscribe(fresh, self._hint)
@@ -148,10 +151,9 @@ class Watcher:
     async def _show(self, n: AnyNotification) -> None:
         if isinstance(n, MessageStored):
             row = await self._db.fetch_one(
-                "SELECT m.message_type, s.external_id AS sender, r.external_id AS recipient, "
-                "m.content::text AS content FROM amp.messages m "
-                "LEFT JOIN amp.agents s ON s.id = m.sender_id "
-                "LEFT JOIN amp.agents r ON r.id = m.recipient_id WHERE m.id = $1",
+                "SELECT message_type, sender_external_id AS sender, "
+                "recipient_external_id AS recipient, content::text AS content "
+                "FROM amp.get_message($1)",
                 [n.message_id],
             )
             self._out(
@@ -165,10 +167,10 @@ class Watcher:
             self._out(f"session  {n.status:<18} {n.session_id}")
         elif isinstance(n, MeetingEventRecorded):
             row = await self._db.fetch_one(
-                "SELECT e.event_type, a.external_id AS agent, m.content::text AS content "
-                "FROM amp.meeting_events e LEFT JOIN amp.agents a ON a.id = e.agent_id "
-                "LEFT JOIN amp.messages m ON m.id = (e.data ->> 'message_id')::uuid "
-                "WHERE e.seq = $1",
+                "SELECT e.event_type, e.agent_external_id AS agent, "
+                "CASE WHEN e.data ? 'message_id' THEN (SELECT g.content::text "
+                "FROM amp.get_message((e.data ->> 'message_id')::uuid) g) END "
+                "AS content FROM amp.meeting_events_after($1::bigint - 1, 1) e WHERE e.seq = $1",
                 [n.seq],
             )
             said = f": {_clip(row['content'])}" if row["content"] is not None else ""

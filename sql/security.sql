@@ -1,0 +1,133 @@
+-- amp: the public SQL API boundary. Applied after every other file (manifest.txt)
+-- and idempotent: whatever (re)creates amp functions applies this file again.
+--
+-- For every function of schema amp it
+--   - makes it SECURITY DEFINER, owned by amp_owner (NOLOGIN), so application
+--     roles need no privilege on any table: the functions are the only writers;
+--   - pins SET search_path = pg_catalog, amp, pg_temp, so a function or operator
+--     planted in another schema (or a temporary one) is never called instead of a
+--     built-in;
+--   - revokes EXECUTE from PUBLIC and grants it to amp_user only for the public API
+--     listed in amp.api_functions() (the functions documented in sql/README.md).
+-- Tables and views are owned by amp_owner; amp_user may SELECT the views only
+-- (they show each role its own rows, see views.sql) and use the schema.
+--
+-- Inside a SECURITY DEFINER function current_user is amp_owner; the identity
+-- checks of access.sql look at session_user, the role the client logged in as.
+
+-- Every amp function, public or internal. A new function goes in one list; a test
+-- checks that each function is listed and that the public ones are the documented
+-- ones. (Internal names will get a leading underscore in a later, mechanical rename.)
+CREATE OR REPLACE FUNCTION amp.api_functions()
+RETURNS TABLE (name text, public boolean)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT name, true FROM unnest(ARRAY[
+        -- errors, channels, LISTEN
+        'error_codes', 'agent_channel', 'meeting_channel', 'listen', 'unlisten',
+        -- organizations and agents
+        'register_organization', 'get_organization', 'register_agent', 'get_agent',
+        -- one-way and push delivery (workers)
+        'send_one_way', 'send_one_way_many', 'delivery_outcome', 'register_worker', 'serve_agents', 'heartbeat', 'claim_deliveries',
+        'ack_delivery', 'ack_deliveries', 'fail_delivery', 'next_delivery_at',
+        'unregister_worker', 'extend_leases',
+        -- asynchronous conversations
+        'async_send', 'read_unread', 'confirm_read', 'reject_unread', 'peek_unread',
+        'inbox_messages', 'mark_unread',
+        -- synchronous conversations
+        'sync_send', 'sync_reply', 'cancel_wait', 'end_conversation', 'sync_result',
+        'awaiting_reply', 'get_session',
+        -- meetings
+        'create_meeting', 'attend_meeting', 'start_meeting', 'speak', 'leave_meeting',
+        'end_meeting', 'expire_turns', 'meeting_status', 'meeting_participant_list',
+        'meeting_history', 'meeting_turn', 'meeting_events_after', 'meeting_events_max_seq',
+        'get_meeting', 'next_turn_deadline',
+        -- limits (amp.settings, written by the schema owner only)
+        'settings_spec', 'effective_settings',
+        -- access control
+        'bind_organization', 'bind_agent', 'unbind_organization', 'unbind_agent',
+        'allow_contact', 'revoke_contact', 'can_act_as', 'role_map', 'contact_list',
+        'agent_channels', 'get_message', 'schema_version',
+        -- the views' filters (a view calls functions with its reader's rights)
+        'may_act_as_id', 'may_read_meeting'
+    ]) AS name
+    UNION ALL
+    SELECT name, false FROM unnest(ARRAY[
+        -- agents.sql, schema.sql
+        'raise_error', 'agent_channel_by_id', 'require_external_id', 'require_name',
+        'touch_updated_at', 'name_agent_channel', 'setting', 'settings_check', 'page_size',
+        -- delivery.sql
+        'check_message', 'check_json', 'resolve_pair', 'store_message', 'idempotent_message',
+        'notify_message', 'notify_delivery', 'lease_commit', 'require_worker_arg',
+        -- inbox.sql, conversations.sql
+        'get_or_create_session', 'lock_sync_session', 'require_sync_session', 'unlock_session',
+        -- meetings.sql
+        'meeting_lock', 'meeting_lock_as_host', 'meeting_member', 'meeting_record_event',
+        'meeting_system_message', 'meeting_next_after', 'meeting_pick_next',
+        'meeting_give_turn', 'meeting_expire', 'meeting_check_ready',
+        -- access.sql
+        'is_admin', 'role_may_act_as', 'may_act_as', 'require_actor',
+        'acting_agent', 'require_organization_actor', 'organization_bound', 'require_contact',
+        'require_admin', 'require_worker', 'require_meeting_reader',
+        'may_read_message', 'require_message_reader', 'require_role_exists',
+        -- this file
+        'api_functions'
+    ]) AS name
+$$;
+
+DO $secure$
+DECLARE
+    r record;
+BEGIN
+    -- Install only into a schema of our own: `amp migrate` runs as a superuser, the
+    -- schema's owner, or a member of it (amp_owner).
+    IF NOT pg_has_role(current_user,
+                       (SELECT nspowner FROM pg_namespace WHERE nspname = 'amp'), 'USAGE') THEN
+        RAISE EXCEPTION 'schema amp is owned by role %, and role % is not a member of it',
+            (SELECT nspowner::regrole FROM pg_namespace WHERE nspname = 'amp'), current_user
+            USING HINT = 'run "amp migrate" as a superuser or a member of amp_owner';
+    END IF;
+    -- The schema goes to amp_owner where the migrator may hand it over (a
+    -- superuser; a member of amp_owner when amp_owner may CREATE in the database).
+    IF (SELECT nspowner FROM pg_namespace WHERE nspname = 'amp') <> 'amp_owner'::regrole THEN
+        BEGIN
+            ALTER SCHEMA amp OWNER TO amp_owner;
+        EXCEPTION WHEN insufficient_privilege THEN
+            GRANT USAGE, CREATE ON SCHEMA amp TO amp_owner;
+        END;
+    END IF;
+    REVOKE ALL ON SCHEMA amp FROM PUBLIC;
+    GRANT USAGE ON SCHEMA amp TO amp_user;
+
+    -- Tables (with their identity sequences) and views: owned by amp_owner, nothing
+    -- for PUBLIC or amp_user on tables; the views are granted by views.sql's rule below.
+    FOR r IN
+        SELECT c.oid::regclass AS rel, c.relkind FROM pg_class c
+        WHERE c.relnamespace = 'amp'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm')
+    LOOP
+        IF r.relkind = 'v' THEN
+            EXECUTE format('ALTER VIEW %s OWNER TO amp_owner', r.rel);
+            EXECUTE format('REVOKE ALL ON %s FROM PUBLIC, amp_user, amp_admin', r.rel);
+            EXECUTE format('GRANT SELECT ON %s TO amp_user', r.rel);
+        ELSE
+            EXECUTE format('ALTER TABLE %s OWNER TO amp_owner', r.rel);
+            EXECUTE format('REVOKE ALL ON %s FROM PUBLIC, amp_user, amp_admin', r.rel);
+        END IF;
+    END LOOP;
+
+    -- Functions.
+    FOR r IN
+        SELECT p.oid::regprocedure AS fn, p.proname::text AS name,
+               coalesce((SELECT f.public FROM amp.api_functions() f WHERE f.name = p.proname),
+                        false) AS public
+        FROM pg_proc p WHERE p.pronamespace = 'amp'::regnamespace
+    LOOP
+        EXECUTE format('ALTER ROUTINE %s OWNER TO amp_owner', r.fn);
+        EXECUTE format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, amp, pg_temp',
+                       r.fn);
+        EXECUTE format('REVOKE ALL ON ROUTINE %s FROM PUBLIC, amp_user, amp_admin', r.fn);
+        IF r.public THEN
+            EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO amp_user', r.fn);
+        END IF;
+    END LOOP;
+END
+$secure$;
