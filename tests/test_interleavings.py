@@ -37,8 +37,8 @@ STEP_TIMEOUT = 30.0
 class Scenario:
     """Setup statements, the steps (name -> (session, SQL)) and the final check.
 
-    Setup statements run in autocommit on one connection; a statement whose text
-    starts with ``name:=`` stores its single value as parameter ``name``. Steps and
+    Setup statements run in autocommit on one connection; a statement written
+    ``name := SELECT ...`` stores its single value as parameter ``name``. Steps and
     the check bind these parameters (``%(name)s``).
     """
 
@@ -92,11 +92,12 @@ class Interleaving:
             conn = psycopg.connect(self.dsn, autocommit=True, options="-c lock_timeout=60s")
             self.conns[name] = conn
             self.threads[name] = concurrent.futures.ThreadPoolExecutor(1, f"amp-{name}")
-        self.pids = {conn.info.backend_pid: name for name, conn in self.conns.items()}
+        self.pid_of = {name: conn.info.backend_pid for name, conn in self.conns.items()}
+        self.pids = {pid: name for name, pid in self.pid_of.items()}
 
     def close(self) -> None:
         for conn in self.conns.values():
-            conn.cancel_safe()  # a step still waiting (a failed test) gives up
+            conn.cancel()  # a step still waiting (a failed test) gives up
         for name, thread in self.threads.items():
             thread.shutdown(wait=True)
             self.conns[name].close()
@@ -120,7 +121,7 @@ class Interleaving:
         row = self.watcher.execute(
             "SELECT pg_blocking_pids(%(pid)s), (SELECT string_agg(DISTINCT locktype, ',')"
             " FROM pg_locks WHERE pid = %(pid)s AND NOT granted)",
-            {"pid": self.conns[session].info.backend_pid},
+            {"pid": self.pid_of[session]},
         ).fetchone()
         assert row is not None
         holders = sorted(self.pids[p] for p in row[0] if p in self.pids)
