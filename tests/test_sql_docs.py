@@ -14,7 +14,7 @@ functions and differ between versions.
 
 Normalisation (applied to the output before comparing, see ``MASKS``): uuids become
 ``<uuid>``, 32-digit hex (channel names) ``<hex>``, timestamps ``<timestamp>``,
-intervals with fractional seconds ``<duration>``, numbers with 4 or more decimals
+intervals with fractional seconds ``<duration>``, numbers with 3 or more decimals
 (seconds left, ...) ``<float>``, ``PID 1234`` ``PID <pid>``. The format is unaligned
 because column widths would otherwise depend on the masked values.
 
@@ -49,7 +49,7 @@ MASKS: list[tuple[re.Pattern[str], str]] = [
         "<timestamp>",
     ),
     (re.compile(r"(?<![\d.:])-?\d+:\d\d:\d\d\.\d+(?![\d.])"), "<duration>"),
-    (re.compile(r"(?<![\w.])-?\d+\.\d{4,}(?:e[+-]?\d+)?(?![\w.])"), "<float>"),
+    (re.compile(r"(?<![\w.])-?\d+\.\d{3,}(?:e[+-]?\d+)?(?![\w.])"), "<float>"),
     (re.compile(r"\bPID \d+"), "PID <pid>"),
 ]
 
@@ -129,7 +129,7 @@ def test_sql_readme_golden_output(dsn: str) -> None:
         ("2026-11-25 12:05:00.263047+00|2026-11-25 12:05:00+05:30", "<timestamp>|<timestamp>"),
         ('{"turn_deadline": "2026-11-25T12:05:00.2+00:00"}', '{"turn_deadline": "<timestamp>"}'),
         ("00:00:59.998123|00:01:00", "<duration>|00:01:00"),
-        ("alice|59.99812|-0.0031|60|1.5", "alice|<float>|<float>|60|1.5"),
+        ("alice|59.99812|-0.0031|3599.999|60|1.5", "alice|<float>|<float>|<float>|60|1.5"),
         ("from server process with PID 4242.", "from server process with PID <pid>."),
         ("seq 14|count 2|attempts 1", "seq 14|count 2|attempts 1"),
     ],
