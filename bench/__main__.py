@@ -45,7 +45,7 @@ async def footprint(
     try:
         ready = await child.expect("ready")
         connections = await sdk.db.fetch_value(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", [app]
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1", [app + "%"]
         )
         return {
             "agents": agents,

@@ -143,7 +143,7 @@ async def attached_processes(
             children.extend(fresh)
             await asyncio.gather(*(c.expect("ready", 300) for c in fresh))
             connections = await sdk.db.fetch_value(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", [app]
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1", [app + "%"]
             )
             per_process = max(1.0, connections / len(children))
             rows[str(k)] = {

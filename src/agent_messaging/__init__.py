@@ -35,6 +35,7 @@ from .exceptions import (
     SessionNotFoundError,
     StatementTimeoutError,
     TimeoutError,
+    TransactionError,
 )
 from .meetings import MeetingManager
 from .models import (
@@ -87,5 +88,6 @@ __all__ = [
     "SessionNotFoundError",
     "StatementTimeoutError",
     "TimeoutError",
+    "TransactionError",
     "TurnSignal",
 ]

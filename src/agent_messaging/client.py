@@ -73,18 +73,21 @@ class AgentMessaging(Generic[T]):
             return
         dsn = await resolve_dsn(self.config)
         db = Database.connect(dsn, self.config.max_pool_size, self.config)
-        dispatcher: Dispatcher | None = None
         try:
             if self.config.apply_migrations:
                 await migrations.ensure_migrated(db, dsn)
-            dispatcher = Dispatcher(db, check_interval=self.config.listener_check_interval)
-            await dispatcher.start()
+            else:
+                await db.fetch("SELECT 1 AS ok", read_only=True)  # fail fast
         except BaseException:
             # a failed start leaves nothing behind: no task, no connection
-            if dispatcher is not None:
-                await dispatcher.close()
             await db.close()
             raise
+        # the dispatcher LISTENs only while handlers are served or someone waits
+        dispatcher = Dispatcher(
+            db,
+            check_interval=self.config.listener_check_interval,
+            linger=self.config.listener_linger,
+        )
         self._db, self._dispatcher = db, dispatcher
         self._delivery = DeliveryWorker(
             db,

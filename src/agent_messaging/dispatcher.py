@@ -1,6 +1,14 @@
-"""The notification dispatcher: one LISTEN connection per SDK process.
+"""The notification dispatcher: at most one LISTEN connection per SDK process.
 
-It owns a LISTEN connection (:class:`database.Listener`), LISTENs on every channel
+It listens only while someone in the process needs it: it connects on the first
+:meth:`Dispatcher.subscribe` (a handler served, a wait, an event relay) and, once
+nobody is subscribed any more, closes the connection after ``linger`` seconds (so
+that back-to-back waits do not pay a new connection and LISTEN each). A process that
+only sends never LISTENs: every idle listener in a database slows every notifying
+commit of that database (PostgreSQL up to 18 signals all of its listening backends).
+:meth:`Dispatcher.start` instead listens at once and until :meth:`Dispatcher.close`.
+
+While listening it owns a LISTEN connection (:class:`database.Listener`), LISTENs on every channel
 someone subscribed to, and routes each parsed payload to the callbacks of its
 channel. Channels can be added and removed at run time (``LISTEN`` is executed on
 the listener's own connection, because psqlpy 0.13 does not pick up callbacks
@@ -40,9 +48,14 @@ CatchUp = Callable[[], Awaitable[None]]
 class Dispatcher:
     """Routes notifications of many channels over one listener connection."""
 
-    def __init__(self, db: Database, *, check_interval: float = 5.0) -> None:
+    def __init__(self, db: Database, *, check_interval: float = 5.0, linger: float = 2.0) -> None:
         self._db = db
         self._check_interval = check_interval
+        self._linger = linger
+        #: ``start()`` was called: listen until ``close()``, subscribed or not
+        self._pinned = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._stopper: asyncio.Task[None] | None = None
         self._subs: dict[str, list[Callback]] = {}
         #: channels LISTENed on the current (and every future) listener connection
         self._listening: set[str] = set()
@@ -61,20 +74,93 @@ class Dispatcher:
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
-        """Start listening; returns once the first connection LISTENs.
+        """Start listening now, and keep listening until :meth:`close` (without it,
+        the dispatcher listens only while someone is subscribed); returns once the
+        connection LISTENs.
 
         Raises :class:`DatabaseUnavailableError` (or another
         :class:`AgentMessagingError`) if that first connection fails; then nothing
         is left running.
         """
-        listener = await self._connect()
-        self._task = asyncio.create_task(self._run(listener), name="amp-dispatcher")
+        async with self._lock:
+            if self._running:
+                self._pinned = True
+                return
+            await self._start_locked(raise_errors=True)
+            self._pinned = True
 
     async def close(self) -> None:
         """Stop listening and release the connection."""
         self._closing = True
+        self._cancel_linger()
+        await tasks.stop(self._stopper)
         await tasks.stop(self._task)
         self._task = None
+
+    @property
+    def listening(self) -> bool:
+        """Whether the dispatcher runs now (a LISTEN connection is up or being rebuilt)."""
+        return self._running
+
+    @property
+    def _running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def _start_locked(self, raise_errors: bool) -> None:
+        """Connect and start the loop (the lock is held). A failed first connection
+        raises if ``raise_errors``, else the loop keeps trying in the background
+        (and runs the catch-ups once it is connected)."""
+        if self._closing:
+            if raise_errors:
+                raise RuntimeError("the dispatcher is closed")
+            return
+        listener: Listener | None
+        try:
+            listener = await self._open_listener()
+        except AgentMessagingError as exc:
+            if raise_errors:
+                raise
+            log.warning("cannot start listening yet, retrying in the background: %s", exc)
+            listener = None
+        self._task = asyncio.create_task(self._run(listener), name="amp-dispatcher")
+
+    def _in_use(self) -> bool:
+        return self._pinned or bool(self._subs) or bool(self._catch_ups)
+
+    def _cancel_linger(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _maybe_linger(self) -> None:
+        """Nobody needs the listener any more: stop it after ``linger`` seconds,
+        unless someone subscribes meanwhile."""
+        if self._in_use() or self._closing or not self._running or self._idle_timer:
+            return
+        loop = asyncio.get_running_loop()
+        self._idle_timer = loop.call_later(self._linger, self._linger_over)
+
+    def _linger_over(self) -> None:
+        self._idle_timer = None
+        if self._in_use() or self._closing or self._stopper is not None:
+            return
+        self._stopper = asyncio.get_running_loop().create_task(
+            self._stop_if_idle(), name="amp-dispatcher-stop"
+        )
+
+    async def _stop_if_idle(self) -> None:
+        try:
+            async with self._lock:
+                if self._in_use() or self._closing:
+                    return
+                # forget the channels before the first await: a subscribe that comes
+                # now finds them not LISTENed and starts a new connection
+                self._listening.clear()
+                task, self._task = self._task, None
+                await tasks.stop(task)
+                log.debug("nobody needs the listener: stopped")
+        finally:
+            self._stopper = None
 
     @property
     def connected(self) -> bool:
@@ -98,13 +184,18 @@ class Dispatcher:
         channels = list(channels)
         for channel in channels:
             self._subs.setdefault(channel, []).append(callback)
-        if all(channel in self._listening for channel in channels):
+        self._cancel_linger()
+        if self._running and all(channel in self._listening for channel in channels):
             return
         async with self._lock:
             fresh = [c for c in dict.fromkeys(channels) if c not in self._listening]
+            self._listening.update(fresh)  # a reconnect LISTENs them if this fails
+            if not self._running:
+                # the first subscriber: connect (LISTENing every channel) now
+                await self._start_locked(raise_errors=False)
+                return
             if not fresh:
                 return
-            self._listening.update(fresh)  # a reconnect LISTENs them if this fails
             if self._listener is not None:
                 try:
                     await self._listener.execute(
@@ -129,6 +220,7 @@ class Dispatcher:
                 self._subs.pop(channel, None)
                 if not keep_listening and channel in self._listening:
                     unused.append(channel)
+        self._maybe_linger()
         if not unused:
             return
         async with self._lock:
@@ -152,6 +244,7 @@ class Dispatcher:
         """Forget a catch-up callback."""
         with contextlib.suppress(ValueError):
             self._catch_ups.remove(callback)
+        self._maybe_linger()
 
     # -- health ------------------------------------------------------------
 
@@ -191,15 +284,17 @@ class Dispatcher:
 
     async def _connect(self) -> Listener:
         """Open a listener connection and LISTEN every channel on it."""
+        async with self._lock:
+            return await self._open_listener()
+
+    async def _open_listener(self) -> Listener:
+        """:meth:`_connect` with the lock held."""
         listener = self._db.listener()
         await listener.start()
         try:
-            async with self._lock:
-                channels = [self.channel, *self._listening]
-                await listener.execute(
-                    "SELECT amp.listen($1)", [channels], self._db.statement_timeout
-                )
-                self._listener = listener
+            channels = [self.channel, *self._listening]
+            await listener.execute("SELECT amp.listen($1)", [channels], self._db.statement_timeout)
+            self._listener = listener
         except BaseException:
             await listener.close()
             raise
