@@ -48,6 +48,7 @@ from .models import (
     Organization,
     TurnSignal,
 )
+from .transaction import Transaction
 
 __all__ = [
     "Agent",
@@ -88,6 +89,7 @@ __all__ = [
     "SessionNotFoundError",
     "StatementTimeoutError",
     "TimeoutError",
+    "Transaction",
     "TransactionError",
     "TurnSignal",
 ]

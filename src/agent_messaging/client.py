@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar, get_args
 from uuid import UUID
@@ -28,6 +28,7 @@ from .meeting_events import EventHandler, EventRelay
 from .meetings import MeetingManager
 from .models import Agent, MeetingEvent, MessageContext, Organization
 from .one_way import OneWayMessenger
+from .transaction import Transaction
 
 T = TypeVar("T")
 log = logging.getLogger("agent_messaging")
@@ -155,6 +156,22 @@ class AgentMessaging(Generic[T]):
                 "AgentMessaging is not initialized: use 'async with' or initialize()"
             )
         return self._dispatcher
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction[T]]:
+        """One transaction of the application's own SQL and SDK sends::
+
+            async with sdk.transaction() as tx:
+                await tx.execute("UPDATE orders SET paid = true WHERE id = $1", [order])
+                await tx.one_way.send("billing", "shipping", {"order": order})
+
+        Commits when the block ends, rolls back when it raises: a rollback sends
+        nothing, the commit makes the rows, the messages and their notifications
+        visible together. The transaction holds one pool connection for the block.
+        ``send_and_wait`` is refused inside (:class:`TransactionError`).
+        """
+        async with self.db.transaction() as tx:
+            yield Transaction(self, tx)
 
     @property
     def message_adapter(self) -> TypeAdapter[Any]:

@@ -16,6 +16,7 @@ from .notifications import MessageStored
 
 if TYPE_CHECKING:
     from .client import AgentMessaging
+    from .database import Statements
 
 T = TypeVar("T")
 
@@ -33,8 +34,14 @@ class AsyncConversation(Generic[T]):
     """A durable inbox with read state. Sending never blocks; the recipient pulls
     (:meth:`get_unread_messages`) or waits (:meth:`wait_for_message`)."""
 
-    def __init__(self, sdk: AgentMessaging[T]) -> None:
+    def __init__(self, sdk: AgentMessaging[T], db: Statements | None = None) -> None:
         self._sdk = sdk
+        #: where sends and reads run: a transaction (``sdk.transaction()``), else the pool
+        self._tx = db
+
+    @property
+    def _db(self) -> Statements:
+        return self._tx if self._tx is not None else self._sdk.db
 
     async def send(
         self,
@@ -51,7 +58,7 @@ class AsyncConversation(Generic[T]):
         an unknown outcome) returns the original id and stores nothing.
         """
         sdk = self._sdk
-        value = await sdk.db.fetch_value(
+        value = await self._db.fetch_value(
             "SELECT amp.async_send($1, $2, $3::text::jsonb, $4::text::jsonb, $5)",
             [
                 *sdk.message_args(sender_external_id, recipient_external_id, message, metadata),
@@ -185,7 +192,7 @@ class AsyncConversation(Generic[T]):
     async def _read(
         self, agent: str, sender: str | None, limit: int | None, timeout: float | None = None
     ) -> list[Row]:
-        return await self._sdk.db.fetch(_READ, [agent, sender, limit], timeout=timeout)
+        return await self._db.fetch(_READ, [agent, sender, limit], timeout=timeout)
 
     def _decode(self, row: Row) -> T:
         value: T = content.decode(self._sdk.message_adapter, row["content"])
