@@ -17,7 +17,7 @@ from uuid import UUID
 
 from pydantic import TypeAdapter
 
-from . import agents, content, migrations, tasks
+from . import agents, content, hub, migrations, tasks
 from .config import Config
 from .conversations import SyncConversation
 from .database import Database, resolve_dsn
@@ -88,6 +88,9 @@ class AgentMessaging(Generic[T]):
             db,
             check_interval=self.config.listener_check_interval,
             linger=self.config.listener_linger,
+            share_dir=(self.config.listener_socket_dir or hub.default_socket_dir())
+            if self.config.share_listener
+            else None,
         )
         self._db, self._dispatcher = db, dispatcher
         self._delivery = DeliveryWorker(

@@ -99,6 +99,17 @@ class Config(BaseSettings):
     listener_check_interval: float = Field(
         default=5.0, gt=0, description="how often the listener proves it is alive"
     )
+    share_listener: bool = Field(
+        default=False,
+        description="SDK processes of one user on one machine share one LISTEN "
+        "connection per database (the first is the hub, the others subscribe over a "
+        "Unix socket; one takes over when it exits)",
+    )
+    listener_socket_dir: Path | None = Field(
+        default=None,
+        description="directory of the shared listener's socket and lock (unset: "
+        "$XDG_RUNTIME_DIR/agent-messaging, else <tmp>/agent-messaging-<uid>)",
+    )
     listener_linger: float = Field(
         default=2.0,
         ge=0,

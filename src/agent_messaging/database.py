@@ -911,6 +911,27 @@ class Listener:
         decoded: list[Row] = result.result()
         return decoded
 
+    #: the end of :meth:`notifications` means the server closed the connection
+    #: (so the pool's idle connections are most likely dead too)
+    ends_with_server = True
+
+    async def listen(self, channels: list[str], timeout: float) -> None:
+        """LISTEN on ``channels`` (``amp.listen``)."""
+        await self.execute("SELECT amp.listen($1)", [channels], timeout)
+
+    async def unlisten(self, channels: list[str], timeout: float) -> None:
+        """UNLISTEN ``channels`` (``amp.unlisten``)."""
+        await self.execute("SELECT amp.unlisten($1)", [channels], timeout)
+
+    async def notify(self, channel: str, payload: str, timeout: float) -> None:
+        """NOTIFY over the listener's own connection (the health check's echo)."""
+        await self.execute("SELECT pg_notify($1, $2)", [channel, payload], timeout)
+
+    async def backend_pid(self, timeout: float) -> int:
+        """The server process id of the LISTEN connection."""
+        rows = await self.execute("SELECT pg_backend_pid() AS pid", None, timeout, rows=True)
+        return int(rows[0]["pid"])
+
     async def notifications(self) -> AsyncIterator[tuple[str, str]]:
         """``(channel, payload)`` of every notification, until the connection fails
         (then :class:`ConnectionLostError`)."""

@@ -32,10 +32,12 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 
 from . import notifications, tasks
 from .database import Database, Listener
 from .exceptions import AgentMessagingError
+from .hub import SharedListener, ShareState
 
 log = logging.getLogger("agent_messaging.dispatcher")
 
@@ -43,13 +45,25 @@ AnyNotification = notifications.Known | notifications.Unknown
 #: Called synchronously on the event loop for each notification; must not block.
 Callback = Callable[[str, AnyNotification], None]
 CatchUp = Callable[[], Awaitable[None]]
+AnyListener = Listener | SharedListener
 
 
 class Dispatcher:
     """Routes notifications of many channels over one listener connection."""
 
-    def __init__(self, db: Database, *, check_interval: float = 5.0, linger: float = 2.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        check_interval: float = 5.0,
+        linger: float = 2.0,
+        share_dir: Path | None = None,
+    ) -> None:
         self._db = db
+        #: share the host's LISTEN connection through sockets in this directory
+        #: (:mod:`agent_messaging.hub`); ``None``: a connection of our own
+        self._share_dir = share_dir
+        self._share = ShareState()
         self._check_interval = check_interval
         self._linger = linger
         #: ``start()`` was called: listen until ``close()``, subscribed or not
@@ -61,7 +75,7 @@ class Dispatcher:
         self._listening: set[str] = set()
         self._catch_ups: list[CatchUp] = []
         self._lock = asyncio.Lock()
-        self._listener: Listener | None = None
+        self._listener: AnyListener | None = None
         self._connected = asyncio.Event()
         self._pongs: dict[str, asyncio.Future[None]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -98,6 +112,16 @@ class Dispatcher:
         self._task = None
 
     @property
+    def listener_role(self) -> str:
+        """How this process listens now: ``own`` (a LISTEN connection of its own),
+        ``hub`` (it holds the host's shared one), ``client`` (it subscribes to the
+        hub of another process), or ``""`` (not listening)."""
+        listener = self._listener
+        if listener is None:
+            return ""
+        return listener.role if isinstance(listener, SharedListener) else "own"
+
+    @property
     def listening(self) -> bool:
         """Whether the dispatcher runs now (a LISTEN connection is up or being rebuilt)."""
         return self._running
@@ -114,7 +138,7 @@ class Dispatcher:
             if raise_errors:
                 raise RuntimeError("the dispatcher is closed")
             return
-        listener: Listener | None
+        listener: AnyListener | None
         try:
             listener = await self._open_listener()
         except AgentMessagingError as exc:
@@ -198,9 +222,7 @@ class Dispatcher:
                 return
             if self._listener is not None:
                 try:
-                    await self._listener.execute(
-                        "SELECT amp.listen($1)", [fresh], self._check_interval
-                    )
+                    await self._listener.listen(fresh, self._check_interval)
                 except AgentMessagingError as exc:
                     # the run loop notices the dead connection and re-LISTENs all
                     log.warning("LISTEN failed, listener will be rebuilt: %s", exc)
@@ -228,9 +250,7 @@ class Dispatcher:
             self._listening.difference_update(unused)
             if unused and self._listener is not None:
                 with contextlib.suppress(AgentMessagingError):
-                    await self._listener.execute(
-                        "SELECT amp.unlisten($1)", [unused], self._check_interval
-                    )
+                    await self._listener.unlisten(unused, self._check_interval)
 
     def subscribed(self, channel: str) -> bool:
         """Whether someone in this process listens on ``channel``."""
@@ -264,7 +284,7 @@ class Dispatcher:
         deadline = loop.time() + timeout
         try:
             payload = notifications.Ping(kind="ping", token=token).model_dump_json()
-            await listener.execute("SELECT pg_notify($1, $2)", [self.channel, payload], timeout)
+            await listener.notify(self.channel, payload, timeout)
             await asyncio.wait_for(echo, max(0.0, deadline - loop.time()))
             return True
         except (TimeoutError, AgentMessagingError):
@@ -277,23 +297,25 @@ class Dispatcher:
         listener = self._listener
         if listener is None:
             return None
-        rows = await listener.execute("SELECT pg_backend_pid() AS pid", None, 10.0, rows=True)
-        return int(rows[0]["pid"])
+        return await listener.backend_pid(10.0)
 
     # -- the loop ----------------------------------------------------------
 
-    async def _connect(self) -> Listener:
+    async def _connect(self) -> AnyListener:
         """Open a listener connection and LISTEN every channel on it."""
         async with self._lock:
             return await self._open_listener()
 
-    async def _open_listener(self) -> Listener:
+    async def _open_listener(self) -> AnyListener:
         """:meth:`_connect` with the lock held."""
-        listener = self._db.listener()
+        listener: AnyListener
+        if self._share_dir is not None:
+            listener = SharedListener(self._db, self._share_dir, self._share)
+        else:
+            listener = self._db.listener()
         await listener.start()
         try:
-            channels = [self.channel, *self._listening]
-            await listener.execute("SELECT amp.listen($1)", [channels], self._db.statement_timeout)
+            await listener.listen([self.channel, *self._listening], self._db.statement_timeout)
             self._listener = listener
         except BaseException:
             await listener.close()
@@ -301,7 +323,7 @@ class Dispatcher:
         self._connected.set()
         return listener
 
-    async def _run(self, listener: Listener | None) -> None:
+    async def _run(self, listener: AnyListener | None) -> None:
         delay = 0.05
         while not self._closing:
             try:
@@ -328,7 +350,7 @@ class Dispatcher:
                 # and has the listener back within half a second of its return
                 delay = min(delay * 2, 0.5)
 
-    async def _serve(self, listener: Listener) -> None:
+    async def _serve(self, listener: AnyListener) -> None:
         """Read notifications until the connection is found dead."""
         reader = asyncio.create_task(self._read(listener))
         checker = asyncio.create_task(self._check())
@@ -337,7 +359,7 @@ class Dispatcher:
             for task in done:
                 if task.exception() is not None:
                     log.warning("listener lost: %s", task.exception())
-            if reader in done:
+            if reader in done and listener.ends_with_server:
                 # the server closed the listener's connection (a restart, a crash):
                 # the pool's idle connections went with it
                 self._db.invalidate()
@@ -345,7 +367,7 @@ class Dispatcher:
             for task in (reader, checker):
                 await tasks.stop(task)
 
-    async def _read(self, listener: Listener) -> None:
+    async def _read(self, listener: AnyListener) -> None:
         async for channel, payload in listener.notifications():
             self._route(channel, payload)
 
