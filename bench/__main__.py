@@ -45,7 +45,7 @@ async def footprint(
     try:
         ready = await child.expect("ready")
         connections = await sdk.db.fetch_value(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", [app]
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1", [app + "%"]
         )
         return {
             "agents": agents,
@@ -92,6 +92,7 @@ async def bench(
     only: set[str] | None = None,
     processes: list[int] | None = None,
     smoke: bool = False,
+    share: str = "off",
 ) -> dict[str, Any]:
     """Every section of ``only`` (all by default); ``quick`` and ``smoke`` (the test's:
     smaller still) use small N."""
@@ -199,15 +200,18 @@ async def bench(
                     await footprint(server, database, sdk, k) for k in agent_counts
                 ]
             if "attached" in run:
-                result["attached_processes"] = await attached_processes(
-                    server,
-                    database,
-                    sdk,
-                    processes,
-                    n_oneway // 2,
-                    n_sync // 2,
-                    1.0 if quick else 5.0,
-                )
+                for shared in {"off": [False], "on": [True], "both": [False, True]}[share]:
+                    key = "attached_processes_shared" if shared else "attached_processes"
+                    result[key] = await attached_processes(
+                        server,
+                        database,
+                        sdk,
+                        processes,
+                        n_oneway // 2,
+                        n_sync // 2,
+                        1.0 if quick else 5.0,
+                        share=shared,
+                    )
     finally:
         with psycopg.connect(server, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
@@ -320,18 +324,23 @@ def print_table(result: dict[str, Any]) -> None:
             "",
             "",
         )
-    attached = result.get("attached_processes")
-    if attached:
+    for key, how in (("attached_processes", ""), ("attached_processes_shared", ", shared")):
+        attached = result.get(key)
+        if not attached:
+            continue
         for k, row in attached["by_processes"].items():
             if "skipped" in row:
-                table.add_row(f"{k} SDK processes attached", f"skipped: {row['skipped']}", "", "")
+                table.add_row(
+                    f"{k} SDK processes attached{how}", f"skipped: {row['skipped']}", "", ""
+                )
                 continue
             ceiling = f"{row['ceiling']['commits_per_s']:.0f} notifying commits/s"
             if k == "0":
                 table.add_row("no SDK process attached", ceiling, "", "")
                 continue
             table.add_row(
-                f"{k} SDK processes attached ({row['connections']} conns)",
+                f"{k} SDK processes attached{how} ({row['connections']} conns,"
+                f" {row.get('listeners', '?')} listening)",
                 f"{ceiling}; one-way {row['oneway_msgs_per_s']:.0f} msgs/s;"
                 f" sync p50 {row['sync']['p50_ms']:.2f} ms",
                 "",
@@ -363,6 +372,12 @@ def main() -> None:
     parser.add_argument(
         "--processes", default=None, help="attached SDK process counts (default 1,10,50)"
     )
+    parser.add_argument(
+        "--share-listener",
+        choices=["off", "on", "both"],
+        default="off",
+        help="attached processes share one listener (share_listener): off, on, or both runs",
+    )
     args = parser.parse_args()
     only = {s for s in args.only.split(",") if s}
     if only - set(SECTIONS):
@@ -372,7 +387,9 @@ def main() -> None:
     if not server:
         server = asyncio.run(resolve_dsn(Config()))
     result = asyncio.run(
-        asyncio.wait_for(bench(server, args.quick, only, processes, args.smoke), 1800)
+        asyncio.wait_for(
+            bench(server, args.quick, only, processes, args.smoke, args.share_listener), 3600
+        )
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,10 @@ trip and the notifying-commit ceiling with 1, 10 and 50 SDK processes attached.
 
 An attached process is ``bench.worker idle``: an SDK process with default settings
 serving one agent that is sent nothing (its listener, heartbeat and polls are all it
-does). PostgreSQL up to 18 signals every listening backend of a database on each
-notifying commit, whatever the channel, so attached listeners tax every send.
+does). With ``share`` the attached processes share one LISTEN connection
+(``share_listener``, :mod:`agent_messaging.hub`). PostgreSQL up to 18 signals every
+listening backend of a database on each notifying commit, whatever the channel, so
+attached listeners tax every send.
 
 The ceiling is pgbench-like: 4 clients committing ``INSERT`` into a table whose
 ``AFTER INSERT`` trigger calls ``pg_notify`` on a channel nobody listens on, for a
@@ -14,11 +16,14 @@ few seconds; ``pgbench`` when it is installed, else the same loop from psqlpy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
 import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +111,25 @@ async def free_connections(sdk: AgentMessaging[Any]) -> tuple[int, int]:
     return row["max"] - row["reserved"] - row["used"], row["max"]
 
 
+@contextlib.contextmanager
+def sharing(directory: str | None) -> Iterator[None]:
+    """Processes started in the block share their listener (in ``directory``)."""
+    if directory is None:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("AMP_SHARE_LISTENER", "AMP_LISTENER_SOCKET_DIR")}
+    os.environ["AMP_SHARE_LISTENER"] = "1"
+    os.environ["AMP_LISTENER_SOCKET_DIR"] = directory
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 async def attached_processes(
     server: str,
     database: str,
@@ -114,8 +138,10 @@ async def attached_processes(
     n_oneway: int,
     n_sync: int,
     seconds: float,
+    share: bool = False,
 ) -> dict[str, Any]:
-    """For each count K: K idle SDK processes attached, then the three figures."""
+    """For each count K: K idle SDK processes attached, then the three figures;
+    ``share``: the attached processes share one listener."""
     dsn = with_database(server, database)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(SETUP)
@@ -123,6 +149,7 @@ async def attached_processes(
     attached_dsn = with_database(server, database, app)
     children: list[Child] = []
     rows: dict[str, Any] = {}
+    socket_dir = tempfile.mkdtemp(prefix="amp-bench-hub-") if share else None
     try:
         rows["0"] = {"ceiling": await ceiling(dsn, seconds)}
         per_process = 3.0  # until measured with the first attached process
@@ -139,15 +166,23 @@ async def attached_processes(
             agents = [f"bench_idle_{app[-8:]}_{i}" for i in range(len(children), k)]
             for agent in agents:
                 await sdk.register_agent(agent, "bench")
-            fresh = await asyncio.gather(*(Child.start("idle", attached_dsn, a) for a in agents))
+            with sharing(socket_dir):
+                fresh = await asyncio.gather(
+                    *(Child.start("idle", attached_dsn, a) for a in agents)
+                )
             children.extend(fresh)
             await asyncio.gather(*(c.expect("ready", 300) for c in fresh))
             connections = await sdk.db.fetch_value(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", [app]
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1", [app + "%"]
+            )
+            listeners = await sdk.db.fetch_value(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                [app + "-listener"],
             )
             per_process = max(1.0, connections / len(children))
             rows[str(k)] = {
                 "connections": int(connections),
+                "listeners": int(listeners),
                 "ceiling": await ceiling(dsn, seconds),
                 "oneway_msgs_per_s": round(await oneway_sdk(dsn, sdk, n_oneway, 1), 1),
                 "sync": latency(await sync_sdk(dsn, sdk, n_sync)),
@@ -155,7 +190,12 @@ async def attached_processes(
     finally:
         await asyncio.gather(*(c.stop() for c in children))
     measured = [int(k) for k, row in rows.items() if "oneway_msgs_per_s" in row]
-    summary: dict[str, Any] = {"n_oneway": n_oneway, "n_sync": n_sync, "by_processes": rows}
+    summary: dict[str, Any] = {
+        "n_oneway": n_oneway,
+        "n_sync": n_sync,
+        "share_listener": share,
+        "by_processes": rows,
+    }
     if len(measured) > 1:
         first, last = str(min(measured)), str(max(measured))
         summary["oneway_ratio_most_vs_1"] = round(

@@ -91,6 +91,8 @@ async def test_unsubscribe_stops_routing(sdk: SDK) -> None:
 
 
 async def test_health_check_round_trip(sdk: SDK) -> None:
+    assert not await sdk.dispatcher.ping(timeout=5.0)  # nobody subscribed: not listening
+    await sdk.dispatcher.subscribe(["amp_test_ping"], Inbox())
     assert await sdk.dispatcher.ping(timeout=5.0)
 
 

@@ -55,7 +55,8 @@ async def test_async_wait_survives_listener_loss(slow_poll: SDK) -> None:
         sdk.async_conversation.wait_for_message("bob", "alice", timeout=30)
     )
     channel = await sdk.db.fetch_value("SELECT amp.agent_channel('bob')")
-    while not sdk.dispatcher.subscribed(channel):  # noqa: ASYNC110 - yields, never times
+    # subscribed, and the listener (started by this first subscriber) connected
+    while not (sdk.dispatcher.subscribed(channel) and sdk.dispatcher.connected):  # noqa: ASYNC110
         await asyncio.sleep(0)
     await kill_listener(sdk)
     await sdk.async_conversation.send("alice", "bob", "while you were away")

@@ -41,6 +41,7 @@ from .exceptions import (
     SessionNotFoundError,
     SpeakingTimeoutError,
     StatementTimeoutError,
+    TransactionError,
 )
 from .exceptions import TimeoutError as TimeoutError  # the planning's name; not in __all__
 from .inbox import InboxMessage
@@ -65,6 +66,7 @@ from .models import (
     SystemMessage,
     TurnSignal,
 )
+from .transaction import Transaction
 
 __all__ = [
     "AccessDeniedError",
@@ -122,5 +124,7 @@ __all__ = [
     "SpeakingTimeoutError",
     "StatementTimeoutError",
     "SystemMessage",
+    "Transaction",
+    "TransactionError",
     "TurnSignal",
 ]

@@ -11,14 +11,14 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin
 from uuid import UUID
 
 from pydantic import AfterValidator, TypeAdapter
 
-from . import agents, content, migrations, tasks, validation
+from . import agents, content, hub, migrations, tasks, validation
 from .config import Config
 from .conversations import SyncConversation
 from .database import Database, resolve_dsn
@@ -41,6 +41,7 @@ from .models import (
     SystemMessage,
 )
 from .one_way import OneWayMessenger
+from .transaction import Transaction
 
 T = TypeVar("T")
 log = logging.getLogger("agent_messaging")
@@ -93,18 +94,24 @@ class AgentMessaging(Generic[T]):
             return
         dsn = await resolve_dsn(self.config)
         db = Database.connect(dsn, self.config.max_pool_size, self.config)
-        dispatcher: Dispatcher | None = None
         try:
             if self.config.apply_migrations:
                 await migrations.ensure_migrated(db, dsn)
-            dispatcher = Dispatcher(db, check_interval=self.config.listener_check_interval)
-            await dispatcher.start()
+            else:
+                await db.fetch("SELECT 1 AS ok", read_only=True)  # fail fast
         except BaseException:
             # a failed start leaves nothing behind: no task, no connection
-            if dispatcher is not None:
-                await dispatcher.close()
             await db.close()
             raise
+        # the dispatcher LISTENs only while handlers are served or someone waits
+        dispatcher = Dispatcher(
+            db,
+            check_interval=self.config.listener_check_interval,
+            linger=self.config.listener_linger,
+            share_dir=(self.config.listener_socket_dir or hub.default_socket_dir())
+            if self.config.share_listener
+            else None,
+        )
         self._db, self._dispatcher = db, dispatcher
         self._delivery = DeliveryWorker(
             db,
@@ -187,6 +194,22 @@ class AgentMessaging(Generic[T]):
                 "AgentMessaging is not initialized: use 'async with' or initialize()"
             )
         return self._dispatcher
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction[T]]:
+        """One transaction of the application's own SQL and SDK sends::
+
+            async with sdk.transaction() as tx:
+                await tx.execute("UPDATE orders SET paid = true WHERE id = $1", [order])
+                await tx.one_way.send("billing", "shipping", {"order": order})
+
+        Commits when the block ends, rolls back when it raises: a rollback sends
+        nothing, the commit makes the rows, the messages and their notifications
+        visible together. The transaction holds one pool connection for the block.
+        ``send_and_wait`` is refused inside (:class:`TransactionError`).
+        """
+        async with self.db.transaction() as tx:
+            yield Transaction(self, tx)
 
     @property
     def message_adapter(self) -> TypeAdapter[Any]:

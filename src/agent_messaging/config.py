@@ -70,6 +70,19 @@ class Config(BaseSettings):
     pool_timeout: float = Field(
         default=10.0, gt=0, description="seconds a call waits for a free pool connection"
     )
+    min_pool_size: int = Field(default=1, ge=0, description="pool connections kept open while idle")
+    pool_idle_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds an idle pool connection beyond min_pool_size (and the "
+        "control connection used for cancels) stays open",
+    )
+    application_name: str | None = Field(
+        default=None,
+        description="application_name of the pool's connections (unset: the URL's "
+        "application_name, else 'amp'); the listener's is '<name>-listener', the "
+        "control connection's '<name>-control'",
+    )
     apply_migrations: bool = Field(
         default=True, description="apply pending migrations in initialize()"
     )
@@ -124,6 +137,23 @@ class Config(BaseSettings):
     heartbeat_interval: float = Field(default=10.0, gt=0)
     listener_check_interval: float = Field(
         default=5.0, gt=0, description="how often the listener proves it is alive"
+    )
+    share_listener: bool = Field(
+        default=False,
+        description="SDK processes of one user on one machine share one LISTEN "
+        "connection per database (the first is the hub, the others subscribe over a "
+        "Unix socket; one takes over when it exits)",
+    )
+    listener_socket_dir: Path | None = Field(
+        default=None,
+        description="directory of the shared listener's socket and lock (unset: "
+        "$XDG_RUNTIME_DIR/agent-messaging, else <tmp>/agent-messaging-<uid>)",
+    )
+    listener_linger: float = Field(
+        default=2.0,
+        ge=0,
+        description="seconds the listener stays after the last subscriber (handler, "
+        "wait) is gone; a process that only sends never listens",
     )
 
     _explicit: frozenset[str] = PrivateAttr(default=frozenset())

@@ -22,6 +22,7 @@ from .notifications import MessageStored, SessionChanged
 
 if TYPE_CHECKING:
     from .client import AgentMessaging
+    from .database import Statements
 
 T = TypeVar("T")
 log = logging.getLogger("agent_messaging.conversations")
@@ -43,9 +44,11 @@ class SyncConversation(Generic[T]):
     conversation is ended.
     """
 
-    def __init__(self, sdk: AgentMessaging[T]) -> None:
+    def __init__(self, sdk: AgentMessaging[T], db: Statements | None = None) -> None:
         self._sdk = sdk
         self._unlocks: set[asyncio.Task[None]] = set()
+        #: where replies run: a transaction (``sdk.transaction()``), else the pool
+        self._tx = db
 
     async def send_and_wait(
         self,
@@ -278,7 +281,8 @@ class SyncConversation(Generic[T]):
         request: UUID | None = None,
     ) -> UUID:
         sdk = self._sdk
-        value = await sdk.db.fetch_value(
+        db = self._tx if self._tx is not None else sdk.db
+        value = await db.fetch_value(
             "SELECT amp.sync_reply($1, $2, $3::text::jsonb, $4::text::jsonb, $5)",
             [*sdk.message_args(sender, recipient, message, metadata), request],
         )

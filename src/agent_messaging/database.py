@@ -30,7 +30,7 @@ import re
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import psqlpy
@@ -42,10 +42,36 @@ from .exceptions import (
     DatabaseError,
     DatabaseUnavailableError,
     StatementTimeoutError,
+    TransactionError,
     amp_error,
 )
 
 Row = dict[str, Any]
+
+
+class Statements(Protocol):
+    """Where the messaging patterns run their statements: the pool
+    (:class:`Database`, one transaction per call) or a :class:`DbTransaction`."""
+
+    async def fetch(
+        self,
+        query: str,
+        params: Sequence[Any] | None = None,
+        *,
+        timeout: float | None = None,
+        read_only: bool = False,
+    ) -> list[Row]: ...
+
+    async def fetch_value(
+        self,
+        query: str,
+        params: Sequence[Any] | None = None,
+        *,
+        timeout: float | None = None,
+        read_only: bool = False,
+    ) -> Any: ...
+
+
 log = logging.getLogger("agent_messaging.database")
 
 _SETTLE_SECONDS = 0.05
@@ -53,6 +79,10 @@ _SETTLE_SECONDS = 0.05
 CANCEL_GRACE = 0.25
 #: how long a background clean-up of a cancelled call may wait for the server
 _ABANDON_PATIENCE = 30.0
+#: a pool at its minimum size lets a call wait this long for a busy connection
+#: before it opens another: an idle process's background calls (heartbeat, sweep)
+#: that happen to coincide then share one connection instead of opening a second
+GROW_AFTER = 0.02
 
 # Errors that mean the connection itself is gone (the server restarted, crashed, was
 # terminated, or the network broke), as the driver words them.
@@ -82,6 +112,15 @@ def describe_server(dsn: str) -> str:
     return f"{where}/{database}" if database else where
 
 
+def dsn_application_name(dsn: str) -> str | None:
+    """The ``application_name`` a libpq URL sets, if any."""
+    try:
+        found = parse_qs(urlsplit(dsn).query).get("application_name")
+    except ValueError:
+        return None
+    return found[0] if found else None
+
+
 def _seconds(value: float) -> str:
     return f"{value:.3g} s"
 
@@ -95,6 +134,13 @@ class _Slot:
     #: the pool's epoch when it was opened: older ones are dropped on checkout
     epoch: int = 0
     broken: bool = False
+    #: dropped when returned (a transaction left in an unknown state), without
+    #: taking the pool's other connections for dead
+    discard: bool = False
+    #: a transaction's statement was abandoned: a background clean-up owns it now
+    abandoned: bool = False
+    #: the loop's time when it was last returned to the pool
+    idle_since: float = 0.0
 
 
 @dataclass
@@ -120,6 +166,9 @@ class Database:
         statement_timeout: float = 30.0,
         lock_timeout: float = 10.0,
         pool_timeout: float = 10.0,
+        min_pool_size: int = 1,
+        idle_timeout: float = 30.0,
+        application_name: str | None = None,
     ) -> None:
         self.dsn = dsn
         #: ``host:port/database``, for messages
@@ -129,13 +178,23 @@ class Database:
         self.statement_timeout = statement_timeout
         self.lock_timeout = lock_timeout
         self.pool_timeout = pool_timeout
-        self._idle: list[_Slot] = []
+        #: connections kept open while idle (more are opened under load, and closed
+        #: again after ``idle_timeout`` seconds unused)
+        self.min_pool_size = min_pool_size
+        self.idle_timeout = idle_timeout
+        #: the pool's connections are named so (the listener ``<name>-listener``, the
+        #: control connection ``<name>-control``), for ``pg_stat_activity``; by default
+        #: the URL's ``application_name``, else ``amp``
+        self.application_name = application_name or dsn_application_name(dsn) or "amp"
+        self._idle: list[_Slot] = []  # the most recently used last
         self._size = 0  # connections open or being opened
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
         self._epoch = 0
         self._control: _Slot | None = None
         self._control_lock = asyncio.Lock()
+        self._control_used = 0.0
+        self._reaper: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.stats = _Stats()
 
@@ -151,6 +210,9 @@ class Database:
             statement_timeout=config.statement_timeout,
             lock_timeout=config.lock_timeout,
             pool_timeout=config.pool_timeout,
+            min_pool_size=config.min_pool_size,
+            idle_timeout=config.pool_idle_timeout,
+            application_name=config.application_name,
         )
 
     # -- the pool ------------------------------------------------------------
@@ -165,13 +227,18 @@ class Database:
         """Connections open (or being opened) right now."""
         return self._size
 
-    async def _open(self, timeout: float) -> _Slot:
-        """A new connection, its backend pid known and its timeouts set."""
+    async def _open(self, timeout: float, role: str = "") -> _Slot:
+        """A new connection, its backend pid known and its timeouts set; ``role``
+        suffixes its application_name (``-control``)."""
         started = asyncio.get_running_loop().time()
         timeout = max(0.001, min(timeout, self.connect_timeout))
         try:
             conn = await asyncio.wait_for(
-                psqlpy.connect(dsn=self.dsn, connect_timeout_sec=max(1, math.ceil(timeout))),
+                psqlpy.connect(
+                    dsn=self.dsn,
+                    connect_timeout_sec=max(1, math.ceil(timeout)),
+                    application_name=self.application_name + role,
+                ),
                 timeout,
             )
             rows = (
@@ -207,7 +274,8 @@ class Database:
                 f"the server at {self.server} refused the connection: "
                 f"{_TOO_MANY_RE.search(text).group(0)} (max_connections, or the role's or "  # type: ignore[union-attr]
                 f"database's CONNECTION LIMIT, is reached; each SDK process needs up to "
-                f"max_pool_size + 2 = {self.max_pool_size + 2} connections)"
+                f"max_pool_size + 2 = {self.max_pool_size + 2} connections under load, "
+                f"2 when idle)"
             )
         return DatabaseUnavailableError(
             f"cannot connect to the server at {self.server} (after {after}): {reason}"
@@ -232,6 +300,7 @@ class Database:
     async def _acquire(self, deadline: float) -> _Slot:
         loop = asyncio.get_running_loop()
         pool_deadline = min(deadline, loop.time() + self.pool_timeout)
+        patient = self._size > 0 and self._size <= max(1, self.min_pool_size)
         while True:
             if self._closed:
                 raise DatabaseUnavailableError("the SDK is closed")
@@ -241,7 +310,7 @@ class Database:
                     self._drop(slot)  # opened before the server went away
                     continue
                 return slot
-            if self._size < self.max_pool_size:
+            if self._size < self.max_pool_size and not patient:
                 self._size += 1
                 try:
                     return await self._open(deadline - loop.time())
@@ -250,7 +319,11 @@ class Database:
                     self._wake_one()
                     raise
             remaining = pool_deadline - loop.time()
-            if remaining <= 0:
+            if patient:
+                # at the minimum size: wait a moment for the busy one before growing
+                remaining = min(remaining, GROW_AFTER)
+                patient = False
+            elif remaining <= 0:
                 raise DatabaseUnavailableError(
                     f"no free connection to {self.server} within "
                     f"{_seconds(min(self.pool_timeout, max(0.0, deadline - loop.time())))}: "
@@ -282,11 +355,57 @@ class Database:
     def _release(self, slot: _Slot) -> None:
         if slot.broken and slot.epoch == self._epoch:
             self.invalidate()  # its siblings are most likely dead too
-        if slot.broken or self._closed or slot.conn is None or slot.epoch != self._epoch:
+        if (
+            slot.broken
+            or slot.discard
+            or self._closed
+            or slot.conn is None
+            or slot.epoch != self._epoch
+        ):
             self._drop(slot)
             return
+        slot.idle_since = asyncio.get_running_loop().time()
         self._idle.append(slot)
         self._wake_one()
+        self._schedule_reap()
+
+    def _schedule_reap(self) -> None:
+        """Arm the timer that closes idle connections beyond ``min_pool_size`` (and
+        the control connection) once they have been unused for ``idle_timeout``."""
+        if self._reaper is not None or self._closed:
+            return
+        due: list[float] = []
+        if self._idle and self._size > self.min_pool_size:
+            due.append(self._idle[0].idle_since + self.idle_timeout)
+        if self._control is not None:
+            due.append(self._control_used + self.idle_timeout)
+        if due:
+            loop = asyncio.get_running_loop()
+            self._reaper = loop.call_at(min(due), self._reap)
+
+    def _reap(self) -> None:
+        self._reaper = None
+        if self._closed:
+            return
+        now = asyncio.get_running_loop().time()
+        # the least recently used first; ``connection()``s and statements in flight
+        # hold theirs checked out, so only connections nobody uses are closed
+        while (
+            self._idle
+            and self._size > self.min_pool_size
+            and now - self._idle[0].idle_since >= self.idle_timeout - 1e-3
+        ):
+            self._drop(self._idle.pop(0))
+        control = self._control
+        if (
+            control is not None
+            and not self._control_lock.locked()
+            and now - self._control_used >= self.idle_timeout - 1e-3
+        ):
+            self._control = None
+            with contextlib.suppress(Exception):
+                control.conn.close()
+        self._schedule_reap()
 
     @contextlib.asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[Any]:
@@ -363,20 +482,35 @@ class Database:
         limit: float,
         write: bool,
         rows: bool,
+        release: bool = True,
     ) -> list[Row]:
+        """Run one statement on ``slot`` within ``deadline``; return the connection to
+        the pool afterwards if ``release`` (else the caller keeps it: a transaction).
+
+        Whenever the statement is abandoned (the deadline, a cancellation) the
+        connection goes to a background clean-up; a kept one is then marked
+        ``discard`` (it will be closed, which rolls its transaction back).
+        """
         loop = asyncio.get_running_loop()
+
+        def give_up(running: asyncio.Future[Any]) -> None:
+            if not release:
+                slot.discard = slot.abandoned = True
+            self._abandon(slot, running)
+
         try:
             running = asyncio.ensure_future(
                 slot.conn.execute(query, list(params) if params is not None else None)
             )
         except BaseException:
-            self._release(slot)
+            if release:
+                self._release(slot)
             raise
         try:
             await asyncio.wait({running}, timeout=max(0.0, deadline - loop.time()))
         except asyncio.CancelledError:
             # the caller gave up: the statement must not run on after it
-            self._abandon(slot, running)
+            give_up(running)
             raise
         if not running.done():
             # the deadline passed: cancel the statement on the server and give it a
@@ -387,10 +521,10 @@ class Database:
             try:
                 await asyncio.wait({running}, timeout=CANCEL_GRACE)
             except asyncio.CancelledError:
-                self._abandon(slot, running)
+                give_up(running)
                 raise
             if not running.done():
-                self._abandon(slot, running)
+                give_up(running)
                 message = f"the server at {self.server} did not answer within {_seconds(limit)}"
                 if write:
                     raise ConnectionLostError(
@@ -414,7 +548,8 @@ class Database:
                 raise DatabaseError(f"cannot decode the result: {exc}") from None
             return found
         finally:
-            self._release(slot)
+            if release:
+                self._release(slot)
 
     def _abandon(self, slot: _Slot, running: asyncio.Future[Any]) -> None:
         """The caller left while its statement runs: cancel it on the server, and
@@ -450,13 +585,17 @@ class Database:
             async with asyncio.timeout(timeout):
                 async with self._control_lock:
                     if self._control is None:
-                        self._control = await self._open(deadline - loop.time())
+                        self._control = await self._open(deadline - loop.time(), "-control")
                     control = self._control
                     try:
                         await control.conn.execute("SELECT pg_cancel_backend($1)", [pid])
                     except psqlpy.Error:
                         self._control = None
                         raise
+                    finally:
+                        # closed again once unused for idle_timeout
+                        self._control_used = loop.time()
+                        self._schedule_reap()
         except (TimeoutError, AgentMessagingError, psqlpy.Error) as exc:
             log.warning("could not cancel the statement of backend %s: %s", pid, exc)
             self._control = None
@@ -512,6 +651,32 @@ class Database:
         row = await self.fetch_one(query, params, timeout=timeout, read_only=read_only)
         return next(iter(row.values()))
 
+    # -- transactions ----------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, timeout: float | None = None) -> AsyncIterator[DbTransaction]:
+        """``BEGIN`` on one connection of the pool, held for the block: ``COMMIT``
+        when the block ends, ``ROLLBACK`` when it raises. ``timeout``: how long to
+        wait for the connection (default ``statement_timeout``); each statement has
+        its own deadline, as every call does."""
+        loop = asyncio.get_running_loop()
+        slot = await self._acquire(loop.time() + (timeout or self.statement_timeout))
+        tx = DbTransaction(self, slot)
+        try:
+            await tx.execute("BEGIN")
+        except BaseException:
+            tx._close()
+            raise
+        try:
+            yield tx
+        except BaseException:
+            await tx._rollback()
+            raise
+        else:
+            await tx._commit()
+        finally:
+            tx._close()
+
     # -- listening -------------------------------------------------------------
 
     def listener(self) -> Listener:
@@ -523,6 +688,9 @@ class Database:
     async def close(self) -> None:
         """Close every connection; calls made afterwards raise."""
         self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         for task in list(self._background):
             task.cancel()
         if self._background:
@@ -542,6 +710,142 @@ class Database:
         # ("PyGILState_Release: thread state must be current"), in about one exit
         # in five here. A moment for them to finish makes that go away.
         await asyncio.sleep(_SETTLE_SECONDS)
+
+
+class DbTransaction:
+    """One open transaction on one pool connection (:meth:`Database.transaction`).
+
+    Its statements bind their parameters and have deadlines like every call of the
+    pool. A statement that fails aborts the transaction (as PostgreSQL does): later
+    statements raise :class:`TransactionError`, and the block's end rolls back and
+    raises it too, even if the error was caught inside the block.
+    """
+
+    def __init__(self, db: Database, slot: _Slot) -> None:
+        self._db = db
+        self._slot: _Slot | None = slot
+        self._failed: BaseException | None = None
+        self._over = False
+
+    async def _run(
+        self, query: str, params: Sequence[Any] | None, timeout: float | None, rows: bool
+    ) -> list[Row]:
+        if self._over or self._slot is None:
+            raise TransactionError("the transaction is over: use it inside its 'async with'")
+        if self._failed is not None:
+            raise TransactionError(
+                f"the transaction is aborted: a statement in it failed ({self._failed!r}); "
+                "it is rolled back when its block ends"
+            )
+        db = self._db
+        loop = asyncio.get_running_loop()
+        limit = db.statement_timeout if timeout is None else min(timeout, db.statement_timeout)
+        slot = self._slot
+        try:
+            return await db._execute(
+                slot, query, params, loop.time() + max(0.0, limit), limit, True, rows, False
+            )
+        except BaseException as exc:
+            self._failed = exc
+            if slot.abandoned:
+                self._slot = None  # a background clean-up closes it (rolling back)
+            if isinstance(exc, ConnectionLostError):
+                raise ConnectionLostError(
+                    f"the connection to {db.server} was lost during the transaction: "
+                    "it was rolled back, nothing of it was committed"
+                ) from None
+            raise
+
+    async def execute(
+        self, query: str, params: Sequence[Any] | None = None, *, timeout: float | None = None
+    ) -> None:
+        """Run one statement with bound parameters in the transaction."""
+        await self._run(query, params, timeout, rows=False)
+
+    async def fetch(
+        self,
+        query: str,
+        params: Sequence[Any] | None = None,
+        *,
+        timeout: float | None = None,
+        read_only: bool = False,
+    ) -> list[Row]:
+        """Run one statement with bound parameters in the transaction; its rows as
+        dicts (``read_only`` is accepted for symmetry with :meth:`Database.fetch`)."""
+        return await self._run(query, params, timeout, rows=True)
+
+    async def fetch_one(
+        self,
+        query: str,
+        params: Sequence[Any] | None = None,
+        *,
+        timeout: float | None = None,
+        read_only: bool = False,
+    ) -> Row:
+        """Like :meth:`fetch` for a statement that yields exactly one row."""
+        rows = await self.fetch(query, params, timeout=timeout)
+        if len(rows) != 1:
+            raise DatabaseError(f"expected one row, got {len(rows)}")
+        return rows[0]
+
+    async def fetch_value(
+        self,
+        query: str,
+        params: Sequence[Any] | None = None,
+        *,
+        timeout: float | None = None,
+        read_only: bool = False,
+    ) -> Any:
+        """The single column of the single row a statement yields."""
+        row = await self.fetch_one(query, params, timeout=timeout)
+        return next(iter(row.values()))
+
+    async def _commit(self) -> None:
+        if self._failed is not None:
+            failed = self._failed
+            await self._rollback()
+            raise TransactionError(
+                f"the transaction was rolled back, not committed: a statement in it "
+                f"failed ({failed!r})"
+            )
+        slot, self._over = self._slot, True
+        if slot is None:
+            raise TransactionError("the transaction was rolled back, not committed")
+        db = self._db
+        loop = asyncio.get_running_loop()
+        limit = db.statement_timeout
+        try:
+            await db._execute(slot, "COMMIT", None, loop.time() + limit, limit, True, False, False)
+        except BaseException:
+            if slot.abandoned:
+                self._slot = None
+            raise
+
+    async def _rollback(self) -> None:
+        slot, self._over = self._slot, True
+        if slot is None or slot.broken:
+            return  # gone with its connection: the server rolled it back
+        db = self._db
+        loop = asyncio.get_running_loop()
+        limit = db.statement_timeout
+        try:
+            await db._execute(
+                slot, "ROLLBACK", None, loop.time() + limit, limit, True, False, False
+            )
+        except Exception:
+            # closing the connection rolls the transaction back; the block's own
+            # exception is the one to report
+            slot.discard = True
+        finally:
+            if slot.abandoned:
+                self._slot = None
+
+    def _close(self) -> None:
+        """Return the connection to the pool (closed if its state is unknown)."""
+        self._over = True
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            self._db._release(slot)
 
 
 class Listener:
@@ -564,6 +868,7 @@ class Listener:
                 dsn=db.dsn,
                 max_db_pool_size=2,
                 connect_timeout_sec=max(1, math.ceil(db.connect_timeout)),
+                application_name=db.application_name + "-listener",
             )
             self._listener = pool.listener()
             await asyncio.wait_for(self._listener.startup(), db.connect_timeout)
@@ -605,6 +910,27 @@ class Listener:
             return []
         decoded: list[Row] = result.result()
         return decoded
+
+    #: the end of :meth:`notifications` means the server closed the connection
+    #: (so the pool's idle connections are most likely dead too)
+    ends_with_server = True
+
+    async def listen(self, channels: list[str], timeout: float) -> None:
+        """LISTEN on ``channels`` (``amp.listen``)."""
+        await self.execute("SELECT amp.listen($1)", [channels], timeout)
+
+    async def unlisten(self, channels: list[str], timeout: float) -> None:
+        """UNLISTEN ``channels`` (``amp.unlisten``)."""
+        await self.execute("SELECT amp.unlisten($1)", [channels], timeout)
+
+    async def notify(self, channel: str, payload: str, timeout: float) -> None:
+        """NOTIFY over the listener's own connection (the health check's echo)."""
+        await self.execute("SELECT pg_notify($1, $2)", [channel, payload], timeout)
+
+    async def backend_pid(self, timeout: float) -> int:
+        """The server process id of the LISTEN connection."""
+        rows = await self.execute("SELECT pg_backend_pid() AS pid", None, timeout, rows=True)
+        return int(rows[0]["pid"])
 
     async def notifications(self) -> AsyncIterator[tuple[str, str]]:
         """``(channel, payload)`` of every notification, until the connection fails

@@ -1,6 +1,14 @@
-"""The notification dispatcher: one LISTEN connection per SDK process.
+"""The notification dispatcher: at most one LISTEN connection per SDK process.
 
-It owns a LISTEN connection (:class:`database.Listener`), LISTENs on every channel
+It listens only while someone in the process needs it: it connects on the first
+:meth:`Dispatcher.subscribe` (a handler served, a wait, an event relay) and, once
+nobody is subscribed any more, closes the connection after ``linger`` seconds (so
+that back-to-back waits do not pay a new connection and LISTEN each). A process that
+only sends never LISTENs: every idle listener in a database slows every notifying
+commit of that database (PostgreSQL up to 18 signals all of its listening backends).
+:meth:`Dispatcher.start` instead listens at once and until :meth:`Dispatcher.close`.
+
+While listening it owns a LISTEN connection (:class:`database.Listener`), LISTENs on every channel
 someone subscribed to, and routes each parsed payload to the callbacks of its
 channel. Channels can be added and removed at run time (``LISTEN`` is executed on
 the listener's own connection, because psqlpy 0.13 does not pick up callbacks
@@ -24,10 +32,12 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 
 from . import notifications, tasks
 from .database import Database, Listener
 from .exceptions import AgentMessagingError
+from .hub import SharedListener, ShareState
 
 log = logging.getLogger("agent_messaging.dispatcher")
 
@@ -35,20 +45,37 @@ AnyNotification = notifications.Known | notifications.Unknown
 #: Called synchronously on the event loop for each notification; must not block.
 Callback = Callable[[str, AnyNotification], None]
 CatchUp = Callable[[], Awaitable[None]]
+AnyListener = Listener | SharedListener
 
 
 class Dispatcher:
     """Routes notifications of many channels over one listener connection."""
 
-    def __init__(self, db: Database, *, check_interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        check_interval: float = 5.0,
+        linger: float = 2.0,
+        share_dir: Path | None = None,
+    ) -> None:
         self._db = db
+        #: share the host's LISTEN connection through sockets in this directory
+        #: (:mod:`agent_messaging.hub`); ``None``: a connection of our own
+        self._share_dir = share_dir
+        self._share = ShareState()
         self._check_interval = check_interval
+        self._linger = linger
+        #: ``start()`` was called: listen until ``close()``, subscribed or not
+        self._pinned = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._stopper: asyncio.Task[None] | None = None
         self._subs: dict[str, list[Callback]] = {}
         #: channels LISTENed on the current (and every future) listener connection
         self._listening: set[str] = set()
         self._catch_ups: list[CatchUp] = []
         self._lock = asyncio.Lock()
-        self._listener: Listener | None = None
+        self._listener: AnyListener | None = None
         self._connected = asyncio.Event()
         self._pongs: dict[str, asyncio.Future[None]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -61,20 +88,103 @@ class Dispatcher:
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
-        """Start listening; returns once the first connection LISTENs.
+        """Start listening now, and keep listening until :meth:`close` (without it,
+        the dispatcher listens only while someone is subscribed); returns once the
+        connection LISTENs.
 
         Raises :class:`DatabaseUnavailableError` (or another
         :class:`AgentMessagingError`) if that first connection fails; then nothing
         is left running.
         """
-        listener = await self._connect()
-        self._task = asyncio.create_task(self._run(listener), name="amp-dispatcher")
+        async with self._lock:
+            if self._running:
+                self._pinned = True
+                return
+            await self._start_locked(raise_errors=True)
+            self._pinned = True
 
     async def close(self) -> None:
         """Stop listening and release the connection."""
         self._closing = True
+        self._cancel_linger()
+        await tasks.stop(self._stopper)
         await tasks.stop(self._task)
         self._task = None
+
+    @property
+    def listener_role(self) -> str:
+        """How this process listens now: ``own`` (a LISTEN connection of its own),
+        ``hub`` (it holds the host's shared one), ``client`` (it subscribes to the
+        hub of another process), or ``""`` (not listening)."""
+        listener = self._listener
+        if listener is None:
+            return ""
+        return listener.role if isinstance(listener, SharedListener) else "own"
+
+    @property
+    def listening(self) -> bool:
+        """Whether the dispatcher runs now (a LISTEN connection is up or being rebuilt)."""
+        return self._running
+
+    @property
+    def _running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def _start_locked(self, raise_errors: bool) -> None:
+        """Connect and start the loop (the lock is held). A failed first connection
+        raises if ``raise_errors``, else the loop keeps trying in the background
+        (and runs the catch-ups once it is connected)."""
+        if self._closing:
+            if raise_errors:
+                raise RuntimeError("the dispatcher is closed")
+            return
+        listener: AnyListener | None
+        try:
+            listener = await self._open_listener()
+        except AgentMessagingError as exc:
+            if raise_errors:
+                raise
+            log.warning("cannot start listening yet, retrying in the background: %s", exc)
+            listener = None
+        self._task = asyncio.create_task(self._run(listener), name="amp-dispatcher")
+
+    def _in_use(self) -> bool:
+        return self._pinned or bool(self._subs) or bool(self._catch_ups)
+
+    def _cancel_linger(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _maybe_linger(self) -> None:
+        """Nobody needs the listener any more: stop it after ``linger`` seconds,
+        unless someone subscribes meanwhile."""
+        if self._in_use() or self._closing or not self._running or self._idle_timer:
+            return
+        loop = asyncio.get_running_loop()
+        self._idle_timer = loop.call_later(self._linger, self._linger_over)
+
+    def _linger_over(self) -> None:
+        self._idle_timer = None
+        if self._in_use() or self._closing or self._stopper is not None:
+            return
+        self._stopper = asyncio.get_running_loop().create_task(
+            self._stop_if_idle(), name="amp-dispatcher-stop"
+        )
+
+    async def _stop_if_idle(self) -> None:
+        try:
+            async with self._lock:
+                if self._in_use() or self._closing:
+                    return
+                # forget the channels before the first await: a subscribe that comes
+                # now finds them not LISTENed and starts a new connection
+                self._listening.clear()
+                task, self._task = self._task, None
+                await tasks.stop(task)
+                log.debug("nobody needs the listener: stopped")
+        finally:
+            self._stopper = None
 
     @property
     def connected(self) -> bool:
@@ -98,18 +208,21 @@ class Dispatcher:
         channels = list(channels)
         for channel in channels:
             self._subs.setdefault(channel, []).append(callback)
-        if all(channel in self._listening for channel in channels):
+        self._cancel_linger()
+        if self._running and all(channel in self._listening for channel in channels):
             return
         async with self._lock:
             fresh = [c for c in dict.fromkeys(channels) if c not in self._listening]
+            self._listening.update(fresh)  # a reconnect LISTENs them if this fails
+            if not self._running:
+                # the first subscriber: connect (LISTENing every channel) now
+                await self._start_locked(raise_errors=False)
+                return
             if not fresh:
                 return
-            self._listening.update(fresh)  # a reconnect LISTENs them if this fails
             if self._listener is not None:
                 try:
-                    await self._listener.execute(
-                        "SELECT amp.listen($1)", [fresh], self._check_interval
-                    )
+                    await self._listener.listen(fresh, self._check_interval)
                 except AgentMessagingError as exc:
                     # the run loop notices the dead connection and re-LISTENs all
                     log.warning("LISTEN failed, listener will be rebuilt: %s", exc)
@@ -129,6 +242,7 @@ class Dispatcher:
                 self._subs.pop(channel, None)
                 if not keep_listening and channel in self._listening:
                     unused.append(channel)
+        self._maybe_linger()
         if not unused:
             return
         async with self._lock:
@@ -136,9 +250,7 @@ class Dispatcher:
             self._listening.difference_update(unused)
             if unused and self._listener is not None:
                 with contextlib.suppress(AgentMessagingError):
-                    await self._listener.execute(
-                        "SELECT amp.unlisten($1)", [unused], self._check_interval
-                    )
+                    await self._listener.unlisten(unused, self._check_interval)
 
     def subscribed(self, channel: str) -> bool:
         """Whether someone in this process listens on ``channel``."""
@@ -152,6 +264,7 @@ class Dispatcher:
         """Forget a catch-up callback."""
         with contextlib.suppress(ValueError):
             self._catch_ups.remove(callback)
+        self._maybe_linger()
 
     # -- health ------------------------------------------------------------
 
@@ -171,7 +284,7 @@ class Dispatcher:
         deadline = loop.time() + timeout
         try:
             payload = notifications.Ping(kind="ping", token=token).model_dump_json()
-            await listener.execute("SELECT pg_notify($1, $2)", [self.channel, payload], timeout)
+            await listener.notify(self.channel, payload, timeout)
             await asyncio.wait_for(echo, max(0.0, deadline - loop.time()))
             return True
         except (TimeoutError, AgentMessagingError):
@@ -184,29 +297,33 @@ class Dispatcher:
         listener = self._listener
         if listener is None:
             return None
-        rows = await listener.execute("SELECT pg_backend_pid() AS pid", None, 10.0, rows=True)
-        return int(rows[0]["pid"])
+        return await listener.backend_pid(10.0)
 
     # -- the loop ----------------------------------------------------------
 
-    async def _connect(self) -> Listener:
+    async def _connect(self) -> AnyListener:
         """Open a listener connection and LISTEN every channel on it."""
-        listener = self._db.listener()
+        async with self._lock:
+            return await self._open_listener()
+
+    async def _open_listener(self) -> AnyListener:
+        """:meth:`_connect` with the lock held."""
+        listener: AnyListener
+        if self._share_dir is not None:
+            listener = SharedListener(self._db, self._share_dir, self._share)
+        else:
+            listener = self._db.listener()
         await listener.start()
         try:
-            async with self._lock:
-                channels = [self.channel, *self._listening]
-                await listener.execute(
-                    "SELECT amp.listen($1)", [channels], self._db.statement_timeout
-                )
-                self._listener = listener
+            await listener.listen([self.channel, *self._listening], self._db.statement_timeout)
+            self._listener = listener
         except BaseException:
             await listener.close()
             raise
         self._connected.set()
         return listener
 
-    async def _run(self, listener: Listener | None) -> None:
+    async def _run(self, listener: AnyListener | None) -> None:
         delay = 0.05
         while not self._closing:
             try:
@@ -233,7 +350,7 @@ class Dispatcher:
                 # and has the listener back within half a second of its return
                 delay = min(delay * 2, 0.5)
 
-    async def _serve(self, listener: Listener) -> None:
+    async def _serve(self, listener: AnyListener) -> None:
         """Read notifications until the connection is found dead."""
         reader = asyncio.create_task(self._read(listener))
         checker = asyncio.create_task(self._check())
@@ -242,7 +359,7 @@ class Dispatcher:
             for task in done:
                 if task.exception() is not None:
                     log.warning("listener lost: %s", task.exception())
-            if reader in done:
+            if reader in done and listener.ends_with_server:
                 # the server closed the listener's connection (a restart, a crash):
                 # the pool's idle connections went with it
                 self._db.invalidate()
@@ -250,7 +367,7 @@ class Dispatcher:
             for task in (reader, checker):
                 await tasks.stop(task)
 
-    async def _read(self, listener: Listener) -> None:
+    async def _read(self, listener: AnyListener) -> None:
         async for channel, payload in listener.notifications():
             self._route(channel, payload)
 

@@ -230,6 +230,13 @@ class StatementTimeoutError(AgentMessagingError, builtins.TimeoutError):
     rolled back: nothing was changed."""
 
 
+class TransactionError(AgentMessagingError):
+    """A call that cannot run inside ``sdk.transaction()`` (``send_and_wait``, which
+    waits for a reply that cannot come before the commit), a transaction used after
+    its block, or one that was rolled back instead of committed because a statement
+    in it failed."""
+
+
 class DatabaseError(AgentMessagingError):
     """Any other error of the server or the driver that is not an ``amp`` error
     (a schema that was never migrated, say); the text is the server's."""

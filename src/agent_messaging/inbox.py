@@ -30,6 +30,7 @@ from .notifications import MessageStored
 
 if TYPE_CHECKING:
     from .client import AgentMessaging
+    from .database import Statements
 
 T = TypeVar("T")
 log = logging.getLogger("agent_messaging.inbox")
@@ -49,7 +50,7 @@ _READ = (
     "make_interval(secs => $4::float8))"
 )
 _CONFIRM = "SELECT amp.confirm_read($1, $2::text::uuid, $3::text[]::uuid[]) AS id"
-_REJECT = "SELECT amp.reject_unread($1, $2::text::uuid, $3)"
+_REJECT = "SELECT 1 AS done FROM amp.reject_unread($1, $2::text::uuid, $3)"
 _PEEK = f"SELECT {_COLUMNS} FROM amp.peek_unread($1, $2, $3::integer)"
 _INBOX = (
     f"SELECT {_COLUMNS}, read_at, delivery_status, last_error "
@@ -81,8 +82,14 @@ class AsyncConversation(Generic[T]):
     """A durable inbox with read state. Sending never blocks; the recipient pulls
     (:meth:`get_unread_messages`) or waits (:meth:`wait_for_message`)."""
 
-    def __init__(self, sdk: AgentMessaging[T]) -> None:
+    def __init__(self, sdk: AgentMessaging[T], db: Statements | None = None) -> None:
         self._sdk = sdk
+        #: where sends and reads run: a transaction (``sdk.transaction()``), else the pool
+        self._tx = db
+
+    @property
+    def _db(self) -> Statements:
+        return self._tx if self._tx is not None else self._sdk.db
 
     async def send(
         self,
@@ -99,7 +106,7 @@ class AsyncConversation(Generic[T]):
         an unknown outcome) returns the original id and stores nothing.
         """
         sdk = self._sdk
-        value = await sdk.db.fetch_value(
+        value = await self._db.fetch_value(
             "SELECT amp.async_send($1, $2, $3::text::jsonb, $4::text::jsonb, $5)",
             [
                 *sdk.message_args(sender_external_id, recipient_external_id, message, metadata),
@@ -313,7 +320,7 @@ class AsyncConversation(Generic[T]):
     ) -> list[tuple[Row, T]]:
         """Read under a receipt, decode row by row, dead-letter what cannot be
         decoded, confirm the rest; returns the confirmed rows with their content."""
-        db = self._sdk.db
+        db = self._db
         rows = await db.fetch(_READ, [agent, sender, limit, READ_LEASE_SECONDS], timeout=timeout)
         if not rows:
             return []
@@ -336,7 +343,7 @@ class AsyncConversation(Generic[T]):
             except content.UndecodableContent as exc:
                 reason = f"inbox read: {exc}"
                 log.warning("dead-lettering message %s of %s: %s", row["id"], agent, reason)
-                await self._sdk.db.execute(_REJECT, [agent, str(row["id"]), reason[:2000]])
+                await self._db.fetch(_REJECT, [agent, str(row["id"]), reason[:2000]])
         return decoded
 
     def _decode(self, row: Row) -> T:

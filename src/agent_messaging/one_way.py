@@ -16,6 +16,7 @@ from .notifications import DeliveryFinished
 
 if TYPE_CHECKING:
     from .client import AgentMessaging
+    from .database import Statements
 
 T = TypeVar("T")
 
@@ -30,8 +31,14 @@ class OneWayMessenger(Generic[T]):
     delivers what is pending for this process's handlers first.
     """
 
-    def __init__(self, sdk: AgentMessaging[T]) -> None:
+    def __init__(self, sdk: AgentMessaging[T], db: Statements | None = None) -> None:
         self._sdk = sdk
+        #: where the sends run: a transaction (``sdk.transaction()``), else the pool
+        self._tx = db
+
+    @property
+    def _db(self) -> Statements:
+        return self._tx if self._tx is not None else self._sdk.db
 
     async def send(
         self,
@@ -51,7 +58,7 @@ class OneWayMessenger(Generic[T]):
         a second message.
         """
         sdk = self._sdk
-        value = await sdk.db.fetch_value(
+        value = await self._db.fetch_value(
             "SELECT amp.send_one_way($1, $2, $3::text::jsonb, $4::text::jsonb, $5)",
             [
                 *sdk.message_args(sender_external_id, recipient_external_id, message, metadata),
@@ -116,7 +123,7 @@ class OneWayMessenger(Generic[T]):
         bodies: list[str],
         metadata: dict[str, Any] | None,
     ) -> list[UUID]:
-        rows = await self._sdk.db.fetch(
+        rows = await self._db.fetch(
             "SELECT amp.send_one_way_many($1, $2, $3::text[]::jsonb[], $4::text::jsonb) AS id",
             [sender, recipients, bodies, content.encode_metadata(metadata)],
         )

@@ -5,6 +5,7 @@
 Commands print JSON lines on stdout ({"event": ...}) that the tests read:
   handle AGENT   serve AGENT's handler; prints "ready", then "started"/"handled" per message
   send   SENDER RECIPIENT N   one-way (or --kind async) messages {"n": i}
+                              (--stay: then stay connected until killed)
   wait   RECIPIENT SENDER     wait_for_message; prints "waiting", then "got" or "timeout"
   read   AGENT                on NOTIFY amp_test_go, take unread messages one by one until none
   reply  SENDER RECIPIENT TEXT  on NOTIFY amp_test_go, reply; prints "replied" or "refused"
@@ -35,6 +36,7 @@ def config(args: argparse.Namespace) -> Config:
         handler_concurrency=args.concurrency,
         poll_interval=args.poll,
         listener_check_interval=1.0,
+        pool_idle_timeout=args.idle_timeout,
     )
 
 
@@ -71,11 +73,12 @@ async def send(args: argparse.Namespace) -> None:
             else:
                 await sdk.one_way.send(args.sender, args.recipient, {"n": i})
         emit("sent", count=args.count)
+        if args.stay:
+            await asyncio.Event().wait()  # stay, connected, until killed
 
 
 async def wait(args: argparse.Namespace) -> None:
     async with AgentMessaging[Any](config(args)) as sdk:
-        await sdk.dispatcher.wait_connected()
         emit("waiting")
         message = await sdk.async_conversation.wait_for_message(
             args.recipient, args.sender, args.timeout
@@ -120,6 +123,7 @@ def main() -> None:
     parser.add_argument("--max-attempts", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--poll", type=float, default=1.0)
+    parser.add_argument("--idle-timeout", type=float, default=30.0)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("handle")
     p.add_argument("agent")
@@ -132,6 +136,7 @@ def main() -> None:
     p.add_argument("recipient")
     p.add_argument("count", type=int)
     p.add_argument("--kind", choices=["one_way", "async"], default="one_way")
+    p.add_argument("--stay", action="store_true")
     p = sub.add_parser("wait")
     p.add_argument("recipient")
     p.add_argument("sender")
