@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,6 +37,12 @@ class Config(BaseSettings):
     postgres_user: str = Field(default="postgres", validation_alias=_env("POSTGRES_USER"))
     postgres_password: str = Field(default="", validation_alias=_env("POSTGRES_PASSWORD"))
     postgres_db: str = Field(default="agent_messaging", validation_alias=_env("POSTGRES_DB"))
+
+    listen_url: str | None = Field(
+        default=None,
+        description="libpq URL of the LISTEN connection; unset: the main URL (set it to "
+        "a direct server URL when the main one goes through PgBouncer in transaction mode)",
+    )
 
     embedded_data_dir: Path = Field(
         default_factory=_default_data_dir,
@@ -64,6 +70,12 @@ class Config(BaseSettings):
     delivery_lease: float = Field(default=30.0, gt=0, description="seconds a claim is held")
     handler_concurrency: int = Field(default=16, ge=1)
 
+    retention: str | None = Field(
+        default=None,
+        description="default horizon of 'amp prune' and AgentMessaging.prune, e.g. '30d'; "
+        "unset: the database's amp.retention setting, else 30 days",
+    )
+
     poll_interval: float = Field(
         default=5.0, gt=0, description="fallback poll when no notification comes"
     )
@@ -71,6 +83,15 @@ class Config(BaseSettings):
     listener_check_interval: float = Field(
         default=5.0, gt=0, description="how often the listener proves it is alive"
     )
+
+    @field_validator("retention")
+    @classmethod
+    def _check_retention(cls, value: str | None) -> str | None:
+        if value is not None:
+            from .retention import parse_duration
+
+            parse_duration(value)
+        return value
 
     def explicit_dsn(self) -> str | None:
         """The DSN named by the environment, or ``None`` when embedded should be used."""

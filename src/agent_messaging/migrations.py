@@ -23,7 +23,7 @@ from typing import Any
 import psqlpy
 
 #: The newest revision in ``alembic/versions``; a test checks it against alembic.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 VERSION_TABLE = "alembic_version"
 #: pg_advisory_xact_lock key that serialises migrations of concurrent processes.
 MIGRATION_LOCK_KEY = 0x616D705F6D6967  # "amp_mig"
