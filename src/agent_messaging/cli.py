@@ -52,7 +52,7 @@ def demo(database_url: str | None = DatabaseUrl) -> None:
 async def _open(config: Config) -> Database:
     from .database import resolve_dsn
 
-    return Database.connect(await resolve_dsn(config), config.max_pool_size)
+    return Database.connect(await resolve_dsn(config), config.max_pool_size, config.listen_url)
 
 
 @app.command()

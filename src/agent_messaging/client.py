@@ -73,7 +73,7 @@ class AgentMessaging(Generic[T]):
         if self._db is not None:
             return
         dsn = await resolve_dsn(self.config)
-        db = Database.connect(dsn, self.config.max_pool_size)
+        db = Database.connect(dsn, self.config.max_pool_size, self.config.listen_url)
         try:
             if self.config.apply_migrations:
                 await migrations.ensure_migrated(db.pool, dsn)

@@ -21,16 +21,36 @@ _SETTLE_SECONDS = 0.05
 
 
 class Database:
-    """A psqlpy pool plus the helpers every module uses to call ``amp.*``."""
+    """A psqlpy pool plus the helpers every module uses to call ``amp.*``.
 
-    def __init__(self, pool: psqlpy.ConnectionPool, dsn: str) -> None:
+    ``listen_pool``, when given, is where LISTEN connections come from (a direct
+    server URL while ``pool`` goes through PgBouncer in transaction mode, which
+    cannot keep a LISTEN); otherwise they come from ``pool``.
+    """
+
+    def __init__(
+        self,
+        pool: psqlpy.ConnectionPool,
+        dsn: str,
+        listen_pool: psqlpy.ConnectionPool | None = None,
+    ) -> None:
         self.pool = pool
         self.dsn = dsn
+        self.listen_pool = listen_pool
 
     @classmethod
-    def connect(cls, dsn: str, max_pool_size: int) -> Database:
-        """Create the pool (connections are opened lazily)."""
-        return cls(psqlpy.ConnectionPool(dsn=dsn, max_db_pool_size=max_pool_size), dsn)
+    def connect(cls, dsn: str, max_pool_size: int, listen_dsn: str | None = None) -> Database:
+        """Create the pool (connections are opened lazily), and a separate small one
+        for listeners when ``listen_dsn`` names another URL."""
+        listen_pool = None
+        if listen_dsn and listen_dsn != dsn:
+            listen_pool = psqlpy.ConnectionPool(dsn=listen_dsn, max_db_pool_size=2)
+        pool = psqlpy.ConnectionPool(dsn=dsn, max_db_pool_size=max_pool_size)
+        return cls(pool, dsn, listen_pool)
+
+    def listener(self) -> psqlpy.Listener:
+        """A new (not yet started) LISTEN connection, from the listen pool if any."""
+        return (self.listen_pool or self.pool).listener()
 
     async def execute(self, query: str, params: Sequence[Any] | None = None) -> None:
         """Run one statement with bound parameters, ignoring its result (``void``)."""
@@ -63,8 +83,10 @@ class Database:
         return next(iter(row.values()))
 
     async def close(self) -> None:
-        """Close the pool."""
+        """Close the pool (and the listen pool)."""
         self.pool.close()
+        if self.listen_pool is not None:
+            self.listen_pool.close()
         gc.collect()  # drop unreachable psqlpy objects now, not during finalization
         # psqlpy drops its connections on its own (tokio) threads, which take the
         # GIL to do so; if the interpreter finalizes meanwhile the process aborts

@@ -176,7 +176,7 @@ class Dispatcher:
         while not self._closing:
             listener: psqlpy.Listener | None = None
             try:
-                listener = self._db.pool.listener()
+                listener = self._db.listener()
                 await listener.startup()
                 async with self._lock:
                     channels = [self.channel, *self._listening]
