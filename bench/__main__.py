@@ -30,6 +30,7 @@ from bench.meetings import meetings
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP_TIMEOUT = 120.0
+DEFAULT_OUT = str(ROOT / "bench" / "results" / "latest.json")
 
 
 class Child:
@@ -373,12 +374,42 @@ def print_table(result: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="small N, under a minute")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
+    parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--database-url", default=None)
+    parser.add_argument(
+        "--history", action="store_true", help="the long-history scenario (bench/history.py) only"
+    )
+    parser.add_argument("--history-size", type=int, default=10_000_000)
+    parser.add_argument("--history-n", type=int, default=300, help="samples per hot path")
+    parser.add_argument("--soak-minutes", type=float, default=0.0)
+    parser.add_argument("--soak-rate", type=float, default=100.0, help="one-way messages/s")
     args = parser.parse_args()
     server = args.database_url or os.environ.get("AMP_DATABASE_URL")
     if not server:
         server = asyncio.run(resolve_dsn(Config()))
+    if args.history:
+        from bench.history import history_bench, print_history
+
+        def log(line: str) -> None:
+            print(line, flush=True)
+
+        found = asyncio.run(
+            history_bench(
+                server,
+                args.history_size,
+                args.history_n,
+                args.soak_minutes,
+                args.soak_rate,
+                log,
+            )
+        )
+        found["machine"] = machine()
+        out = Path(args.out if args.out != DEFAULT_OUT else ROOT / "bench/results/history.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(found, indent=2) + "\n")
+        print_history(found)
+        print(f"written to {out}")
+        return
     result = asyncio.run(asyncio.wait_for(bench(server, args.quick), 900))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
