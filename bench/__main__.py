@@ -58,6 +58,8 @@ async def footprint(
 
 # -- the run --------------------------------------------------------------------
 
+DEFAULT_OUT = str(ROOT / "bench" / "results" / "latest.json")
+
 
 def machine() -> dict[str, Any]:
     ram_kib = 0
@@ -364,7 +366,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="small N, under a minute")
     parser.add_argument("--smoke", action="store_true", help="smallest N (the test's)")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
+    parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--database-url", default=None)
     parser.add_argument(
         "--only", default="", help=f"comma-separated sections, of: {', '.join(SECTIONS)}"
@@ -378,6 +380,13 @@ def main() -> None:
         default="off",
         help="attached processes share one listener (share_listener): off, on, or both runs",
     )
+    parser.add_argument(
+        "--history", action="store_true", help="the long-history scenario (bench/history.py) only"
+    )
+    parser.add_argument("--history-size", type=int, default=10_000_000)
+    parser.add_argument("--history-n", type=int, default=300, help="samples per hot path")
+    parser.add_argument("--soak-minutes", type=float, default=0.0)
+    parser.add_argument("--soak-rate", type=float, default=100.0, help="one-way messages/s")
     args = parser.parse_args()
     only = {s for s in args.only.split(",") if s}
     if only - set(SECTIONS):
@@ -386,6 +395,9 @@ def main() -> None:
     server = args.database_url or os.environ.get("AMP_DATABASE_URL")
     if not server:
         server = asyncio.run(resolve_dsn(Config()))
+    if args.history:
+        history(server, args)
+        return
     result = asyncio.run(
         asyncio.wait_for(
             bench(server, args.quick, only, processes, args.smoke, args.share_listener), 3600
@@ -395,6 +407,26 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print_table(result)
+    print(f"written to {out}")
+
+
+def history(server: str, args: argparse.Namespace) -> None:
+    """``--history``: the long-history scenario, written to bench/results/history.json."""
+    from bench.history import history_bench, print_history
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    found = asyncio.run(
+        history_bench(
+            server, args.history_size, args.history_n, args.soak_minutes, args.soak_rate, log
+        )
+    )
+    found["machine"] = machine()
+    out = Path(args.out if args.out != DEFAULT_OUT else ROOT / "bench/results/history.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(found, indent=2) + "\n")
+    print_history(found)
     print(f"written to {out}")
 
 

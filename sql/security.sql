@@ -41,6 +41,8 @@ LANGUAGE sql IMMUTABLE AS $$
         'end_meeting', 'expire_turns', 'meeting_status', 'meeting_participant_list',
         'meeting_history', 'meeting_turn', 'meeting_events_after', 'meeting_events_max_seq',
         'get_meeting', 'next_turn_deadline',
+        -- retention (amp.prune is a procedure: CALL amp.prune(...))
+        'prune', 'retention', 'prune_horizon', 'prune_messages', 'prune_meetings', 'prune_sessions',
         -- limits (amp.settings, written by the schema owner only)
         'settings_spec', 'effective_settings',
         -- access control
@@ -58,6 +60,8 @@ LANGUAGE sql IMMUTABLE AS $$
         -- delivery.sql
         'check_message', 'check_json', 'resolve_pair', 'store_message', 'idempotent_message',
         'notify_message', 'notify_delivery', 'lease_commit', 'require_worker_arg',
+        -- retention.sql
+        'prune_answer_kept',
         -- inbox.sql, conversations.sql
         'get_or_create_session', 'lock_sync_session', 'require_sync_session', 'unlock_session',
         -- meetings.sql
@@ -116,14 +120,19 @@ BEGIN
 
     -- Functions.
     FOR r IN
-        SELECT p.oid::regprocedure AS fn, p.proname::text AS name,
+        SELECT p.oid::regprocedure AS fn, p.proname::text AS name, p.prokind AS kind,
                coalesce((SELECT f.public FROM amp.api_functions() f WHERE f.name = p.proname),
                         false) AS public
         FROM pg_proc p WHERE p.pronamespace = 'amp'::regnamespace
     LOOP
         EXECUTE format('ALTER ROUTINE %s OWNER TO amp_owner', r.fn);
-        EXECUTE format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, amp, pg_temp',
-                       r.fn);
+        -- (a procedure that COMMITs, amp.prune, may be neither: it calls only
+        -- schema-qualified, pinned functions)
+        IF r.kind = 'f' THEN
+            EXECUTE format(
+                'ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, amp, pg_temp',
+                r.fn);
+        END IF;
         EXECUTE format('REVOKE ALL ON ROUTINE %s FROM PUBLIC, amp_user, amp_admin', r.fn);
         IF r.public THEN
             EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO amp_user', r.fn);

@@ -446,13 +446,23 @@ def test_catalog_boundary(world: World) -> None:
             "SELECT p.oid::regprocedure::text, p.prosecdef, p.proconfig, "
             "p.proowner::regrole::text, "
             "o.rolcanlogin FROM pg_proc p JOIN pg_roles o ON o.oid = p.proowner "
-            "WHERE p.pronamespace = 'amp'::regnamespace"
+            "WHERE p.pronamespace = 'amp'::regnamespace AND p.prokind = 'f'"
         ).fetchall()
         assert len(rows) > 60
         for name, definer, config, owner, can_login in rows:
             assert definer, name
             assert config == ["search_path=pg_catalog, amp, pg_temp"], (name, config)
             assert owner == "amp_owner" and not can_login, (name, owner)
+        # the one procedure (it COMMITs, so it may be neither SECURITY DEFINER nor
+        # pinned): owned likewise, and everything it calls is schema-qualified
+        procedures = conn.execute(
+            "SELECT p.proname, p.proowner::regrole::text, p.prosrc FROM pg_proc p "
+            "WHERE p.pronamespace = 'amp'::regnamespace AND p.prokind = 'p'"
+        ).fetchall()
+        assert [name for name, _, _ in procedures] == ["prune"]
+        for _, owner, source in procedures:
+            assert owner == "amp_owner"
+            assert not re.search(r"(?<![.\w])prune_\w+\(", source), source
         # every function is classified, and only the public ones are executable
         unlisted = conn.execute(
             "SELECT proname FROM pg_proc WHERE pronamespace = 'amp'::regnamespace "

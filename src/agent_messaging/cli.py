@@ -428,6 +428,41 @@ def roles_show(
         inspection.render(found, console)
 
 
+@app.command()
+def prune(
+    database_url: str | None = DatabaseUrl,
+    older_than: str | None = typer.Option(
+        None,
+        "--older-than",
+        help="horizon such as 30d, 12h, 2w (default: AMP_RETENTION, else the database's "
+        "amp.retention setting, else 30 days)",
+    ),
+    batch_size: int = typer.Option(1000, "--batch-size", min=1, help="rows per transaction"),
+) -> None:
+    """Remove ended meetings and conversations and settled messages older than the horizon."""
+    from . import retention
+
+    config = _config(database_url)
+    text = older_than if older_than is not None else config.retention
+    try:
+        horizon = retention.parse_duration(text) if text is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--older-than") from exc
+
+    async def run() -> retention.PruneResult:
+        db = await _open(config)
+        try:
+            return await retention.prune(db, horizon, batch_size)
+        finally:
+            await db.close()
+
+    done = asyncio.run(run())
+    console.print(
+        f"pruned {done.messages} messages, {done.meetings} meetings, {done.sessions} "
+        f"conversations older than {done.horizon.isoformat()} in {done.batches} batches"
+    )
+
+
 def _bench_main() -> Any:
     """``bench.__main__.main`` from the repository (``bench/`` is not in the wheel)."""
     import importlib

@@ -12,13 +12,14 @@ import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from types import TracebackType
 from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin
 from uuid import UUID
 
 from pydantic import AfterValidator, TypeAdapter
 
-from . import agents, content, hub, migrations, tasks, validation
+from . import agents, content, hub, migrations, retention, tasks, validation
 from .config import Config
 from .conversations import SyncConversation
 from .database import Database, resolve_dsn
@@ -440,6 +441,17 @@ class AgentMessaging(Generic[T]):
             await asyncio.shield(task)
 
     # -- organizations and agents -----------------------------------------
+
+    async def prune(
+        self, older_than: timedelta | None = None, batch_size: int = 1000
+    ) -> retention.PruneResult:
+        """Remove history older than ``older_than`` (default: ``config.retention``,
+        else the database's ``amp.retention``, 30 days) in short batches that never
+        block live traffic: ended meetings and conversations, settled messages.
+        Pending deliveries, unread messages and live meetings always stay."""
+        if older_than is None and self.config.retention is not None:
+            older_than = retention.parse_duration(self.config.retention)
+        return await retention.prune(self.db, older_than, batch_size)
 
     async def register_organization(self, external_id: str, name: str | None = None) -> UUID:
         """Register an organization; returns its id.

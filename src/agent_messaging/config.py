@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from pydantic import AliasChoices, Field, PrivateAttr
+from pydantic import AliasChoices, Field, PrivateAttr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,6 +47,12 @@ class Config(BaseSettings):
     postgres_user: str = Field(default="postgres", validation_alias=_env("POSTGRES_USER"))
     postgres_password: str = Field(default="", validation_alias=_env("POSTGRES_PASSWORD"))
     postgres_db: str = Field(default="agent_messaging", validation_alias=_env("POSTGRES_DB"))
+
+    listen_url: str | None = Field(
+        default=None,
+        description="libpq URL of the LISTEN connection; unset: the main URL (set it to "
+        "a direct server URL when the main one goes through PgBouncer in transaction mode)",
+    )
 
     embedded_data_dir: Path = Field(
         default_factory=_default_data_dir,
@@ -131,6 +137,12 @@ class Config(BaseSettings):
     )
     handler_concurrency: int = Field(default=16, ge=1)
 
+    retention: str | None = Field(
+        default=None,
+        description="default horizon of 'amp prune' and AgentMessaging.prune, e.g. '30d'; "
+        "unset: the database's amp.retention setting, else 30 days",
+    )
+
     poll_interval: float = Field(
         default=5.0, gt=0, description="fallback poll when no notification comes"
     )
@@ -175,6 +187,15 @@ class Config(BaseSettings):
     def explicit_fields(self) -> frozenset[str]:
         """The fields given as arguments (not read from the environment)."""
         return self._explicit
+
+    @field_validator("retention")
+    @classmethod
+    def _check_retention(cls, value: str | None) -> str | None:
+        if value is not None:
+            from .retention import parse_duration
+
+            parse_duration(value)
+        return value
 
     def explicit_dsn(self) -> str | None:
         """The server to use (see the module's precedence rules), or ``None`` when

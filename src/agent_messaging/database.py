@@ -169,8 +169,13 @@ class Database:
         min_pool_size: int = 1,
         idle_timeout: float = 30.0,
         application_name: str | None = None,
+        listen_dsn: str | None = None,
     ) -> None:
         self.dsn = dsn
+        #: where LISTEN connections go: the main URL unless ``listen_url`` names
+        #: another (a direct server URL while the pool goes through PgBouncer in
+        #: transaction mode, which cannot keep a LISTEN)
+        self.listen_dsn = listen_dsn or dsn
         #: ``host:port/database``, for messages
         self.server = describe_server(dsn)
         self.max_pool_size = max_pool_size
@@ -213,6 +218,7 @@ class Database:
             min_pool_size=config.min_pool_size,
             idle_timeout=config.pool_idle_timeout,
             application_name=config.application_name,
+            listen_dsn=config.listen_url,
         )
 
     # -- the pool ------------------------------------------------------------
@@ -865,7 +871,7 @@ class Listener:
         started = loop.time()
         try:
             pool = psqlpy.ConnectionPool(
-                dsn=db.dsn,
+                dsn=db.listen_dsn,
                 max_db_pool_size=2,
                 connect_timeout_sec=max(1, math.ceil(db.connect_timeout)),
                 application_name=db.application_name + "-listener",

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .database import Database
 
 #: The newest revision in ``alembic/versions``; a test checks it against alembic.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 VERSION_TABLE = "alembic_version"
 #: pg_advisory_xact_lock key that serialises migrations of concurrent processes.
 MIGRATION_LOCK_KEY = 0x616D705F6D6967  # "amp_mig"
