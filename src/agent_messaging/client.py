@@ -75,9 +75,15 @@ class AgentMessaging(Generic[T]):
         db = Database.connect(dsn, self.config.max_pool_size)
         try:
             if self.config.apply_migrations:
-                await migrations.ensure_migrated(db.pool, dsn)
+                await migrations.ensure_migrated(db)
+            else:
+                await migrations.check_compatible(db)
             dispatcher = Dispatcher(db, check_interval=self.config.listener_check_interval)
             await dispatcher.start()
+            # a migration by another process is logged (newer and breaking: an error)
+            await dispatcher.subscribe(
+                [migrations.MIGRATIONS_CHANNEL], migrations.log_migration_notice
+            )
         except BaseException:
             await db.close()
             raise
