@@ -159,4 +159,4 @@ def admin(dsn: str, *statements: str) -> None:
     """Run statements with autocommit (roles, schemas, database settings)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         for statement in statements:
-            conn.execute(statement)  # type: ignore[call-overload]
+            conn.execute(statement)

@@ -423,6 +423,8 @@ async def ensure_migrated(db: Database) -> bool:
         log.warning("%s", found.newer_message())
         return False
     result = await asyncio.to_thread(upgrade, db.dsn)
+    if result.rebuilt or result.newer is not None:
+        log.warning("%s", result.describe())
     return bool(result.applied or result.rebuilt)
 
 
@@ -664,7 +666,6 @@ def prepare(connection: Any, attributes: dict[str, Any], versions: Path) -> bool
         if found.breaking:
             raise IncompatibleSchemaError(found.newer_message())
         result.newer = found
-        log.warning("%s", found.newer_message())
         return False
     if found.verdict == "prerelease":
         if not attributes.get("drop_prerelease") and _holds_data(conn):
@@ -677,7 +678,6 @@ def prepare(connection: Any, attributes: dict[str, Any], versions: Path) -> bool
         conn.execute(f"DELETE FROM amp.{VERSION_TABLE}")
         conn.execute(f"DELETE FROM amp.{REVISIONS_TABLE}")
         result.rebuilt = True
-        log.warning("amp schema: dropped the pre-release schema (%s)", found.reason)
     return True
 
 
