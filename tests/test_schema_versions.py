@@ -177,6 +177,7 @@ def test_a_released_revision_applied_from_other_sql_is_an_error(
     state = migrations.DatabaseState(
         baseline, {baseline: migrations.AppliedRevision(baseline, False, "0" * 64, "0.1.0")}
     )
+    monkeypatch.setattr(migrations, "RELEASES", {})
     assert migrations.assess(state).verdict == "prerelease"
     monkeypatch.setattr(migrations, "RELEASES", {"0.1.0": baseline})
     with pytest.raises(SchemaError, match="a frozen revision was edited"):
@@ -228,9 +229,12 @@ async def test_legacy_database_with_data_is_refused_with_one_line(empty_dsn: str
         assert conn.execute("SELECT count(*) FROM amp.organizations").fetchone() == (0,)
 
 
-async def test_database_from_an_earlier_unreleased_baseline(dsn: str) -> None:
+async def test_database_from_an_earlier_unreleased_baseline(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Before the release the baseline is regenerated: a database built from an
     earlier one is told apart by its recorded sql/ hash."""
+    monkeypatch.setattr(migrations, "RELEASES", {})
     admin(dsn, "UPDATE amp.schema_revisions SET sql_hash = 'earlier'")
     admin(dsn, "SELECT amp.register_organization('org1', 'Org One')")
     with pytest.raises(PrereleaseSchemaError, match="earlier, unreleased state"):
