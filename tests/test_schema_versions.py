@@ -229,6 +229,17 @@ async def test_legacy_database_with_data_is_refused_with_one_line(empty_dsn: str
         assert conn.execute("SELECT count(*) FROM amp.organizations").fetchone() == (0,)
 
 
+def test_schema_installed_by_hand_is_not_migrated_over(empty_dsn: str) -> None:
+    apply_sql_dir(empty_dsn)
+    before = catalog(empty_dsn)
+    done = amp("migrate", "--database-url", empty_dsn)
+    assert done.returncode == 1
+    line = done.stderr.strip()
+    assert "\n" not in line, done.stderr
+    assert "no migration is recorded in it" in line and "DROP SCHEMA amp CASCADE" in line
+    assert catalog(empty_dsn) == before
+
+
 async def test_database_from_an_earlier_unreleased_baseline(
     dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

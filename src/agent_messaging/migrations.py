@@ -631,6 +631,23 @@ def _holds_data(conn: Any) -> bool:
     return False
 
 
+def _unrecorded_objects(conn: Any) -> int:
+    """How many relations and functions schema ``amp`` holds besides the bookkeeping."""
+    row = conn.execute(
+        """
+        SELECT (SELECT count(*) FROM pg_class c
+                WHERE c.relnamespace = 'amp'::regnamespace AND c.relkind <> 'i'
+                  AND c.relname <> ALL (%(keep)s)
+                  AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                                  JOIN pg_class t ON t.oid = d.refobjid
+                                  WHERE d.objid = c.oid AND t.relname = ANY (%(keep)s)))
+             + (SELECT count(*) FROM pg_proc p WHERE p.pronamespace = 'amp'::regnamespace)
+        """,
+        {"keep": list(BOOKKEEPING_TABLES)},
+    ).fetchone()
+    return int(row[0])
+
+
 def _read_state_sync(conn: Any) -> DatabaseState:
     has_version, has_revisions = conn.execute(_PRESENT_SQL).fetchone()
     if not has_version:
@@ -661,6 +678,12 @@ def prepare(connection: Any, attributes: dict[str, Any], versions: Path) -> bool
     result.head = chain[-1].revision
     if attributes.get("amp_direction") == "downgrade":
         return True
+    if state.revision is None and (objects := _unrecorded_objects(conn)):
+        raise SchemaError(
+            f"schema amp already holds {objects} objects but no migration is recorded in "
+            "it (installed from sql/ by hand?): refusing to migrate over them; drop them "
+            "(DROP SCHEMA amp CASCADE) and run `amp migrate`"
+        )
     found = assess(state, chain)
     if found.verdict == "newer":
         if found.breaking:
