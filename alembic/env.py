@@ -1,52 +1,43 @@
-"""Alembic environment: applies the SQL of ``sql/`` to the database named by the config.
+"""Alembic environment: runs the frozen revisions of ``versions/`` on one database.
 
 Runs on SQLAlchemy with psycopg 3 (used for migrations only; the SDK talks psqlpy).
 All migrations of one run happen in one transaction that first takes an advisory
-lock, so processes starting at the same time migrate one after the other.
+lock (so processes starting at the same time migrate one after the other), refuses
+an ``amp`` schema owned by another role, and decides whether to run at all: a
+database newer than these scripts is never migrated downward (see
+``agent_messaging.migrations.prepare``).
 """
 
-from sqlalchemy import Connection, create_engine, pool, text
+from pathlib import Path
 
-from agent_messaging.migrations import MIGRATION_LOCK_KEY, VERSION_TABLE, sqlalchemy_url
+from sqlalchemy import create_engine, pool
+
+from agent_messaging import migrations
 from alembic import context
 
 config = context.config
 
 
-def refuse_foreign_schema(connection: Connection) -> None:
-    """Install only into an amp schema of our own: the migrator is a superuser, its
-    owner, or a member of the owner (amp_owner, see sql/security.sql)."""
-    owner = connection.execute(
-        text(
-            "SELECT nspowner::regrole::text AS owner, "
-            "pg_has_role(current_user, nspowner, 'USAGE') AS ours "
-            "FROM pg_namespace WHERE nspname = 'amp'"
-        )
-    ).one()
-    if not owner.ours:
-        raise RuntimeError(
-            f"schema amp is owned by role {owner.owner}, and this role is not a member of "
-            "it: run 'amp migrate' as a superuser or a member of amp_owner"
-        )
-
-
 def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url")
     assert url, "the database url must be set on the alembic config"
-    engine = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool)
-    with engine.connect() as connection:
-        context.configure(
-            connection=connection,
-            version_table=VERSION_TABLE,
-            version_table_schema="amp",
-            transaction_per_migration=False,
-        )
-        with context.begin_transaction():
-            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
-            connection.execute(text("CREATE SCHEMA IF NOT EXISTS amp"))
-            refuse_foreign_schema(connection)
-            context.run_migrations()
-    engine.dispose()
+    versions = Path(context.script.versions)
+    config.attributes.setdefault("amp_versions", str(versions))
+    engine = create_engine(migrations.sqlalchemy_url(url), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            context.configure(
+                connection=connection,
+                version_table=migrations.VERSION_TABLE,
+                version_table_schema="amp",
+                transaction_per_migration=False,
+            )
+            with context.begin_transaction():
+                if migrations.prepare(connection, config.attributes, versions):
+                    context.run_migrations()
+                migrations.finish(connection, config.attributes)
+    finally:
+        engine.dispose()
 
 
 if context.is_offline_mode():

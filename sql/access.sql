@@ -513,3 +513,21 @@ BEGIN
     RETURN v_version;
 END;
 $$;
+
+-- What an SDK checks when it starts: the revision the schema is at, and every applied
+-- revision with its breaking flag (JSON), so that an older SDK can tell whether it may
+-- run on a newer schema. For roles that may not read the bookkeeping tables.
+CREATE OR REPLACE FUNCTION amp.schema_state(OUT current text, OUT applied text)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    current := amp.schema_version();
+    applied := '[]';
+    IF to_regclass('amp.schema_revisions') IS NOT NULL THEN
+        EXECUTE $q$
+            SELECT coalesce(json_agg(json_build_object(
+                       'revision', revision, 'breaking', breaking,
+                       'sql_hash', sql_hash, 'sdk_version', sdk_version)), '[]')::text
+            FROM amp.schema_revisions$q$ INTO applied;
+    END IF;
+END;
+$$;

@@ -48,7 +48,7 @@ LANGUAGE sql IMMUTABLE AS $$
         -- access control
         'bind_organization', 'bind_agent', 'unbind_organization', 'unbind_agent',
         'allow_contact', 'revoke_contact', 'can_act_as', 'role_map', 'contact_list',
-        'agent_channels', 'get_message', 'schema_version',
+        'agent_channels', 'get_message', 'schema_version', 'schema_state',
         -- the views' filters (a view calls functions with its reader's rights)
         'may_act_as_id', 'may_read_meeting'
     ]) AS name

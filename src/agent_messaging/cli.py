@@ -180,15 +180,35 @@ def _config(database_url: str | None) -> Config:
 
 
 @app.command()
-def migrate(database_url: str | None = DatabaseUrl) -> None:
-    """Apply pending migrations (alembic upgrade head)."""
+def migrate(
+    database_url: str | None = DatabaseUrl,
+    drop_prerelease: bool = typer.Option(
+        False,
+        "--drop-prerelease",
+        help="recreate a schema built before the first release (drops its data)",
+    ),
+) -> None:
+    """Apply pending migrations; print the revision before and after."""
     from . import migrations
     from .database import resolve_dsn
+    from .exceptions import SchemaError
 
     dsn = asyncio.run(resolve_dsn(_config(database_url)))
     asyncio.run(_probe(dsn, migrated=False))
-    migrations.upgrade(dsn)
-    console.print(f"[green]amp schema at revision {migrations.script_head()}[/green]")
+    try:
+        result = migrations.upgrade(dsn, drop_prerelease=drop_prerelease)
+    except SchemaError as exc:
+        Console(stderr=True).print(
+            f"amp migrate: {exc}", style="red", markup=False, highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(1) from None
+    console.print(
+        result.describe(),
+        style="yellow" if result.newer is not None else "green",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()

@@ -85,6 +85,7 @@ class AgentMessaging(Generic[T]):
         self._relay: EventRelay | None = None
         self._relay_start: asyncio.Task[None] | None = None
         self._sweeper: TurnSweeper | None = None
+        self._hears_migrations = False
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -97,9 +98,9 @@ class AgentMessaging(Generic[T]):
         db = Database.connect(dsn, self.config.max_pool_size, self.config)
         try:
             if self.config.apply_migrations:
-                await migrations.ensure_migrated(db, dsn)
+                await migrations.ensure_migrated(db)
             else:
-                await db.fetch("SELECT 1 AS ok", read_only=True)  # fail fast
+                await migrations.check_compatible(db)  # fails fast, too
         except BaseException:
             # a failed start leaves nothing behind: no task, no connection
             await db.close()
@@ -162,6 +163,7 @@ class AgentMessaging(Generic[T]):
         if self._dispatcher is not None:
             await self._dispatcher.close()
             self._dispatcher = None
+        self._hears_migrations = False
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -351,7 +353,7 @@ class AgentMessaging(Generic[T]):
 
     def _serve_in_background(self, agents: list[str]) -> None:
         assert self._delivery is not None
-        task = asyncio.ensure_future(self._delivery.serve(agents))
+        task = asyncio.ensure_future(self._serve(agents))
         self._serving.add(task)
 
         def done(finished: asyncio.Task[None]) -> None:
@@ -377,7 +379,19 @@ class AgentMessaging(Generic[T]):
         if self._serving:
             await asyncio.wait(set(self._serving))
         self.serve_error = None
-        await self._delivery.serve(list(self.handlers))
+        await self._serve(list(self.handlers))
+
+    async def _serve(self, agents: list[str]) -> None:
+        """Serve these agents' handlers; a serving process (long-running, listening
+        anyway) also hears migrations made by others and logs them (a newer,
+        breaking one as an error)."""
+        assert self._delivery is not None
+        await self._delivery.serve(agents)
+        if not self._hears_migrations:
+            self._hears_migrations = True
+            await self.dispatcher.subscribe(
+                [migrations.MIGRATIONS_CHANNEL], migrations.log_migration_notice
+            )
 
     async def _reply_from_handler(self, context: MessageContext, answer: Any) -> None:
         """A sync request's handler returned ``answer``: send it as the reply."""

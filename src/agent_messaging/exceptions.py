@@ -261,6 +261,26 @@ class DeliveryTimeoutError(AgentMessagingTimeoutError):
     """``one_way.wait_delivered`` ran out of time: the message is still pending."""
 
 
+class SchemaError(AgentMessagingError):
+    """The database's ``amp`` schema cannot be used or migrated by this SDK."""
+
+
+class IncompatibleSchemaError(SchemaError):
+    """The database was migrated by a newer agent-messaging with a breaking revision
+    this SDK does not know; the message names both versions. Upgrade the SDK (a
+    database is never migrated downward)."""
+
+
+class SchemaOwnershipError(SchemaError):
+    """Schema ``amp`` exists but belongs to another role than the one migrating;
+    nothing is installed into it."""
+
+
+class PrereleaseSchemaError(SchemaError):
+    """The ``amp`` schema was built by a development version from before the first
+    release, holds data and cannot be upgraded; the message says how to recreate it."""
+
+
 #: SQLSTATE -> exception class, for every code of ``amp.error_codes()``.
 SQLSTATE_EXCEPTIONS: dict[str, type[AgentMessagingError]] = {
     cls.sqlstate: cls

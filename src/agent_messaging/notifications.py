@@ -80,6 +80,16 @@ class MeetingEventRecorded(BaseModel):
     agent_id: UUID | None = None
 
 
+class SchemaMigrated(BaseModel):
+    """A migration committed (global channel ``amp_migrations``)."""
+
+    kind: Literal["migration"]
+    revision: str
+    breaking: bool = False
+    direction: str = "upgrade"
+    sdk_version: str = "?"
+
+
 class Unknown(BaseModel):
     """A payload this version does not know (sent by a newer client, say)."""
 
@@ -87,7 +97,13 @@ class Unknown(BaseModel):
 
 
 Known = (
-    Ping | MessageStored | DeliveryFinished | SessionChanged | MeetingChanged | MeetingEventRecorded
+    Ping
+    | MessageStored
+    | DeliveryFinished
+    | SessionChanged
+    | MeetingChanged
+    | MeetingEventRecorded
+    | SchemaMigrated
 )
 Notification = Annotated[Known, Field(discriminator="kind")]
 _ADAPTER: TypeAdapter[Known] = TypeAdapter(Notification)
