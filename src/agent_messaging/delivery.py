@@ -201,9 +201,12 @@ class DeliveryWorker:
         claims."""
         acks = self._ack_task
         keeper = self._keeper
-        for task in self._tasks:
-            if task is not acks and task is not keeper:
-                await tasks.stop(task)
+        # not in the middle of a claim: a claim cancelled after it committed would
+        # leave its messages leased to this worker, untouched until the lease expires
+        async with self._claim_lock:
+            for task in self._tasks:
+                if task is not acks and task is not keeper:
+                    await tasks.stop(task)
         if self.worker_id is not None:
             try:
                 await self.drain(grace)
