@@ -154,7 +154,48 @@ class _Stats:
     waits: list[float] = field(default_factory=list)
 
 
-class Database:
+class _OneRow:
+    """``fetch_one`` and ``fetch_value`` for any class with ``fetch``: the pool and a
+    transaction alike."""
+
+    async def fetch(
+        self,
+        query: str,
+        params: Sequence[Any] | None = None,
+        *,
+        timeout: float | None = None,
+        read_only: bool = False,
+    ) -> list[Row]:
+        raise NotImplementedError
+
+    async def fetch_one(
+        self,
+        query: str,
+        params: Sequence[Any] | None = None,
+        *,
+        timeout: float | None = None,
+        read_only: bool = False,
+    ) -> Row:
+        """Like :meth:`fetch` for a statement that yields exactly one row."""
+        rows = await self.fetch(query, params, timeout=timeout, read_only=read_only)
+        if len(rows) != 1:
+            raise DatabaseError(f"expected one row, got {len(rows)}")
+        return rows[0]
+
+    async def fetch_value(
+        self,
+        query: str,
+        params: Sequence[Any] | None = None,
+        *,
+        timeout: float | None = None,
+        read_only: bool = False,
+    ) -> Any:
+        """The single column of the single row a statement yields."""
+        row = await self.fetch_one(query, params, timeout=timeout, read_only=read_only)
+        return next(iter(row.values()))
+
+
+class Database(_OneRow):
     """A pool of connections plus the helpers every module uses to call ``amp.*``."""
 
     def __init__(
@@ -631,32 +672,6 @@ class Database:
         """
         return await self._run(query, params, timeout, write=not read_only)
 
-    async def fetch_one(
-        self,
-        query: str,
-        params: Sequence[Any] | None = None,
-        *,
-        timeout: float | None = None,
-        read_only: bool = False,
-    ) -> Row:
-        """Like :meth:`fetch` for a statement that yields exactly one row."""
-        rows = await self.fetch(query, params, timeout=timeout, read_only=read_only)
-        if len(rows) != 1:
-            raise DatabaseError(f"expected one row, got {len(rows)}")
-        return rows[0]
-
-    async def fetch_value(
-        self,
-        query: str,
-        params: Sequence[Any] | None = None,
-        *,
-        timeout: float | None = None,
-        read_only: bool = False,
-    ) -> Any:
-        """The single column of the single row a statement yields."""
-        row = await self.fetch_one(query, params, timeout=timeout, read_only=read_only)
-        return next(iter(row.values()))
-
     # -- transactions ----------------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -718,7 +733,7 @@ class Database:
         await asyncio.sleep(_SETTLE_SECONDS)
 
 
-class DbTransaction:
+class DbTransaction(_OneRow):
     """One open transaction on one pool connection (:meth:`Database.transaction`).
 
     Its statements bind their parameters and have deadlines like every call of the
@@ -779,32 +794,6 @@ class DbTransaction:
         """Run one statement with bound parameters in the transaction; its rows as
         dicts (``read_only`` is accepted for symmetry with :meth:`Database.fetch`)."""
         return await self._run(query, params, timeout, rows=True)
-
-    async def fetch_one(
-        self,
-        query: str,
-        params: Sequence[Any] | None = None,
-        *,
-        timeout: float | None = None,
-        read_only: bool = False,
-    ) -> Row:
-        """Like :meth:`fetch` for a statement that yields exactly one row."""
-        rows = await self.fetch(query, params, timeout=timeout)
-        if len(rows) != 1:
-            raise DatabaseError(f"expected one row, got {len(rows)}")
-        return rows[0]
-
-    async def fetch_value(
-        self,
-        query: str,
-        params: Sequence[Any] | None = None,
-        *,
-        timeout: float | None = None,
-        read_only: bool = False,
-    ) -> Any:
-        """The single column of the single row a statement yields."""
-        row = await self.fetch_one(query, params, timeout=timeout)
-        return next(iter(row.values()))
 
     async def _commit(self) -> None:
         if self._failed is not None:
