@@ -565,6 +565,9 @@ class Database(_OneRow):
             cancel = asyncio.ensure_future(self._cancel_backend(slot.pid, CANCEL_GRACE))
             self._background.add(cancel)
             cancel.add_done_callback(self._background.discard)
+            # a cancel can reach the backend after its statement ended and then cancel
+            # the next one: never reuse a connection a cancel was sent to
+            slot.discard = True
             try:
                 await asyncio.wait({running}, timeout=CANCEL_GRACE)
             except asyncio.CancelledError:
@@ -606,6 +609,7 @@ class Database(_OneRow):
         async def settle() -> None:
             try:
                 if not running.done():
+                    slot.discard = True  # the cancel may land late: never reuse it
                     with contextlib.suppress(Exception):
                         await self._cancel_backend(slot.pid, 5.0)
                     await asyncio.wait({running}, timeout=_ABANDON_PATIENCE)
