@@ -344,6 +344,7 @@ RETURNS TABLE (
 LANGUAGE plpgsql AS $$
 DECLARE
     v_failed amp.messages;  -- a message settled here without a handler
+    v_ids uuid[];
 BEGIN
     PERFORM amp.require_worker(p_worker, true);
     PERFORM amp.lease_commit();
@@ -388,8 +389,10 @@ BEGIN
         PERFORM amp.notify_delivery(v_failed);
     END LOOP;
 
-    RETURN QUERY
-    WITH candidates AS (
+    -- the lease first (its ids in an array), then the update by primary key: the
+    -- planner cannot then pick a join plan from stale statistics of this small,
+    -- fast-changing table
+    SELECT array_agg(x.message_id) INTO v_ids FROM (
         SELECT d.message_id
         FROM amp.deliveries d
         JOIN amp.worker_agents wa ON wa.agent_id = d.recipient_id AND wa.worker_id = p_worker
@@ -398,11 +401,15 @@ BEGIN
         ORDER BY d.seq
         LIMIT p_limit
         FOR UPDATE OF d SKIP LOCKED
-    ), claimed AS (
+    ) x;
+    IF v_ids IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH claimed AS (
         UPDATE amp.deliveries d
         SET claimed_by = p_worker, claim_expires_at = now() + p_lease, attempts = d.attempts + 1
-        FROM candidates c
-        WHERE d.message_id = c.message_id
+        WHERE d.message_id = ANY (v_ids)
         RETURNING d.message_id, d.attempts
     )
     SELECT m.id, m.seq, m.message_type, m.content, m.metadata, m.session_id, m.meeting_id,
