@@ -1,7 +1,8 @@
 -- amp: storing messages, one-way sends, and push delivery to handlers.
 --
 -- Pushed messages (one-way, sync requests, meeting invitations) are rows with
--- delivery_status = 'pending'. An SDK process (a "worker") that runs the handler of
+-- delivery_status = 'pending', each with a row in amp.deliveries (its lease,
+-- attempts and retry time) until the outcome is final. An SDK process (a "worker") that runs the handler of
 -- the recipient claims them with a lease (FOR UPDATE SKIP LOCKED), invokes the
 -- handler and acknowledges. A failure is retried with backoff until the attempts
 -- run out ('failed', visible in amp.failed_deliveries). A worker that dies keeps
@@ -303,9 +304,12 @@ DECLARE
 BEGIN
     PERFORM amp.require_worker(p_worker);
     FOR v_message IN
-        UPDATE amp.messages SET claimed_by = NULL, claim_expires_at = NULL
-        WHERE claimed_by = p_worker AND delivery_status = 'pending'
-        RETURNING *
+        WITH released AS (
+            UPDATE amp.deliveries SET claimed_by = NULL, claim_expires_at = NULL
+            WHERE claimed_by = p_worker
+            RETURNING message_id
+        )
+        SELECT m.* FROM amp.messages m JOIN released r ON r.message_id = m.id
     LOOP
         PERFORM amp.notify_message(v_message);
     END LOOP;
@@ -340,17 +344,23 @@ RETURNS TABLE (
 LANGUAGE plpgsql AS $$
 DECLARE
     v_failed amp.messages;  -- a message settled here without a handler
+    v_ids uuid[];
 BEGIN
     PERFORM amp.require_worker(p_worker, true);
     PERFORM amp.lease_commit();
     FOR v_failed IN
+        WITH gone AS (
+            DELETE FROM amp.deliveries d
+            USING amp.worker_agents wa
+            WHERE wa.worker_id = p_worker AND d.recipient_id = wa.agent_id
+              AND d.claim_expires_at < now() AND d.attempts >= p_max_attempts
+            RETURNING d.*
+        )
         UPDATE amp.messages m
-        SET delivery_status = 'failed', claimed_by = NULL, claim_expires_at = NULL,
-            last_error = coalesce(m.last_error, 'lease expired: the handler process stopped')
-        FROM amp.worker_agents wa
-        WHERE wa.worker_id = p_worker AND m.recipient_id = wa.agent_id
-          AND m.delivery_status = 'pending' AND m.claim_expires_at < now()
-          AND m.attempts >= p_max_attempts
+        SET delivery_status = 'failed', attempts = g.attempts,
+            last_error = coalesce(g.last_error, 'lease expired: the handler process stopped')
+        FROM gone g
+        WHERE m.id = g.message_id
         RETURNING m.*
     LOOP
         PERFORM amp.notify_delivery(v_failed);
@@ -359,44 +369,56 @@ BEGIN
     -- a sync request nobody waits on any more (answered directly, timed out, or
     -- its conversation ended) is moot: do not run a handler for it
     FOR v_failed IN
+        WITH gone AS (
+            DELETE FROM amp.deliveries d
+            USING amp.worker_agents wa
+            WHERE wa.worker_id = p_worker AND d.recipient_id = wa.agent_id
+              AND d.message_type = 'sync_request'
+              AND (d.claim_expires_at IS NULL OR d.claim_expires_at < now())
+              AND NOT EXISTS (SELECT 1 FROM amp.sessions s WHERE s.waiting_for = d.message_id
+                              AND (s.wait_deadline IS NULL OR s.wait_deadline > now()))
+            RETURNING d.*
+        )
         UPDATE amp.messages m
-        SET delivery_status = 'delivered', delivered_at = now(), claimed_by = NULL,
-            claim_expires_at = NULL, last_error = 'not handled: no longer awaited'
-        FROM amp.worker_agents wa
-        WHERE wa.worker_id = p_worker AND m.recipient_id = wa.agent_id
-          AND m.delivery_status = 'pending' AND m.message_type = 'sync_request'
-          AND (m.claim_expires_at IS NULL OR m.claim_expires_at < now())
-          AND NOT EXISTS (SELECT 1 FROM amp.sessions s WHERE s.waiting_for = m.id
-                          AND (s.wait_deadline IS NULL OR s.wait_deadline > now()))
+        SET delivery_status = 'delivered', delivered_at = now(), attempts = g.attempts,
+            last_error = 'not handled: no longer awaited'
+        FROM gone g
+        WHERE m.id = g.message_id
         RETURNING m.*
     LOOP
         PERFORM amp.notify_delivery(v_failed);
     END LOOP;
 
-    RETURN QUERY
-    WITH candidates AS (
-        SELECT m.id
-        FROM amp.messages m
-        JOIN amp.worker_agents wa ON wa.agent_id = m.recipient_id AND wa.worker_id = p_worker
-        WHERE m.delivery_status = 'pending'
-          AND m.available_at <= now()
-          AND (m.claim_expires_at IS NULL OR m.claim_expires_at < now())
-        ORDER BY m.seq
+    -- the lease first (its ids in an array), then the update by primary key: the
+    -- planner cannot then pick a join plan from stale statistics of this small,
+    -- fast-changing table
+    SELECT array_agg(x.message_id) INTO v_ids FROM (
+        SELECT d.message_id
+        FROM amp.deliveries d
+        JOIN amp.worker_agents wa ON wa.agent_id = d.recipient_id AND wa.worker_id = p_worker
+        WHERE d.available_at <= now()
+          AND (d.claim_expires_at IS NULL OR d.claim_expires_at < now())
+        ORDER BY d.seq
         LIMIT p_limit
-        FOR UPDATE OF m SKIP LOCKED
-    ), claimed AS (
-        UPDATE amp.messages m
-        SET claimed_by = p_worker, claim_expires_at = now() + p_lease, attempts = m.attempts + 1
-        FROM candidates c
-        WHERE m.id = c.id
-        RETURNING m.*
+        FOR UPDATE OF d SKIP LOCKED
+    ) x;
+    IF v_ids IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH claimed AS (
+        UPDATE amp.deliveries d
+        SET claimed_by = p_worker, claim_expires_at = now() + p_lease, attempts = d.attempts + 1
+        WHERE d.message_id = ANY (v_ids)
+        RETURNING d.message_id, d.attempts
     )
-    SELECT c.id, c.seq, c.message_type, c.content, c.metadata, c.session_id, c.meeting_id,
+    SELECT m.id, m.seq, m.message_type, m.content, m.metadata, m.session_id, m.meeting_id,
            c.attempts, s.external_id, s.name, r.external_id, r.name
     FROM claimed c
-    LEFT JOIN amp.agents s ON s.id = c.sender_id
-    JOIN amp.agents r ON r.id = c.recipient_id
-    ORDER BY c.seq;
+    JOIN amp.messages m ON m.id = c.message_id
+    LEFT JOIN amp.agents s ON s.id = m.sender_id
+    JOIN amp.agents r ON r.id = m.recipient_id
+    ORDER BY m.seq;
 END;
 $$;
 
@@ -408,12 +430,18 @@ DECLARE
     v_message amp.messages;
 BEGIN
     PERFORM amp.require_worker(p_worker);
-    UPDATE amp.messages
-    SET delivery_status = 'delivered', delivered_at = now(),
-        claimed_by = NULL, claim_expires_at = NULL
-    WHERE id = p_message_id AND claimed_by = p_worker AND delivery_status = 'pending'
-    RETURNING * INTO v_message;
-    IF NOT FOUND THEN
+    WITH gone AS (
+        DELETE FROM amp.deliveries d
+        WHERE d.message_id = p_message_id AND d.claimed_by = p_worker
+        RETURNING d.message_id, d.attempts, d.last_error
+    )
+    UPDATE amp.messages m
+    SET delivery_status = 'delivered', delivered_at = now(), attempts = g.attempts,
+        last_error = g.last_error
+    FROM gone g
+    WHERE m.id = g.message_id
+    RETURNING m.* INTO v_message;
+    IF v_message.id IS NULL THEN
         PERFORM amp.raise_error('AM050', format(
             'message %s is not leased by worker %s (lease expired?)', p_message_id, p_worker));
     END IF;
@@ -435,12 +463,17 @@ DECLARE
 BEGIN
     PERFORM amp.require_worker(p_worker);
     PERFORM amp.lease_commit();
-    WITH acked AS (
-        UPDATE amp.messages
-        SET delivery_status = 'delivered', delivered_at = now(),
-            claimed_by = NULL, claim_expires_at = NULL
-        WHERE id = ANY (p_message_ids) AND claimed_by = p_worker AND delivery_status = 'pending'
-        RETURNING id
+    WITH gone AS (
+        DELETE FROM amp.deliveries d
+        WHERE d.message_id = ANY (p_message_ids) AND d.claimed_by = p_worker
+        RETURNING d.message_id, d.attempts, d.last_error
+    ), acked AS (
+        UPDATE amp.messages m
+        SET delivery_status = 'delivered', delivered_at = now(), attempts = g.attempts,
+            last_error = g.last_error
+        FROM gone g
+        WHERE m.id = g.message_id
+        RETURNING m.id
     )
     SELECT coalesce(array_agg(id), '{}') INTO v_acked FROM acked;
     FOR v_sender IN
@@ -463,6 +496,7 @@ CREATE OR REPLACE FUNCTION amp.fail_delivery(
 RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_delivery amp.deliveries;
     v_message amp.messages;
 BEGIN
     PERFORM amp.require_worker_arg(p_worker);
@@ -476,15 +510,24 @@ BEGIN
         PERFORM amp.raise_error('AM001', 'max attempts (p_max_attempts) must not be null');
     END IF;
     PERFORM amp.require_worker(p_worker);
-    UPDATE amp.messages
-    SET delivery_status = CASE WHEN attempts >= p_max_attempts THEN 'failed' ELSE 'pending' END,
-        available_at = now() + p_retry_in,
+    UPDATE amp.deliveries d
+    SET available_at = now() + p_retry_in,
         claimed_by = NULL, claim_expires_at = NULL, last_error = p_error
-    WHERE id = p_message_id AND claimed_by = p_worker AND delivery_status = 'pending'
-    RETURNING * INTO v_message;
+    WHERE d.message_id = p_message_id AND d.claimed_by = p_worker
+    RETURNING d.* INTO v_delivery;
     IF NOT FOUND THEN
         PERFORM amp.raise_error('AM050', format(
             'message %s is not leased by worker %s (lease expired?)', p_message_id, p_worker));
+    END IF;
+    IF v_delivery.attempts >= p_max_attempts THEN
+        -- the attempts are used up: final, the hot row goes, the history row says so
+        DELETE FROM amp.deliveries d WHERE d.message_id = p_message_id;
+        UPDATE amp.messages m
+        SET delivery_status = 'failed', attempts = v_delivery.attempts, last_error = p_error
+        WHERE m.id = p_message_id
+        RETURNING * INTO v_message;
+    ELSE
+        SELECT * INTO v_message FROM amp.messages m WHERE m.id = p_message_id;
     END IF;
     IF v_message.delivery_status = 'failed' THEN
         PERFORM amp.notify_delivery(v_message);
@@ -501,12 +544,12 @@ $$;
 CREATE OR REPLACE FUNCTION amp.next_delivery_at(p_worker uuid)
 RETURNS timestamptz
 LANGUAGE sql STABLE AS $$
-    SELECT min(CASE WHEN m.claim_expires_at IS NOT NULL
-                    THEN greatest(m.claim_expires_at, m.available_at)
-                    ELSE m.available_at END)
-    FROM amp.messages m
-    JOIN amp.worker_agents wa ON wa.agent_id = m.recipient_id AND wa.worker_id = p_worker
-    WHERE m.delivery_status = 'pending' AND amp.require_worker(p_worker)
+    SELECT min(CASE WHEN d.claim_expires_at IS NOT NULL
+                    THEN greatest(d.claim_expires_at, d.available_at)
+                    ELSE d.available_at END)
+    FROM amp.deliveries d
+    JOIN amp.worker_agents wa ON wa.agent_id = d.recipient_id AND wa.worker_id = p_worker
+    WHERE amp.require_worker(p_worker)
 $$;
 
 -- Many one-way messages from one sender in one call and one transaction: element i
@@ -584,9 +627,9 @@ BEGIN
     PERFORM amp.require_worker(p_worker);
     PERFORM amp.lease_commit();
     RETURN QUERY
-    UPDATE amp.messages SET claim_expires_at = now() + p_lease
-    WHERE id = ANY (p_message_ids) AND claimed_by = p_worker AND delivery_status = 'pending'
-    RETURNING id;
+    UPDATE amp.deliveries d SET claim_expires_at = now() + p_lease
+    WHERE d.message_id = ANY (p_message_ids) AND d.claimed_by = p_worker
+    RETURNING d.message_id;
 END;
 $$;
 
@@ -598,6 +641,7 @@ RETURNS TABLE (delivery_status text, last_error text, attempts integer, sender_c
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_message amp.messages;
+    v_delivery amp.deliveries;
 BEGIN
     SELECT * INTO v_message FROM amp.messages m
     WHERE m.id = p_message_id AND m.delivery_status IS NOT NULL;
@@ -606,6 +650,13 @@ BEGIN
     END IF;
     -- the sender's question (its answer names the sender's channel)
     PERFORM amp.require_actor(a) FROM amp.agents a WHERE a.id = v_message.sender_id;
+    IF v_message.delivery_status = 'pending' THEN  -- its live attempts are in the hot row
+        SELECT * INTO v_delivery FROM amp.deliveries d WHERE d.message_id = p_message_id;
+        IF FOUND THEN
+            v_message.attempts := v_delivery.attempts;
+            v_message.last_error := v_delivery.last_error;
+        END IF;
+    END IF;
     RETURN QUERY SELECT v_message.delivery_status, v_message.last_error, v_message.attempts,
                         amp.agent_channel_by_id(v_message.sender_id);
 END;

@@ -100,8 +100,12 @@ CREATE INDEX meeting_participants_agent_idx ON amp.meeting_participants (agent_i
 
 -- Every message of every pattern. `seq` is the total order (timestamps tie
 -- inside one transaction). Push delivery (one-way, sync requests, meeting
--- invitations) is tracked in the delivery_* columns; inbox read state (read_at)
--- is independent of it.
+-- invitations): delivery_status is 'pending' until the outcome is final, then
+-- 'delivered' or 'failed' with attempts, delivered_at and last_error; while it is
+-- pending, its live state (leases, attempts, retries) is in amp.deliveries, not
+-- here, so claims never rewrite a history row (available_at, claimed_by and
+-- claim_expires_at here stay as inserted). Inbox read state (read_at) is
+-- independent of push delivery.
 CREATE TABLE amp.messages (
     id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     seq              bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
@@ -139,15 +143,6 @@ CREATE TABLE amp.messages (
     read_receipt     uuid,
     read_lease_until timestamptz
 );
--- the claim query: pending work of one recipient, oldest first
-CREATE INDEX messages_pending_delivery_idx ON amp.messages (recipient_id, seq)
-    WHERE delivery_status = 'pending';
--- a claim's housekeeping must not scan the backlog: leases that may have expired,
--- and sync requests that may have become moot, are indexed apart
-CREATE INDEX messages_leased_idx ON amp.messages (claim_expires_at)
-    WHERE delivery_status = 'pending' AND claim_expires_at IS NOT NULL;
-CREATE INDEX messages_pending_requests_idx ON amp.messages (recipient_id)
-    WHERE delivery_status = 'pending' AND message_type = 'sync_request';
 -- the inbox: unread async messages of one recipient
 CREATE INDEX messages_unread_idx ON amp.messages (recipient_id, seq)
     WHERE read_at IS NULL AND message_type = 'async';
@@ -162,6 +157,72 @@ CREATE INDEX messages_meeting_idx ON amp.messages (meeting_id, seq)
 CREATE INDEX messages_reply_to_idx ON amp.messages (reply_to) WHERE reply_to IS NOT NULL;
 CREATE UNIQUE INDEX messages_idempotency_idx ON amp.messages (sender_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
+
+-- Push delivery's hot state: one small row per pending pushed message, made by the
+-- trigger below whenever a message is stored with delivery_status = 'pending'
+-- (whoever inserts it), deleted when the outcome is final (the message row then
+-- gets its final delivery_status, attempts and last_error, its only update).
+-- Claims, lease extensions and retries update this table, whose size is the
+-- backlog, never the history: a claim reads (recipient_id, seq) here, not a walk
+-- of amp.messages, and leaves no dead version of a wide history row behind.
+-- seq and message_type are copies (immutable in amp.messages) for the claim's order
+-- and the housekeeping of sync requests.
+CREATE TABLE amp.deliveries (
+    message_id       uuid PRIMARY KEY REFERENCES amp.messages (id) ON DELETE CASCADE,
+    recipient_id     uuid NOT NULL,
+    seq              bigint NOT NULL,
+    message_type     text NOT NULL,
+    attempts         integer NOT NULL DEFAULT 0,
+    available_at     timestamptz NOT NULL DEFAULT now(),
+    claimed_by       uuid,
+    claim_expires_at timestamptz,
+    last_error       text
+);
+-- the claim query: pending work of one recipient, oldest first
+CREATE INDEX deliveries_recipient_idx ON amp.deliveries (recipient_id, seq);
+-- a claim's housekeeping must not scan the backlog: leases that may have expired,
+-- and sync requests that may have become moot, are indexed apart
+CREATE INDEX deliveries_leased_idx ON amp.deliveries (claim_expires_at)
+    WHERE claim_expires_at IS NOT NULL;
+CREATE INDEX deliveries_requests_idx ON amp.deliveries (recipient_id)
+    WHERE message_type = 'sync_request';
+
+CREATE FUNCTION amp.enqueue_delivery() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO amp.deliveries (message_id, recipient_id, seq, message_type, attempts,
+                                available_at, claimed_by, claim_expires_at, last_error)
+    VALUES (NEW.id, NEW.recipient_id, NEW.seq, NEW.message_type, NEW.attempts,
+            NEW.available_at, NEW.claimed_by, NEW.claim_expires_at, NEW.last_error);
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER messages_enqueue_delivery AFTER INSERT ON amp.messages
+    FOR EACH ROW WHEN (NEW.delivery_status = 'pending' AND NEW.recipient_id IS NOT NULL)
+    EXECUTE FUNCTION amp.enqueue_delivery();
+
+-- Autovacuum (the defaults wait until 20 % of a table is dead, which for a history
+-- of millions of rows is millions of dead versions that every scan steps over):
+-- * amp.messages is append-mostly (each pushed message is updated once, when its
+--   outcome is final; inbox reads set read_at): vacuum and analyze after 1 % / 2 %
+--   of it changed, and after 1 % inserted (keeps the visibility map current for
+--   index-only scans and freezes in small steps);
+-- * amp.deliveries is tiny and churns (every pushed message inserts, updates and
+--   deletes a row): vacuum it whenever a few hundred versions are dead, without the
+--   cost-based pause, so it stays the size of the backlog.
+ALTER TABLE amp.messages SET (
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_insert_scale_factor = 0.01,
+    autovacuum_analyze_scale_factor = 0.02);
+ALTER TABLE amp.deliveries SET (
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 500,
+    autovacuum_vacuum_insert_scale_factor = 0,
+    autovacuum_vacuum_insert_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0,
+    autovacuum_analyze_threshold = 500,
+    autovacuum_vacuum_cost_delay = 0);
 
 CREATE TABLE amp.meeting_events (
     id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),

@@ -56,7 +56,7 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT name, false FROM unnest(ARRAY[
         -- agents.sql, schema.sql
         'raise_error', 'agent_channel_by_id', 'require_external_id', 'require_name',
-        'touch_updated_at', 'name_agent_channel', 'setting', 'settings_check', 'page_size',
+        'touch_updated_at', 'name_agent_channel', 'enqueue_delivery', 'setting', 'settings_check', 'page_size',
         -- delivery.sql
         'check_message', 'check_json', 'resolve_pair', 'store_message', 'idempotent_message',
         'notify_message', 'notify_delivery', 'lease_commit', 'require_worker_arg',

@@ -278,9 +278,10 @@ CLAIMERS = Scenario(
         "claim3": ("s3", CLAIM.format("w3", 10)),
     },
     check="""
-SELECT string_agg(m.content::text || '>' || CASE m.claimed_by WHEN %(w1)s THEN 'w1'
+SELECT string_agg(m.content::text || '>' || CASE d.claimed_by WHEN %(w1)s THEN 'w1'
            WHEN %(w2)s THEN 'w2' WHEN %(w3)s THEN 'w3' ELSE '-' END, ' ' ORDER BY m.seq)
-FROM amp.messages m WHERE m.message_type = 'one_way'
+FROM amp.messages m LEFT JOIN amp.deliveries d ON d.message_id = m.id
+WHERE m.message_type = 'one_way'
 """,
     sessions=("s1", "s2", "s3"),
 )

@@ -83,11 +83,13 @@ async def test_close_drains_up_to_the_shutdown_timeout(dsn: str) -> None:
         stuck = await sdk.one_way.send("alice", "bob", {"n": 99})
     assert sorted(done) == list(range(20))
     async with AgentMessaging[Any](make_config(dsn)) as sdk:
-        rows = await sdk.db.fetch("SELECT id, delivery_status, claimed_by FROM amp.messages")
+        rows = await sdk.db.fetch("SELECT id, delivery_status FROM amp.messages")
+        leases = await sdk.db.fetch("SELECT message_id, claimed_by FROM amp.deliveries")
     status = {str(r["id"]): r["delivery_status"] for r in rows}
     assert all(status[str(i)] == "delivered" for i in ids)
     assert status[str(stuck)] == "pending"
-    assert all(r["claimed_by"] is None for r in rows)  # handed back, not leased
+    # handed back, not leased (the lease lives in amp.deliveries while it is pending)
+    assert [(str(r["message_id"]), r["claimed_by"]) for r in leases] == [(str(stuck), None)]
 
 
 async def test_registering_twice_inside_async_with_serves_both(dsn: str) -> None:
