@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 from . import content, tasks, validation
-from .dispatcher import AnyNotification
+from .dispatcher import AnyNotification, Outcome
 from .exceptions import (
     TRANSIENT_ERRORS,
     AgentMessagingError,
@@ -84,24 +84,16 @@ class SyncConversation(Generic[T]):
         deadline = loop.time() + timeout
         args = sdk.message_args(sender_external_id, recipient_external_id, message, metadata)
         channel = await sdk.agent_channel(sender_external_id)
-        woken = asyncio.Event()
         carried: dict[UUID, Any] = {}  # replies whose hint carried the content
 
-        def hint(_: str, notification: AnyNotification) -> None:
+        def wanted(notification: AnyNotification) -> bool:
             stored = notification if isinstance(notification, MessageStored) else None
             if stored is not None and stored.reply is not None and stored.reply_to is not None:
                 carried[stored.reply_to] = stored.reply.content
-            if isinstance(notification, MessageStored | SessionChanged):
-                woken.set()
-
-        async def catch_up() -> None:
-            woken.set()
+            return isinstance(notification, MessageStored | SessionChanged)
 
         # LISTEN before sending: the reply cannot slip between the send and the wait
-        dispatcher = sdk.dispatcher
-        await dispatcher.subscribe([channel], hint)
-        dispatcher.add_catch_up(catch_up)
-        try:
+        async with sdk.dispatcher.waiting([channel], wanted) as wait:
             row = await sdk.db.fetch_one(
                 "SELECT request_id FROM amp.sync_send($1, $2, $3::text::jsonb, "
                 "$4::text::jsonb, $5, make_interval(secs => $6::float8))",
@@ -112,14 +104,28 @@ class SyncConversation(Generic[T]):
             sdk.poke_delivery(recipient_external_id)
             settled = False
             try:
-                result = await self._wait(
-                    request,
-                    sender_external_id,
-                    recipient_external_id,
-                    timeout,
+
+                async def check(remaining: float | None) -> Outcome[T] | None:
+                    if request in carried:
+                        # the reply's own hint carried it: committed, no need to read it
+                        return Outcome(content.decode(sdk.message_adapter, carried[request]))
+                    return await self._outcome(request, remaining)
+
+                # no check before the first wait: the request was stored a moment ago
+                # while we already listened, so its reply (or the end) will notify us
+                outcome = await wait.until(
+                    check,
                     deadline,
-                    woken,
-                    carried,
+                    sdk.config.poll_interval,
+                    check_first=False,
+                    retried=TRANSIENT_ERRORS,
+                )
+                result = (
+                    outcome.value
+                    if outcome is not None
+                    else await self._give_up(
+                        request, sender_external_id, recipient_external_id, timeout
+                    )
                 )
                 settled = True
                 return result
@@ -129,52 +135,6 @@ class SyncConversation(Generic[T]):
             finally:
                 if not settled:  # an error or a cancellation: nobody may stay locked
                     self._unlock_later(sender_external_id, recipient_external_id, request)
-        finally:
-            dispatcher.remove_catch_up(catch_up)
-            await dispatcher.unsubscribe([channel], hint)
-
-    async def _wait(
-        self,
-        request: UUID,
-        sender: str,
-        recipient: str,
-        timeout: float,
-        deadline: float,
-        woken: asyncio.Event,
-        carried: dict[UUID, Any] | None = None,
-    ) -> T:
-        sdk = self._sdk
-        loop = asyncio.get_running_loop()
-        retry = 0.05
-        # No check before the first wait: the request was stored a moment ago while
-        # we already listened, so its reply (or the end) will notify us.
-        while True:
-            remaining = deadline - loop.time()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    woken.wait(), max(0.0, min(remaining, sdk.config.poll_interval))
-                )
-            woken.clear()
-            if carried and request in carried:
-                # the reply's own hint carried it: it is committed, no need to read it
-                reply: T = content.decode(sdk.message_adapter, carried[request])
-                return reply
-            remaining = deadline - loop.time()
-            if remaining > 0:
-                try:
-                    outcome = await self._outcome(request, remaining)
-                except TRANSIENT_ERRORS as exc:
-                    # ride out the outage: check again (soon) until the deadline
-                    log.warning("checking for the reply to %s failed, retrying: %s", request, exc)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(woken.wait(), min(retry, remaining))
-                    retry = min(retry * 2, 0.5)
-                    continue
-                retry = 0.05
-                if outcome is not None:
-                    return outcome
-                continue
-            return await self._give_up(request, sender, recipient, timeout)
 
     async def _give_up(self, request: UUID, sender: str, recipient: str, timeout: float) -> T:
         """The deadline passed: cancel the wait in SQL, unless the reply (or the end)
@@ -201,7 +161,8 @@ class SyncConversation(Generic[T]):
         if outcome is None:
             self._unlock_later(sender, recipient, request)
             raise expired
-        return outcome
+        reply: T = outcome.value
+        return reply
 
     def _unlock_later(self, sender: str, recipient: str, request: UUID) -> None:
         """Cancel the wait in SQL from a background task, retrying (bounded) while the
@@ -238,7 +199,7 @@ class SyncConversation(Generic[T]):
         for task in list(self._unlocks):
             await tasks.stop(task)
 
-    async def _outcome(self, request: UUID, timeout: float | None = None) -> T | None:
+    async def _outcome(self, request: UUID, timeout: float | None = None) -> Outcome[T] | None:
         """The reply if there is one; raises if the wait is over without one."""
         row = await self._sdk.db.fetch_one(
             "SELECT status, content::text AS content FROM amp.sync_result($1)",
@@ -248,8 +209,7 @@ class SyncConversation(Generic[T]):
         )
         status = row["status"]
         if status == "replied":
-            reply: T = content.decode(self._sdk.message_adapter, content.loads(row["content"]))
-            return reply
+            return Outcome(content.decode(self._sdk.message_adapter, content.loads(row["content"])))
         if status == "ended":
             raise ConversationEndedError(f"the conversation of request {request} was ended")
         if status == "cancelled":

@@ -13,7 +13,6 @@ in ``amp.failed_deliveries``) and the others are returned.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -23,7 +22,7 @@ from pydantic import BaseModel
 
 from . import content, validation
 from .database import Row
-from .dispatcher import AnyNotification
+from .dispatcher import AnyNotification, Outcome
 from .exceptions import TRANSIENT_ERRORS, HandlerExecutionError, HandlerNotRegisteredError
 from .models import MessageContext
 from .notifications import MessageStored
@@ -220,52 +219,25 @@ class AsyncConversation(Generic[T]):
         validation.optional_external_id("sender external id", sender_external_id)
         timeout = validation.timeout("timeout", timeout)
         channel = await sdk.agent_channel(recipient_external_id)
-        woken = asyncio.Event()
 
-        def hint(_: str, notification: AnyNotification) -> None:
-            if isinstance(notification, MessageStored) and notification.message_type == "async":
-                woken.set()
+        def wanted(notification: AnyNotification) -> bool:
+            return isinstance(notification, MessageStored) and notification.message_type == "async"
 
-        async def catch_up() -> None:
-            woken.set()
+        async def check(remaining: float | None) -> Outcome[T] | None:
+            taken = await self._take(recipient_external_id, sender_external_id, 1, remaining)
+            return Outcome(taken[0][1]) if taken else None
 
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        await sdk.dispatcher.subscribe([channel], hint)
-        sdk.dispatcher.add_catch_up(catch_up)
-        retry = 0.05
-        try:
-            while True:
-                woken.clear()
-                try:
-                    taken = await self._take(
-                        recipient_external_id,
-                        sender_external_id,
-                        1,
-                        None if deadline is None else max(0.001, deadline - loop.time()),
-                    )
-                    retry = 0.05
-                except TRANSIENT_ERRORS:
-                    if deadline is not None and loop.time() >= deadline:
-                        return None
-                    taken = []
-                    woken.set()  # check again after a short pause, not a whole poll
-                    pause = retry if deadline is None else deadline - loop.time()
-                    await asyncio.sleep(max(0.0, min(retry, pause)))
-                    retry = min(retry * 2, 0.5)
-                if taken:
-                    return taken[0][1]
-                wait = sdk.config.poll_interval
-                if deadline is not None:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        return None
-                    wait = min(wait, remaining)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), wait)
-        finally:
-            sdk.dispatcher.remove_catch_up(catch_up)
-            await sdk.dispatcher.unsubscribe([channel], hint)
+        outcome = await sdk.dispatcher.wait_until(
+            [channel],
+            check,
+            deadline,
+            sdk.config.poll_interval,
+            wanted=wanted,
+            retried=TRANSIENT_ERRORS,
+        )
+        return None if outcome is None else outcome.value
 
     async def resume_agent_handler(self, agent_external_id: str) -> int:
         """Invoke the agent's handler (registered in this process) for each unread

@@ -20,13 +20,14 @@ import asyncio
 import contextlib
 import enum
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
 from . import content, tasks, validation
-from .dispatcher import AnyNotification
+from .database import Row
+from .dispatcher import AnyNotification, Check, Outcome, Wanted
 from .exceptions import (
-    TRANSIENT_ERRORS,
     AgentNotInMeetingError,
     InvalidInputError,
     InvalidMeetingError,
@@ -51,8 +52,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 log = logging.getLogger("agent_messaging.meetings")
 
-#: what a wait rides out (a check that ran out of time, a lost connection)
-_RETRIED: tuple[type[Exception], ...] = (TimeoutError, *TRANSIENT_ERRORS)
 #: the longest turn_duration the SDK sends (seconds, one year): the server's own
 #: limit, ``amp.setting('max_turn_duration_seconds')`` (default one week), is lower
 MAX_TURN_DURATION = 31_536_000.0
@@ -382,19 +381,27 @@ class MeetingManager(Generic[T]):
                 and str(notification.speaker_id) == state.get("agent_id")
             )
 
-        async def check() -> dict[str, Any] | None:
+        async def check(remaining: float | None) -> Outcome[Row] | None:
             row = await self._sdk.db.fetch_one(
                 "SELECT * FROM amp.meeting_turn($1::text, $2::text::uuid)",
                 [agent_external_id, meeting],
+                timeout=remaining,
             )
             state["agent_id"] = str(row["agent_id"])
             if row["participant_status"] is None or row["participant_status"] == "left":
                 raise AgentNotInMeetingError(
                     f"agent {agent_external_id!r} is not in meeting {meeting}"
                 )
-            return row if row["your_turn"] or row["meeting_ended"] else row | {"wait": True}
+            if row["your_turn"] or row["meeting_ended"]:
+                return Outcome(row)
+            if row["meeting_status"] == "active" and row["seconds_left"] is not None:
+                # hand the deadline to the turn sweeper, which expires it on time
+                self._sdk.turn_sweeper_note(float(row["seconds_left"]))
+            return None
 
-        row = await self._wait(meeting, wanted, check, timeout, "the turn", timeout_error)
+        row = await self._wait(
+            meeting, wanted, check, timeout, "the turn", timeout_error, ends_meeting=_ended
+        )
         return TurnSignal[T](
             meeting_id=UUID(meeting),
             your_turn=bool(row["your_turn"]),
@@ -415,82 +422,46 @@ class MeetingManager(Generic[T]):
         timeout = validation.timeout("timeout", timeout)
         meeting = _meeting_id(meeting_id)
 
-        async def check() -> dict[str, Any]:
+        async def check(remaining: float | None) -> Outcome[Row] | None:
             row = await self._sdk.db.fetch_one(
-                "SELECT * FROM amp.meeting_status($1::text::uuid)", [meeting]
+                "SELECT * FROM amp.meeting_status($1::text::uuid)", [meeting], timeout=remaining
             )
-            return row if row["status"] != "created" else row | {"wait": True}
+            return Outcome(row) if row["status"] != "created" else None
 
-        await self._wait(meeting, lambda _: True, check, timeout, "the meeting to be ready")
+        await self._wait(meeting, None, check, timeout, "the meeting to be ready")
         return await self.get_meeting_status(UUID(meeting))
 
     async def _wait(
         self,
         meeting: str,
-        wanted: Any,
-        check: Any,
+        wanted: Wanted | None,
+        check: Check[Row],
         timeout: float | None,
         what: str,
         timeout_error: type[MeetingTimeoutError] = MeetingTimeoutError,
-    ) -> dict[str, Any]:
-        """listen -> check -> wait -> re-check, until ``check`` returns a row without
-        ``wait``. The deadline it reads is handed to the process's turn sweeper,
-        which expires the turn on time (the expiry then notifies)."""
+        ends_meeting: Callable[[Row], bool] = lambda _: False,
+    ) -> Row:
+        """The dispatcher's wait on the meeting's channel, until ``check`` returns
+        an outcome; raises ``timeout_error`` after ``timeout`` seconds (``None``:
+        ``config.default_meeting_timeout``). The process's turn sweeper watches the
+        meeting meanwhile."""
         sdk = self._sdk
         loop = asyncio.get_running_loop()
         limit = loop.time() + (sdk.config.default_meeting_timeout if timeout is None else timeout)
-        woken = asyncio.Event()
-        channel = meeting_channel(UUID(meeting))
+        async with sdk.dispatcher.waiting([meeting_channel(UUID(meeting))], wanted) as wait:
+            await sdk.turn_sweeper_watch(UUID(meeting))
+            outcome = await wait.until(check, limit, sdk.config.poll_interval)
+            if outcome is None:
+                raise timeout_error(f"waited too long for {what} in meeting {meeting}")
+            if ends_meeting(outcome.value):
+                await sdk.turn_sweeper_unwatch(UUID(meeting))
+                # an ended meeting's channel is of no further use: UNLISTEN it
+                wait.keep_listening = False
+            return outcome.value
 
-        def on_notify(_channel: str, notification: AnyNotification) -> None:
-            if wanted(notification):
-                woken.set()
 
-        async def on_reconnect() -> None:
-            woken.set()
-
-        await sdk.dispatcher.subscribe([channel], on_notify)
-        sdk.dispatcher.add_catch_up(on_reconnect)
-        await sdk.turn_sweeper_watch(UUID(meeting))
-        ended = False
-        retry = 0.05
-        try:
-            while True:
-                woken.clear()
-                try:
-                    # bounded by the wait's own deadline (a cancelled check is
-                    # cancelled on the server too)
-                    row: dict[str, Any] = await asyncio.wait_for(
-                        check(), max(0.001, limit - loop.time())
-                    )
-                    retry = 0.05
-                except _RETRIED:
-                    # ride out a lost connection or a restart: check again soon
-                    if loop.time() >= limit:
-                        raise timeout_error(
-                            f"waited too long for {what} in meeting {meeting}"
-                        ) from None
-                    await asyncio.sleep(max(0.0, min(retry, limit - loop.time())))
-                    retry = min(retry * 2, 0.5)
-                    continue
-                if not row.get("wait"):
-                    ended = bool(row.get("meeting_ended"))
-                    if ended:
-                        await sdk.turn_sweeper_unwatch(UUID(meeting))
-                    return row
-                now = loop.time()
-                if now >= limit:
-                    raise timeout_error(f"waited too long for {what} in meeting {meeting}")
-                pause = min(limit - now, sdk.config.poll_interval)
-                seconds_left = row.get("seconds_left")
-                if seconds_left is not None and row.get("meeting_status", "active") == "active":
-                    sdk.turn_sweeper_note(float(seconds_left))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), max(pause, 0.0))
-        finally:
-            sdk.dispatcher.remove_catch_up(on_reconnect)
-            # an ended meeting's channel is of no further use: UNLISTEN it
-            await sdk.dispatcher.unsubscribe([channel], on_notify, keep_listening=not ended)
+def _ended(row: Row) -> bool:
+    return bool(row["meeting_ended"])
 
 
 class TurnSweeper:

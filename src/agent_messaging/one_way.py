@@ -4,13 +4,12 @@ and waiting for a message's delivery outcome."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 from . import content
-from .dispatcher import AnyNotification
+from .dispatcher import AnyNotification, Outcome
 from .exceptions import DeliveryTimeoutError, HandlerExecutionError, InvalidInputError
 from .notifications import DeliveryFinished
 
@@ -152,41 +151,28 @@ class OneWayMessenger(Generic[T]):
         query = "SELECT * FROM amp.delivery_outcome($1)"
         row = await sdk.db.fetch_one(query, [message_id])
         channel = row["sender_channel"]
-        woken = asyncio.Event()
 
-        def hint(_channel: str, notification: AnyNotification) -> None:
-            if isinstance(notification, DeliveryFinished):
-                woken.set()
+        def wanted(notification: AnyNotification) -> bool:
+            return isinstance(notification, DeliveryFinished)
 
-        async def catch_up() -> None:
-            woken.set()
+        async def check(_remaining: float | None) -> Outcome[None] | None:
+            row = await sdk.db.fetch_one(query, [message_id])
+            status = row["delivery_status"]
+            if status == "delivered":
+                return Outcome(None)
+            if status == "failed":
+                raise HandlerExecutionError(
+                    f"message {message_id} was not delivered: its handler failed "
+                    f"{row['attempts']} time(s); last error: {row['last_error']}",
+                    message_id=message_id,
+                    last_error=row["last_error"],
+                    attempts=row["attempts"],
+                )
+            return None
 
-        if channel is not None:
-            await sdk.dispatcher.subscribe([channel], hint)
-        sdk.dispatcher.add_catch_up(catch_up)
-        try:
-            while True:
-                woken.clear()
-                row = await sdk.db.fetch_one(query, [message_id])
-                status = row["delivery_status"]
-                if status == "delivered":
-                    return
-                if status == "failed":
-                    raise HandlerExecutionError(
-                        f"message {message_id} was not delivered: its handler failed "
-                        f"{row['attempts']} time(s); last error: {row['last_error']}",
-                        message_id=message_id,
-                        last_error=row["last_error"],
-                        attempts=row["attempts"],
-                    )
-                remaining = limit - loop.time()
-                if remaining <= 0:
-                    raise DeliveryTimeoutError(
-                        f"message {message_id} is still pending after the timeout"
-                    )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), min(remaining, sdk.config.poll_interval))
-        finally:
-            sdk.dispatcher.remove_catch_up(catch_up)
-            if channel is not None:
-                await sdk.dispatcher.unsubscribe([channel], hint)
+        channels = [] if channel is None else [channel]
+        outcome = await sdk.dispatcher.wait_until(
+            channels, check, limit, sdk.config.poll_interval, wanted=wanted
+        )
+        if outcome is None:
+            raise DeliveryTimeoutError(f"message {message_id} is still pending after the timeout")
