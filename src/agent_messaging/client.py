@@ -20,15 +20,14 @@ from uuid import UUID
 from pydantic import AfterValidator, TypeAdapter
 
 from . import agents, content, hub, migrations, retention, tasks, validation
+from .async_conversation import AsyncConversation
 from .config import Config
-from .conversations import SyncConversation
 from .database import Database, resolve_dsn
 from .delivery import DeliveryWorker, Handler
 from .dispatcher import Dispatcher
 from .exceptions import InvalidInputError
-from .inbox import AsyncConversation
 from .meeting_events import EventHandler, EventRelay
-from .meetings import MeetingManager, TurnSweeper
+from .meeting_manager import MeetingManager
 from .models import (
     Agent,
     AttrDict,
@@ -42,7 +41,9 @@ from .models import (
     SystemMessage,
 )
 from .one_way import OneWayMessenger
+from .sync_conversation import SyncConversation
 from .transaction import Transaction
+from .turn_sweeper import TurnSweeper
 
 T = TypeVar("T")
 log = logging.getLogger("agent_messaging")
@@ -269,7 +270,7 @@ class AgentMessaging(Generic[T]):
             return True
         return await self._delivery.drain(timeout)
 
-    # -- turn deadlines (see meetings.TurnSweeper) ---------------------------
+    # -- turn deadlines (see turn_sweeper.TurnSweeper) ---------------------------
 
     async def turn_sweeper_watch(self, meeting_id: UUID) -> None:
         """Let this process's turn sweeper hear of every turn of the meeting."""

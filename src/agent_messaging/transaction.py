@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 from uuid import UUID
 
-from .conversations import SyncConversation
+from .async_conversation import AsyncConversation
 from .database import DbTransaction, Row
 from .exceptions import TransactionError
-from .inbox import AsyncConversation
 from .one_way import OneWayMessenger
+from .sync_conversation import SyncConversation
 
 if TYPE_CHECKING:
     from .client import AgentMessaging

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .database import Statements
 
 T = TypeVar("T")
-log = logging.getLogger("agent_messaging.inbox")
+log = logging.getLogger("agent_messaging.async_conversation")
 
 #: seconds a read holds its messages for confirmation (the confirmation follows at
 #: once; the lease matters only when the read's answer or the process was lost)

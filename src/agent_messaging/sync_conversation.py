@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .database import Statements
 
 T = TypeVar("T")
-log = logging.getLogger("agent_messaging.conversations")
+log = logging.getLogger("agent_messaging.sync_conversation")
 
 #: after its deadline, how long a wait may spend cancelling itself in SQL before it
 #: leaves that to a background task (so that it returns by its timeout + 0.5 s)
