@@ -28,7 +28,7 @@ from .models import MessageContext
 from .notifications import MessageStored
 
 if TYPE_CHECKING:
-    from .client import AgentMessaging
+    from .context import PatternContext
     from .database import Statements
 
 T = TypeVar("T")
@@ -81,7 +81,7 @@ class AsyncConversation(Generic[T]):
     """A durable inbox with read state. Sending never blocks; the recipient pulls
     (:meth:`get_unread_messages`) or waits (:meth:`wait_for_message`)."""
 
-    def __init__(self, sdk: AgentMessaging[T], db: Statements | None = None) -> None:
+    def __init__(self, sdk: PatternContext, db: Statements | None = None) -> None:
         self._sdk = sdk
         #: where sends and reads run: a transaction (``sdk.transaction()``), else the pool
         self._tx = db
@@ -108,7 +108,9 @@ class AsyncConversation(Generic[T]):
         value = await self._db.fetch_value(
             "SELECT amp.async_send($1, $2, $3::text::jsonb, $4::text::jsonb, $5)",
             [
-                *sdk.message_args(sender_external_id, recipient_external_id, message, metadata),
+                *sdk.codec.message_args(
+                    sender_external_id, recipient_external_id, message, metadata
+                ),
                 idempotency_key,
             ],
         )
@@ -218,7 +220,7 @@ class AsyncConversation(Generic[T]):
         validation.external_id("recipient external id", recipient_external_id)
         validation.optional_external_id("sender external id", sender_external_id)
         timeout = validation.timeout("timeout", timeout)
-        channel = await sdk.agent_channel(recipient_external_id)
+        channel = await sdk.directory.agent_channel(recipient_external_id)
 
         def wanted(notification: AnyNotification) -> bool:
             return isinstance(notification, MessageStored) and notification.message_type == "async"
@@ -252,7 +254,7 @@ class AsyncConversation(Generic[T]):
         sdk = self._sdk
         validation.external_id("agent external id", agent_external_id)
         # AgentNotFoundError first, then HandlerNotRegisteredError, as planned
-        recipient_name = (await sdk.get_agent(agent_external_id)).name
+        recipient_name = (await sdk.directory.get_agent(agent_external_id)).name
         handler = sdk.handlers.get(agent_external_id)
         if handler is None:
             raise HandlerNotRegisteredError(f"no handler registered for {agent_external_id!r}")
@@ -319,7 +321,7 @@ class AsyncConversation(Generic[T]):
         return decoded
 
     def _decode(self, row: Row) -> T:
-        value: T = content.decode_text(self._sdk.message_adapter, row["content"])
+        value: T = content.decode_text(self._sdk.codec.adapter, row["content"])
         self._metadata(row)
         return value
 

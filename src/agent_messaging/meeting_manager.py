@@ -41,7 +41,7 @@ from .models import (
 from .notifications import MeetingChanged
 
 if TYPE_CHECKING:
-    from .client import AgentMessaging
+    from .context import PatternContext
 
 T = TypeVar("T")
 log = logging.getLogger("agent_messaging.meeting_manager")
@@ -74,14 +74,32 @@ def _meeting_id(value: UUID | str) -> str:
 class MeetingManager(Generic[T]):
     """The meeting pattern (``sdk.meeting``)."""
 
-    def __init__(self, sdk: AgentMessaging[T]) -> None:
+    def __init__(self, sdk: PatternContext) -> None:
         self._sdk = sdk
 
     # -- helpers -------------------------------------------------------------
 
+    async def _watch(self, meeting_id: UUID) -> None:
+        """Let this process's turn sweeper hear of every turn of the meeting."""
+        sweeper = self._sdk.turn_sweeper
+        if sweeper is not None:
+            await sweeper.watch(meeting_id)
+
+    async def _unwatch(self, meeting_id: UUID) -> None:
+        """The meeting ended: the sweeper stops listening to it."""
+        sweeper = self._sdk.turn_sweeper
+        if sweeper is not None:
+            await sweeper.unwatch(meeting_id)
+
+    def _note(self, seconds_left: float) -> None:
+        """A turn deadline read just now: the sweeper expires the turn then."""
+        sweeper = self._sdk.turn_sweeper
+        if sweeper is not None:
+            sweeper.note(seconds_left)
+
     def _dump(self, message: T) -> str:
         sdk = self._sdk
-        return content.encode(sdk.message_adapter, message, sdk.config.max_message_bytes)
+        return content.encode(sdk.codec.adapter, message, sdk.config.max_message_bytes)
 
     def _message(self, row: dict[str, Any]) -> MeetingMessage[T]:
         """One history row, decoded on its own: a message that cannot be decoded (or
@@ -94,7 +112,7 @@ class MeetingManager(Generic[T]):
             if system:
                 value = content.loads(row["content"])
             else:
-                value = content.decode_text(self._sdk.message_adapter, row["content"])
+                value = content.decode_text(self._sdk.codec.adapter, row["content"])
         except content.UndecodableContent as exc:
             error = str(exc)
             log.warning("meeting message %s cannot be decoded: %s", row["message_id"], exc)
@@ -171,7 +189,7 @@ class MeetingManager(Generic[T]):
             [host_external_id, list(agent_external_ids), duration],
         )
         meeting_id = UUID(str(value))
-        await sdk.turn_sweeper_watch(meeting_id)
+        await self._watch(meeting_id)
         for agent in agent_external_ids:
             sdk.poke_delivery(agent)
         return meeting_id
@@ -222,7 +240,7 @@ class MeetingManager(Generic[T]):
         query = (
             "SELECT amp.start_meeting($1::text, $2::text::uuid, $3::text::jsonb, $4::text) AS id"
         )
-        await sdk.turn_sweeper_watch(UUID(meeting))
+        await self._watch(UUID(meeting))
         try:
             await sdk.db.fetch_value(query, args)
             return
@@ -299,7 +317,7 @@ class MeetingManager(Generic[T]):
         await self._sdk.db.execute(
             "SELECT amp.end_meeting($1::text, $2::text::uuid)", [host_external_id, meeting]
         )
-        await self._sdk.turn_sweeper_unwatch(UUID(meeting))
+        await self._unwatch(UUID(meeting))
 
     # -- reading -------------------------------------------------------------
 
@@ -387,7 +405,7 @@ class MeetingManager(Generic[T]):
                 return Outcome(row)
             if row["meeting_status"] == "active" and row["seconds_left"] is not None:
                 # hand the deadline to the turn sweeper, which expires it on time
-                self._sdk.turn_sweeper_note(float(row["seconds_left"]))
+                self._note(float(row["seconds_left"]))
             return None
 
         row = await self._wait(
@@ -440,12 +458,12 @@ class MeetingManager(Generic[T]):
         loop = asyncio.get_running_loop()
         limit = loop.time() + (sdk.config.default_meeting_timeout if timeout is None else timeout)
         async with sdk.dispatcher.waiting([meeting_channel(UUID(meeting))], wanted) as wait:
-            await sdk.turn_sweeper_watch(UUID(meeting))
+            await self._watch(UUID(meeting))
             outcome = await wait.until(check, limit, sdk.config.poll_interval)
             if outcome is None:
                 raise timeout_error(f"waited too long for {what} in meeting {meeting}")
             if ends_meeting(outcome.value):
-                await sdk.turn_sweeper_unwatch(UUID(meeting))
+                await self._unwatch(UUID(meeting))
                 # an ended meeting's channel is of no further use: UNLISTEN it
                 wait.keep_listening = False
             return outcome.value

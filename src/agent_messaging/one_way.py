@@ -14,7 +14,7 @@ from .exceptions import DeliveryTimeoutError, HandlerExecutionError, InvalidInpu
 from .notifications import DeliveryFinished
 
 if TYPE_CHECKING:
-    from .client import AgentMessaging
+    from .context import PatternContext
     from .database import Statements
 
 T = TypeVar("T")
@@ -30,7 +30,7 @@ class OneWayMessenger(Generic[T]):
     delivers what is pending for this process's handlers first.
     """
 
-    def __init__(self, sdk: AgentMessaging[T], db: Statements | None = None) -> None:
+    def __init__(self, sdk: PatternContext, db: Statements | None = None) -> None:
         self._sdk = sdk
         #: where the sends run: a transaction (``sdk.transaction()``), else the pool
         self._tx = db
@@ -60,7 +60,9 @@ class OneWayMessenger(Generic[T]):
         value = await self._db.fetch_value(
             "SELECT amp.send_one_way($1, $2, $3::text::jsonb, $4::text::jsonb, $5)",
             [
-                *sdk.message_args(sender_external_id, recipient_external_id, message, metadata),
+                *sdk.codec.message_args(
+                    sender_external_id, recipient_external_id, message, metadata
+                ),
                 idempotency_key,
             ],
         )
@@ -109,7 +111,7 @@ class OneWayMessenger(Generic[T]):
     def _encode(self, index: int | None, message: T) -> str:
         sdk = self._sdk
         try:
-            return content.encode(sdk.message_adapter, message, sdk.config.max_message_bytes)
+            return content.encode(sdk.codec.adapter, message, sdk.config.max_message_bytes)
         except InvalidInputError as exc:
             if index is None:
                 raise

@@ -21,7 +21,7 @@ from .models import MessageContext
 from .notifications import MessageStored, SessionChanged
 
 if TYPE_CHECKING:
-    from .client import AgentMessaging
+    from .context import PatternContext
     from .database import Statements
 
 T = TypeVar("T")
@@ -44,7 +44,7 @@ class SyncConversation(Generic[T]):
     conversation is ended.
     """
 
-    def __init__(self, sdk: AgentMessaging[T], db: Statements | None = None) -> None:
+    def __init__(self, sdk: PatternContext, db: Statements | None = None) -> None:
         self._sdk = sdk
         self._unlocks: set[asyncio.Task[None]] = set()
         #: where replies run: a transaction (``sdk.transaction()``), else the pool
@@ -82,8 +82,8 @@ class SyncConversation(Generic[T]):
             timeout = sdk.config.default_conversation_timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        args = sdk.message_args(sender_external_id, recipient_external_id, message, metadata)
-        channel = await sdk.agent_channel(sender_external_id)
+        args = sdk.codec.message_args(sender_external_id, recipient_external_id, message, metadata)
+        channel = await sdk.directory.agent_channel(sender_external_id)
         carried: dict[UUID, Any] = {}  # replies whose hint carried the content
 
         def wanted(notification: AnyNotification) -> bool:
@@ -108,7 +108,7 @@ class SyncConversation(Generic[T]):
                 async def check(remaining: float | None) -> Outcome[T] | None:
                     if request in carried:
                         # the reply's own hint carried it: committed, no need to read it
-                        return Outcome(content.decode(sdk.message_adapter, carried[request]))
+                        return Outcome(content.decode(sdk.codec.adapter, carried[request]))
                     return await self._outcome(request, remaining)
 
                 # no check before the first wait: the request was stored a moment ago
@@ -209,7 +209,7 @@ class SyncConversation(Generic[T]):
         )
         status = row["status"]
         if status == "replied":
-            return Outcome(content.decode(self._sdk.message_adapter, content.loads(row["content"])))
+            return Outcome(content.decode(self._sdk.codec.adapter, content.loads(row["content"])))
         if status == "ended":
             raise ConversationEndedError(f"the conversation of request {request} was ended")
         if status == "cancelled":
@@ -244,7 +244,7 @@ class SyncConversation(Generic[T]):
         db = self._tx if self._tx is not None else sdk.db
         value = await db.fetch_value(
             "SELECT amp.sync_reply($1, $2, $3::text::jsonb, $4::text::jsonb, $5)",
-            [*sdk.message_args(sender, recipient, message, metadata), request],
+            [*sdk.codec.message_args(sender, recipient, message, metadata), request],
         )
         return UUID(str(value))
 

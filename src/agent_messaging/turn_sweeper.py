@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from . import tasks
@@ -22,7 +22,7 @@ from .meeting_manager import meeting_channel
 from .notifications import MeetingChanged
 
 if TYPE_CHECKING:
-    from .client import AgentMessaging
+    from .context import Connected
 
 log = logging.getLogger("agent_messaging.turn_sweeper")
 
@@ -42,7 +42,7 @@ class TurnSweeper:
     catches every other meeting.
     """
 
-    def __init__(self, sdk: AgentMessaging[Any]) -> None:
+    def __init__(self, sdk: Connected) -> None:
         self._sdk = sdk
         self._wake = asyncio.Event()
         #: loop time of the earliest deadline known
