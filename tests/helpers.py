@@ -14,6 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from agent_messaging import AgentMessaging, Config
+from agent_messaging.dispatcher import Outcome
 
 
 def psql_binary() -> str:
@@ -141,28 +142,19 @@ async def wait_delivered(
     sdk: AgentMessaging[Any], sender: str, message_ids: list[UUID], timeout: float = 60.0
 ) -> dict[UUID, str]:
     """Wait until each pushed message is delivered or failed (listen, check, wait)."""
-    finished = asyncio.Event()
 
-    def hint(_channel: str, _notification: object) -> None:
-        finished.set()
+    async def check() -> dict[UUID, str] | None:
+        rows = await sdk.db.fetch(
+            "SELECT id, delivery_status FROM amp.messages WHERE id = ANY($1) "
+            "AND delivery_status IN ('delivered', 'failed')",
+            [message_ids],
+        )
+        if len(rows) == len(message_ids):
+            return {UUID(str(r["id"])): r["delivery_status"] for r in rows}
+        return None
 
-    channel = await sdk.db.fetch_value("SELECT amp.agent_channel($1)", [sender])
-    await sdk.dispatcher.subscribe([channel], hint)
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            finished.clear()
-            rows = await sdk.db.fetch(
-                "SELECT id, delivery_status FROM amp.messages WHERE id = ANY($1) "
-                "AND delivery_status IN ('delivered', 'failed')",
-                [message_ids],
-            )
-            if len(rows) == len(message_ids):
-                return {UUID(str(r["id"])): r["delivery_status"] for r in rows}
-            await asyncio.wait_for(finished.wait(), max(0.01, deadline - loop.time()))
-    finally:
-        await sdk.dispatcher.unsubscribe([channel], hint)
+    result: dict[UUID, str] = await wait_for_notification(sdk, sender, check, timeout)
+    return result
 
 
 class PsqlSession:
@@ -224,22 +216,17 @@ async def wait_for_notification(
     sdk: AgentMessaging[Any], agent: str, check: Any, timeout: float = 30.0
 ) -> Any:
     """Listen on ``agent``'s channel, then await ``check()`` (a coroutine function)
-    until it returns something truthy, re-checking after each notification."""
-    woken = asyncio.Event()
+    until it returns something truthy, re-checking after each notification (the
+    dispatcher's wait primitive); raises :class:`TimeoutError` after ``timeout``."""
 
-    def hint(_channel: str, _notification: object) -> None:
-        woken.set()
+    async def checked(_remaining: float | None) -> Outcome[Any] | None:
+        result = await check()
+        return Outcome(result) if result else None
 
     channel = await sdk.db.fetch_value("SELECT amp.agent_channel($1)", [agent])
-    await sdk.dispatcher.subscribe([channel], hint)
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            woken.clear()
-            result = await check()
-            if result:
-                return result
-            await asyncio.wait_for(woken.wait(), max(0.01, deadline - loop.time()))
-    finally:
-        await sdk.dispatcher.unsubscribe([channel], hint)
+    deadline = asyncio.get_running_loop().time() + timeout
+    # no fallback poll: a test must pass on its notifications alone
+    outcome = await sdk.dispatcher.wait_until([channel], checked, deadline, poll=timeout)
+    if outcome is None:
+        raise TimeoutError(f"nothing wanted on the channel of {agent!r} within {timeout} s")
+    return outcome.value

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from agent_messaging import AgentMessaging
-from agent_messaging.dispatcher import AnyNotification
+import pytest
+
+from agent_messaging import AgentMessaging, AgentNotFoundError, ConnectionLostError
+from agent_messaging.dispatcher import AnyNotification, Outcome
 from agent_messaging.notifications import MessageStored, Unknown
+
+from .helpers import make_config
 
 SDK = AgentMessaging[dict[str, object]]
 PAYLOAD = (
@@ -136,3 +141,93 @@ async def test_one_listener_connection_for_many_channels(sdk: SDK) -> None:
     assert rows[0]["n"] == 1
     await notify(sdk, channels[-1])
     assert (await inbox.next())[0] == channels[-1]
+
+
+# -- the wait primitive (Dispatcher.waiting / wait_until) ------------------------
+
+
+async def test_wait_wakes_on_wanted_notifications_and_cleans_up(dsn: str) -> None:
+    """listen -> check -> wait -> re-check: an unwanted notification does not cause
+    a re-check, a wanted one does; the outcome is the check's; on return the
+    channel is unsubscribed and no catch-up is left behind."""
+    # no fallback poll and no health-check reconnect (whose catch-up would re-check)
+    config = make_config(dsn, listener_check_interval=60.0)
+    async with AgentMessaging[Any](config) as sdk:
+        await sdk.db.execute("CREATE TABLE wait_flag (done boolean NOT NULL)")
+        await sdk.db.execute("INSERT INTO wait_flag VALUES (false)")
+        seen: list[bool] = []
+        first = asyncio.Event()
+
+        async def check(remaining: float | None) -> Outcome[str] | None:
+            assert remaining is not None and remaining > 0
+            done = bool(await sdk.db.fetch_value("SELECT done FROM wait_flag"))
+            seen.append(done)
+            first.set()
+            return Outcome("flag set") if done else None
+
+        loop = asyncio.get_running_loop()
+        waiter = asyncio.create_task(
+            sdk.dispatcher.wait_until(
+                ["amp_test_wait"],
+                check,
+                loop.time() + 60,
+                poll=60,
+                wanted=lambda n: isinstance(n, MessageStored),
+            )
+        )
+        await asyncio.wait_for(first.wait(), 30)
+        probe = Inbox()
+        await sdk.dispatcher.subscribe(["amp_test_probe"], probe)
+        # unwanted, then a probe on another channel: once the probe is routed, the
+        # unwanted notification was routed too (one session, in order)
+        await sdk.db.execute(
+            "SELECT pg_notify('amp_test_wait', '{\"kind\":\"nothing\"}'), "
+            "pg_notify('amp_test_probe', $1)",
+            [PAYLOAD],
+        )
+        await probe.next(30)
+        await sdk.db.execute("UPDATE wait_flag SET done = true")
+        await notify(sdk, "amp_test_wait")
+        outcome = await asyncio.wait_for(waiter, 30)
+        assert outcome == Outcome("flag set")
+        assert seen == [False, True]
+        assert not sdk.dispatcher.subscribed("amp_test_wait")
+        assert sdk.dispatcher._catch_ups == []
+
+
+async def test_wait_rides_out_transient_errors_and_ends_at_the_deadline(sdk: SDK) -> None:
+    loop = asyncio.get_running_loop()
+    calls = 0
+
+    async def flaky(_remaining: float | None) -> Outcome[int] | None:
+        nonlocal calls
+        calls += 1
+        await sdk.db.fetch_value("SELECT 1")
+        if calls == 1:
+            raise ConnectionLostError("lost", outcome_unknown=False)
+        return Outcome(calls)
+
+    assert await sdk.dispatcher.wait_until(["amp_test_w1"], flaky, loop.time() + 30, 30) == (
+        Outcome(2)
+    )
+
+    async def never(_remaining: float | None) -> Outcome[int] | None:
+        await sdk.db.fetch_value("SELECT 1")
+        return None
+
+    # nothing comes: None once the deadline passed (polling meanwhile)
+    assert await sdk.dispatcher.wait_until(["amp_test_w2"], never, loop.time() + 0.3, 0.1) is None
+    assert not sdk.dispatcher.subscribed("amp_test_w1")
+    assert not sdk.dispatcher.subscribed("amp_test_w2")
+
+
+async def test_wait_check_error_ends_the_wait_and_cleans_up(sdk: SDK) -> None:
+    async def refuse(_remaining: float | None) -> Outcome[int] | None:
+        await sdk.db.fetch_value("SELECT amp.get_agent('nobody')")
+        return None
+
+    loop = asyncio.get_running_loop()
+    with pytest.raises(AgentNotFoundError):
+        await sdk.dispatcher.wait_until(["amp_test_w3"], refuse, loop.time() + 30, 30)
+    assert not sdk.dispatcher.subscribed("amp_test_w3")
+    assert sdk.dispatcher._catch_ups == []

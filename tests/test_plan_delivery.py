@@ -241,3 +241,23 @@ async def test_killed_process_message_is_rerun_elsewhere_after_the_lease(sdk: An
             await second.stop()
     assert started["attempt"] == 1 and rerun["attempt"] == 2
     assert rerun["id"] == str(message_id) and rerun["pid"] != started["pid"]
+
+
+async def test_every_background_serving_error_is_kept(dsn: str) -> None:
+    """Two handlers registered after the start fail to be served: both errors are
+    kept (a later one does not overwrite an earlier one), and logged again at close
+    if nobody asked for them."""
+    async with AgentMessaging[Any](make_config(dsn)) as sdk:
+        for name in ("ghost", "phantom"):
+
+            async def handler(message: Any, context: MessageContext) -> None: ...
+
+            sdk.register_handler(name)(handler)
+
+        await sdk.drain(WAIT)
+        errors = sdk.handler_registry.errors
+        assert len(errors) == 2 and all(isinstance(e, AgentNotFoundError) for e in errors)
+        assert sdk.serve_error is errors[-1]
+        assert "ghost" in str(errors[0]) and "phantom" in str(errors[1])
+        with pytest.raises(AgentNotFoundError):
+            await sdk.serve_handlers()

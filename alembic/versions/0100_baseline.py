@@ -20,7 +20,7 @@ depends_on = None
 #: the first revision: nothing older to break
 breaking = False
 #: sql/ state hash this revision results in (written by freeze-baseline)
-sql_hash = "9370520336355c914704219bab68be98176bb734bf57c4d48aa6cc52c237a883"
+sql_hash = "cf4492284e63389c7bb7e3650e377b975b063588384d16f94c397ee67303531d"
 
 
 def upgrade() -> None:

@@ -4,6 +4,7 @@ The protocol lives in PostgreSQL (``amp.*`` functions, triggers, NOTIFY); this p
 calls those functions and awaits notifications.
 """
 
+from .async_conversation import InboxMessage
 from .client import AgentMessaging
 from .config import Config
 from .exceptions import (
@@ -44,8 +45,7 @@ from .exceptions import (
     TransactionError,
 )
 from .exceptions import TimeoutError as TimeoutError  # the planning's name; not in __all__
-from .inbox import InboxMessage
-from .meetings import MeetingManager
+from .meeting_manager import MeetingManager
 from .models import (
     Agent,
     AttrDict,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from uuid import UUID
+
+from . import validation
 from .database import Database
 from .models import Agent, Organization
 
@@ -38,3 +42,48 @@ async def get_agent(db: Database, external_id: str) -> Agent:
 async def agent_channel(db: Database, external_id: str) -> str:
     """``amp.agent_channel``: the channel an agent's notifications arrive on."""
     return str(await db.fetch_value("SELECT amp.agent_channel($1)", [external_id]))
+
+
+class Directory:
+    """Organizations and agents of one SDK instance, with the channel cache (an
+    agent's id, and so its channel, never changes). ``db`` gives the connector
+    (raising while the SDK is not initialized)."""
+
+    def __init__(self, db: Callable[[], Database]) -> None:
+        self._db = db
+        self._channels: dict[str, str] = {}
+
+    async def register_organization(self, external_id: str, name: str | None = None) -> UUID:
+        """Register an organization; returns its id."""
+        validation.external_id("organization external id", external_id)
+        validation.display_name(name)
+        return (await register_organization(self._db(), external_id, name)).id
+
+    async def register_agent(
+        self, external_id: str, organization_external_id: str, name: str | None = None
+    ) -> UUID:
+        """Register an agent of an organization; returns its id."""
+        validation.external_id("agent external id", external_id)
+        validation.external_id("organization external id", organization_external_id)
+        validation.display_name(name)
+        return (await register_agent(self._db(), external_id, organization_external_id, name)).id
+
+    async def get_organization(self, external_id: str) -> Organization:
+        """The organization with that external id."""
+        validation.external_id("organization external id", external_id)
+        return await get_organization(self._db(), external_id)
+
+    async def get_agent(self, external_id: str) -> Agent:
+        """The agent with that external id."""
+        validation.external_id("agent external id", external_id)
+        return await get_agent(self._db(), external_id)
+
+    async def agent_channel(self, external_id: str) -> str:
+        """The channel an agent's notifications arrive on (``amp.agent_channel``),
+        cached."""
+        channel = self._channels.get(external_id)
+        if channel is None:
+            validation.external_id("agent external id", external_id)
+            channel = await agent_channel(self._db(), external_id)
+            self._channels[external_id] = channel
+        return channel

@@ -1,8 +1,14 @@
-"""``AgentMessaging``: the SDK's entry point.
+"""``AgentMessaging``: the SDK's entry point, lifecycle and wiring only.
 
 It resolves the server (configured or embedded), applies pending migrations, opens
-the psqlpy pool and the notification dispatcher, and hands out the messaging
-patterns. Everything it does to state is a call of an ``amp.*`` SQL function.
+the psqlpy pool and the notification dispatcher, and wires the parts, each with one
+job: the content codec (:class:`content.Codec`), the directory of agents and their
+channels (:class:`agents.Directory`), the handler registry and its serving
+(:class:`handlers.HandlerRegistry`), the meeting event relay
+(:class:`meeting_events.EventHandlers`), the turn sweeper
+(:class:`turn_sweeper.TurnSweeper`), and the messaging patterns, which see the SDK
+only through the narrow interfaces of :mod:`agent_messaging.context`. Everything it
+does to state is a call of an ``amp.*`` SQL function.
 """
 
 from __future__ import annotations
@@ -14,35 +20,35 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from types import TracebackType
-from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin
+from typing import Any, Generic, TypeVar, get_args, get_origin
 from uuid import UUID
 
-from pydantic import AfterValidator, TypeAdapter
+from pydantic import TypeAdapter
 
-from . import agents, content, hub, migrations, retention, tasks, validation
+from . import hub, migrations, retention
+from .agents import Directory
+from .async_conversation import AsyncConversation
 from .config import Config
-from .conversations import SyncConversation
+from .content import Codec
 from .database import Database, resolve_dsn
 from .delivery import DeliveryWorker, Handler
 from .dispatcher import Dispatcher
-from .exceptions import InvalidInputError
-from .inbox import AsyncConversation
-from .meeting_events import EventHandler, EventRelay
-from .meetings import MeetingManager, TurnSweeper
+from .handlers import HandlerRegistry
+from .meeting_events import EventHandler, EventHandlers
+from .meeting_manager import MeetingManager
 from .models import (
     Agent,
-    AttrDict,
     MeetingEvent,
-    MeetingInvitation,
     Message,
     MessageContext,
     Organization,
     Session,
     SessionType,
-    SystemMessage,
 )
 from .one_way import OneWayMessenger
+from .sync_conversation import SyncConversation
 from .transaction import Transaction
+from .turn_sweeper import TurnSweeper
 
 T = TypeVar("T")
 log = logging.getLogger("agent_messaging")
@@ -67,23 +73,21 @@ class AgentMessaging(Generic[T]):
     def __init__(self, config: Config | None = None, *, message_type: Any = None) -> None:
         self.config = config or Config()
         self._explicit_type = message_type
-        self._adapter: TypeAdapter[Any] | None = None
         self._db: Database | None = None
         self._dispatcher: Dispatcher | None = None
-        self._delivery: DeliveryWorker | None = None
-        self._serving: set[asyncio.Task[None]] = set()
-        #: the last error of serving handlers in the background (also logged)
-        self.serve_error: BaseException | None = None
-        self._channels: dict[str, str] = {}
-        #: handlers registered in this process, by agent external id
-        self.handlers: dict[str, Handler] = {}
+        #: ``T`` in and out (``T`` resolved when first needed: ``__orig_class__`` is
+        #: set only after ``__init__``)
+        self.codec = Codec(self._message_type, self.config.max_message_bytes)
+        #: organizations, agents, and the channel cache
+        self.directory = Directory(lambda: self.db)
+        #: the handlers of this process and their serving
+        self.handler_registry = HandlerRegistry()
+        self.handler_registry.on_served = self._hear_migrations
+        self._events = EventHandlers()
         self.one_way: OneWayMessenger[T] = OneWayMessenger(self)
         self.async_conversation: AsyncConversation[T] = AsyncConversation(self)
         self.sync_conversation: SyncConversation[T] = SyncConversation(self)
         self._meeting: MeetingManager[T] | None = None
-        self._event_handlers: dict[MeetingEvent, list[EventHandler]] = {}
-        self._relay: EventRelay | None = None
-        self._relay_start: asyncio.Task[None] | None = None
         self._sweeper: TurnSweeper | None = None
         self._hears_migrations = False
 
@@ -115,22 +119,22 @@ class AgentMessaging(Generic[T]):
             else None,
         )
         self._db, self._dispatcher = db, dispatcher
-        self._delivery = DeliveryWorker(
+        delivery = DeliveryWorker(
             db,
             dispatcher,
             self.config,
-            lambda: self.message_adapter,
+            lambda: self.codec.adapter,
             self.handlers,
             reply_hook=self._reply_from_handler,
         )
+        self.handler_registry.attach(delivery, auto_serve=self.config.auto_invoke_handlers)
         if self.config.enable_turn_timeout:
             self._sweeper = TurnSweeper(self)
             self._sweeper.start()
         if self.handlers and self.config.auto_invoke_handlers:
             await self.serve_handlers()
-        if self._event_handlers:
-            self._start_relay()
-            await self.events_ready()
+        self._events.start(db, dispatcher, self.config.poll_interval)
+        await self.events_ready()
 
     async def close(self) -> None:
         """Drain, then stop: first the handlers of this process get what is already
@@ -140,26 +144,14 @@ class AgentMessaging(Generic[T]):
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.shutdown_timeout
-        if self._serving:
-            # handlers registered just now are served before draining
-            await asyncio.wait(set(self._serving), timeout=self.config.shutdown_timeout)
-        for task in list(self._serving):
-            await tasks.stop(task)
-        self._serving.clear()
+        await self.handler_registry.stop_serving(self.config.shutdown_timeout)
         if self._db is not None:
             await self.sync_conversation.close()  # background unlocks of ended waits
-        if self._delivery is not None:
-            await self._delivery.close(grace=max(0.0, deadline - loop.time()))
-            self._delivery = None
+        await self.handler_registry.close(grace=max(0.0, deadline - loop.time()))
         if self._sweeper is not None:
             await self._sweeper.close()
             self._sweeper = None
-        await tasks.stop(self._relay_start)
-        self._relay_start = None
-        if self._relay is not None:
-            with contextlib.suppress(Exception):
-                await self._relay.close()
-            self._relay = None
+        await self._events.close()
         if self._dispatcher is not None:
             await self._dispatcher.close()
             self._dispatcher = None
@@ -167,6 +159,16 @@ class AgentMessaging(Generic[T]):
         if self._db is not None:
             await self._db.close()
             self._db = None
+
+    async def _hear_migrations(self) -> None:
+        """A serving process (long-running, listening anyway) hears migrations made
+        by others and logs them (a newer, breaking one as an error); a send-only
+        process holds no listener for them."""
+        if not self._hears_migrations:
+            self._hears_migrations = True
+            await self.dispatcher.subscribe(
+                [migrations.MIGRATIONS_CHANNEL], migrations.log_migration_notice
+            )
 
     async def __aenter__(self) -> AgentMessaging[T]:
         await self.initialize()
@@ -218,13 +220,7 @@ class AgentMessaging(Generic[T]):
     def message_adapter(self) -> TypeAdapter[Any]:
         """The pydantic adapter for ``T``; untyped, any JSON with objects as
         :class:`AttrDict`."""
-        if self._adapter is None:
-            message_type = self._message_type()
-            if message_type is None:
-                self._adapter = TypeAdapter(Annotated[Any, AfterValidator(AttrDict.wrap)])
-            else:
-                self._adapter = TypeAdapter(message_type)
-        return self._adapter
+        return self.codec.adapter
 
     def _message_type(self) -> Any:
         """``T``: ``message_type=``, ``AgentMessaging[T]()``, or a subclass's
@@ -248,30 +244,37 @@ class AgentMessaging(Generic[T]):
     def decode_content(self, message_type: str, value: Any) -> Any:
         """Stored content as handed to users: the protocol's own types for meeting
         invitations and system messages, ``T`` for everything agents said."""
-        if message_type == "meeting_invitation":
-            return MeetingInvitation(value)
-        if message_type == "system":
-            return SystemMessage(value)
-        return content.decode(self.message_adapter, value)
+        return self.codec.decode_content(message_type, value)
+
+    @property
+    def handlers(self) -> dict[str, Handler]:
+        """The handlers registered in this process, by agent external id."""
+        return self.handler_registry.handlers
+
+    @property
+    def serve_error(self) -> BaseException | None:
+        """The last error of serving handlers in the background (also logged;
+        raised again by the next :meth:`serve_handlers`)."""
+        return self.handler_registry.serve_error
+
+    @property
+    def turn_sweeper(self) -> TurnSweeper | None:
+        """This process's turn sweeper (``None`` if ``config.enable_turn_timeout``
+        is false or the SDK is not initialized)."""
+        return self._sweeper
 
     def poke_delivery(self, recipient_external_id: str) -> None:
         """Something was just stored for this agent: if its handler runs in this
         process, look for it now rather than when the NOTIFY comes back."""
-        delivery = self._delivery
-        if delivery is not None and recipient_external_id in delivery.served:
-            delivery.poke()
+        self.handler_registry.poke(recipient_external_id)
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Deliver what is claimable now for this process's handlers and wait until
         every running handler has finished; True if done within ``timeout`` seconds.
         (``close()`` does this, bounded by ``config.shutdown_timeout``.)"""
-        if self._serving:
-            await asyncio.wait(set(self._serving), timeout=timeout)
-        if self._delivery is None:
-            return True
-        return await self._delivery.drain(timeout)
+        return await self.handler_registry.drain(timeout)
 
-    # -- turn deadlines (see meetings.TurnSweeper) ---------------------------
+    # -- turn deadlines (see turn_sweeper.TurnSweeper) ---------------------------
 
     async def turn_sweeper_watch(self, meeting_id: UUID) -> None:
         """Let this process's turn sweeper hear of every turn of the meeting."""
@@ -291,32 +294,14 @@ class AgentMessaging(Generic[T]):
     async def agent_channel(self, external_id: str) -> str:
         """The channel an agent's notifications arrive on (``amp.agent_channel``),
         cached: an agent's id, and so its channel, never changes."""
-        channel = self._channels.get(external_id)
-        if channel is None:
-            validation.external_id("agent external id", external_id)
-            channel = await agents.agent_channel(self.db, external_id)
-            self._channels[external_id] = channel
-        return channel
+        return await self.directory.agent_channel(external_id)
 
     def message_args(
         self, sender: str, recipient: str, message: Any, metadata: dict[str, Any] | None
     ) -> list[Any]:
-        """``[sender, recipient, content, metadata]`` for an ``amp.*`` call that stores a
-        message: ids checked, content serialised as ``T`` (refused if not serialisable,
-        not faithfully representable in JSON, or if content and metadata together
-        are larger than ``max_message_bytes``), both as JSON text for
-        ``$n::text::jsonb``."""
-        validation.external_id("sender external id", sender)
-        validation.external_id("recipient external id", recipient)
-        limit = self.config.max_message_bytes
-        body = content.encode(self.message_adapter, message, limit)
-        meta = content.encode_metadata(metadata)
-        size = len(body.encode()) + len(meta.encode())
-        if size > limit:
-            raise InvalidInputError(
-                f"message content and metadata are {size} bytes, more than the limit of {limit}"
-            )
-        return [sender, recipient, body, meta]
+        """``[sender, recipient, content, metadata]`` for an ``amp.*`` call that stores
+        a message (:meth:`content.Codec.message_args`)."""
+        return self.codec.message_args(sender, recipient, message, metadata)
 
     # -- handlers ----------------------------------------------------------
 
@@ -344,25 +329,10 @@ class AgentMessaging(Generic[T]):
         def register(
             handler: Callable[[T, MessageContext], Awaitable[T | None]],
         ) -> Callable[[T, MessageContext], Awaitable[T | None]]:
-            self.handlers[agent_external_id] = handler
-            if self._delivery is not None and self.config.auto_invoke_handlers:
-                self._serve_in_background([agent_external_id])
+            self.handler_registry.register(agent_external_id, handler)
             return handler
 
         return register
-
-    def _serve_in_background(self, agents: list[str]) -> None:
-        assert self._delivery is not None
-        task = asyncio.ensure_future(self._serve(agents))
-        self._serving.add(task)
-
-        def done(finished: asyncio.Task[None]) -> None:
-            self._serving.discard(finished)
-            if not finished.cancelled() and finished.exception() is not None:
-                self.serve_error = finished.exception()
-                log.error("serving the handlers of %s failed: %r", agents, self.serve_error)
-
-        task.add_done_callback(done)
 
     async def serve_handlers(self) -> None:
         """Wait until every registered handler is served: its agent recorded in
@@ -372,26 +342,7 @@ class AgentMessaging(Generic[T]):
 
         Raises :class:`AgentNotFoundError` for a handler of an unknown agent.
         """
-        if self._delivery is None:
-            raise RuntimeError(
-                "AgentMessaging is not initialized: use 'async with' or initialize()"
-            )
-        if self._serving:
-            await asyncio.wait(set(self._serving))
-        self.serve_error = None
-        await self._serve(list(self.handlers))
-
-    async def _serve(self, agents: list[str]) -> None:
-        """Serve these agents' handlers; a serving process (long-running, listening
-        anyway) also hears migrations made by others and logs them (a newer,
-        breaking one as an error)."""
-        assert self._delivery is not None
-        await self._delivery.serve(agents)
-        if not self._hears_migrations:
-            self._hears_migrations = True
-            await self.dispatcher.subscribe(
-                [migrations.MIGRATIONS_CHANNEL], migrations.log_migration_notice
-            )
+        await self.handler_registry.serve()
 
     async def _reply_from_handler(self, context: MessageContext, answer: Any) -> None:
         """A sync request's handler returned ``answer``: send it as the reply."""
@@ -432,27 +383,17 @@ class AgentMessaging(Generic[T]):
                     await handler(event, meeting_id, agent, data)
 
                 call = four
-            self._event_handlers.setdefault(event, []).append(call)
+            self._events.add(event, call)
             if self._db is not None:
-                self._start_relay()
+                self._events.start(self.db, self.dispatcher, self.config.poll_interval)
             return handler
 
         return decorator
 
-    def _start_relay(self) -> None:
-        if self._relay is None:
-            self._relay = EventRelay(
-                self.db, self.dispatcher, poll_interval=self.config.poll_interval
-            )
-            self._relay.handlers = self._event_handlers
-            self._relay_start = asyncio.get_running_loop().create_task(self._relay.start())
-
     async def events_ready(self) -> None:
         """Wait until the event relay (if handlers are registered) is listening, so
         events caused after this call reach the handlers."""
-        task = self._relay_start
-        if task is not None:
-            await asyncio.shield(task)
+        await self._events.ready()
 
     # -- organizations and agents -----------------------------------------
 
@@ -472,9 +413,7 @@ class AgentMessaging(Generic[T]):
 
         Raises :class:`OrganizationAlreadyExistsError`, :class:`InvalidInputError`.
         """
-        validation.external_id("organization external id", external_id)
-        validation.display_name(name)
-        return (await agents.register_organization(self.db, external_id, name)).id
+        return await self.directory.register_organization(external_id, name)
 
     async def register_agent(
         self, external_id: str, organization_external_id: str, name: str | None = None
@@ -484,21 +423,15 @@ class AgentMessaging(Generic[T]):
         Raises :class:`AgentAlreadyExistsError`, :class:`OrganizationNotFoundError`,
         :class:`InvalidInputError`.
         """
-        validation.external_id("agent external id", external_id)
-        validation.external_id("organization external id", organization_external_id)
-        validation.display_name(name)
-        agent = await agents.register_agent(self.db, external_id, organization_external_id, name)
-        return agent.id
+        return await self.directory.register_agent(external_id, organization_external_id, name)
 
     async def get_organization(self, external_id: str) -> Organization:
         """The organization with that external id, or :class:`OrganizationNotFoundError`."""
-        validation.external_id("organization external id", external_id)
-        return await agents.get_organization(self.db, external_id)
+        return await self.directory.get_organization(external_id)
 
     async def get_agent(self, external_id: str) -> Agent:
         """The agent with that external id, or :class:`AgentNotFoundError`."""
-        validation.external_id("agent external id", external_id)
-        return await agents.get_agent(self.db, external_id)
+        return await self.directory.get_agent(external_id)
 
     # -- lookups of the planning's models -------------------------------------
 

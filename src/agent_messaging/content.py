@@ -22,12 +22,15 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import AfterValidator, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
 
+from . import validation
 from .exceptions import InvalidInputError
+from .models import AttrDict, MeetingInvitation, SystemMessage
 
 # an escaped NUL in JSON text: \u0000 after an even number of backslashes
 _NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
@@ -142,3 +145,68 @@ __all__ = [
     "encode_metadata",
     "loads",
 ]
+
+
+class Codec:
+    """The content codec of one SDK instance: ``T`` in and out, through one pydantic
+    adapter (``resolve_type()`` gives ``T`` once, when first needed, ``None`` for
+    untyped: any JSON, objects as :class:`~agent_messaging.models.AttrDict`).
+    Protocol messages (meeting invitations, system messages) have their own types
+    and never pass through ``T``."""
+
+    def __init__(self, resolve_type: Callable[[], Any], max_message_bytes: int) -> None:
+        self._resolve_type = resolve_type
+        self._adapter: TypeAdapter[Any] | None = None
+        self.max_message_bytes = max_message_bytes
+
+    @property
+    def adapter(self) -> TypeAdapter[Any]:
+        """The pydantic adapter for ``T``."""
+        if self._adapter is None:
+            message_type = self._resolve_type()
+            if message_type is None:
+                self._adapter = TypeAdapter(Annotated[Any, AfterValidator(AttrDict.wrap)])
+            else:
+                self._adapter = TypeAdapter(message_type)
+        return self._adapter
+
+    def encode(self, message: Any) -> str:
+        """``message`` as ``T``, serialised (see :func:`encode`)."""
+        return encode(self.adapter, message, self.max_message_bytes)
+
+    def decode(self, value: Any) -> Any:
+        """Parsed JSON validated as ``T`` (see :func:`decode`)."""
+        return decode(self.adapter, value)
+
+    def decode_text(self, text: str | None) -> Any:
+        """JSON text validated as ``T`` (see :func:`decode_text`)."""
+        return decode_text(self.adapter, text)
+
+    def decode_content(self, message_type: str, value: Any) -> Any:
+        """Stored content as handed to users: the protocol's own types for meeting
+        invitations and system messages, ``T`` for everything agents said."""
+        if message_type == "meeting_invitation":
+            return MeetingInvitation(value)
+        if message_type == "system":
+            return SystemMessage(value)
+        return self.decode(value)
+
+    def message_args(
+        self, sender: str, recipient: str, message: Any, metadata: dict[str, Any] | None
+    ) -> list[Any]:
+        """``[sender, recipient, content, metadata]`` for an ``amp.*`` call that stores a
+        message: ids checked, content serialised as ``T`` (refused if not serialisable,
+        not faithfully representable in JSON, or if content and metadata together
+        are larger than ``max_message_bytes``), both as JSON text for
+        ``$n::text::jsonb``."""
+        validation.external_id("sender external id", sender)
+        validation.external_id("recipient external id", recipient)
+        limit = self.max_message_bytes
+        body = encode(self.adapter, message, limit)
+        meta = encode_metadata(metadata)
+        size = len(body.encode()) + len(meta.encode())
+        if size > limit:
+            raise InvalidInputError(
+                f"message content and metadata are {size} bytes, more than the limit of {limit}"
+            )
+        return [sender, recipient, body, meta]

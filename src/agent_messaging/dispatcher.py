@@ -31,12 +31,14 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from . import notifications, tasks
 from .database import Database, Listener
-from .exceptions import AgentMessagingError
+from .exceptions import TRANSIENT_ERRORS, AgentMessagingError
 from .hub import SharedListener, ShareState
 
 log = logging.getLogger("agent_messaging.dispatcher")
@@ -46,6 +48,97 @@ AnyNotification = notifications.Known | notifications.Unknown
 Callback = Callable[[str, AnyNotification], None]
 CatchUp = Callable[[], Awaitable[None]]
 AnyListener = Listener | SharedListener
+#: which notifications wake a wait (``None``: every one)
+Wanted = Callable[[AnyNotification], bool]
+R = TypeVar("R")
+
+#: what a wait rides out by checking again until its deadline (a lost connection,
+#: a server restart, a check that ran out of time)
+RETRIED: tuple[type[Exception], ...] = (TimeoutError, *TRANSIENT_ERRORS)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[R]):
+    """What a wait's check found: the wait is over, with ``value``. A check returns
+    ``None`` instead while the thing waited for has not happened yet."""
+
+    value: R
+
+
+#: a wait's check: called with the seconds left until the deadline (``None``: no
+#: deadline) to bound its statement; returns an :class:`Outcome` once the wait is
+#: over, ``None`` to keep waiting, or raises to end the wait with an error
+Check = Callable[[float | None], Awaitable[Outcome[R] | None]]
+
+
+class Wait:
+    """One listen -> check -> wait -> re-check loop (:meth:`Dispatcher.waiting`).
+
+    It is subscribed to its channels and registered for catch-ups while the
+    ``async with`` block runs; :meth:`until` checks and waits.
+    """
+
+    def __init__(self, wanted: Wanted | None) -> None:
+        self._wanted = wanted
+        self._woken = asyncio.Event()
+        #: UNLISTEN the channels on exit if nobody else uses them (set it false for
+        #: channels that will not be used again, such as an ended meeting's)
+        self.keep_listening = True
+
+    def _on_notify(self, _channel: str, notification: AnyNotification) -> None:
+        if self._wanted is None or self._wanted(notification):
+            self._woken.set()
+
+    async def _catch_up(self) -> None:
+        # the listener was rebuilt: whatever was notified meanwhile is lost, re-check
+        self._woken.set()
+
+    def wake(self) -> None:
+        """Re-check now (as if a wanted notification had come)."""
+        self._woken.set()
+
+    async def until(
+        self,
+        check: Check[R],
+        deadline: float | None,
+        poll: float,
+        *,
+        check_first: bool = True,
+        retried: tuple[type[Exception], ...] = RETRIED,
+    ) -> Outcome[R] | None:
+        """Check; until the check returns an outcome, wait for a wanted notification
+        (or ``poll`` seconds, the fallback for a lost one) and check again. Returns
+        the outcome, or ``None`` once ``deadline`` (loop time; ``None``: never) has
+        passed. Errors in ``retried`` are ridden out: checked again soon (backing
+        off up to half a second) until the deadline. ``check_first=False`` waits
+        before the first check (for a wait that just caused what it waits for,
+        while already listening)."""
+        loop = asyncio.get_running_loop()
+        retry = 0.05
+        pause: float | None = None if check_first else poll
+        while True:
+            if pause is not None:
+                if deadline is not None:
+                    pause = min(pause, deadline - loop.time())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._woken.wait(), max(pause, 0.0))
+            self._woken.clear()
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0 and pause is not None:
+                return None
+            try:
+                outcome = await check(None if remaining is None else max(remaining, 0.001))
+            except retried as exc:
+                if deadline is not None and loop.time() >= deadline:
+                    return None
+                log.warning("a wait's check failed, checking again: %s", exc)
+                pause = retry
+                retry = min(retry * 2, 0.5)
+                continue
+            retry = 0.05
+            if outcome is not None:
+                return outcome
+            pause = poll
 
 
 class Dispatcher:
@@ -251,6 +344,45 @@ class Dispatcher:
             if unused and self._listener is not None:
                 with contextlib.suppress(AgentMessagingError):
                     await self._listener.unlisten(unused, self._check_interval)
+
+    @contextlib.asynccontextmanager
+    async def waiting(
+        self, channels: Sequence[str], wanted: Wanted | None = None
+    ) -> AsyncIterator[Wait]:
+        """Listen on ``channels`` for a wait (the one wait primitive of the SDK)::
+
+            async with dispatcher.waiting([channel], wanted=is_reply) as wait:
+                ...  # cause what is waited for, if need be: we already listen
+                outcome = await wait.until(check, deadline, poll)
+
+        Notifications for which ``wanted`` is true (every one if ``None``) and every
+        reconnect of the listener wake the wait to re-check. On exit, however the
+        block ends, the catch-up is removed and the channels unsubscribed.
+        """
+        wait = Wait(wanted)
+        try:
+            await self.subscribe(channels, wait._on_notify)
+            self.add_catch_up(wait._catch_up)
+            yield wait
+        finally:
+            self.remove_catch_up(wait._catch_up)
+            await self.unsubscribe(channels, wait._on_notify, keep_listening=wait.keep_listening)
+
+    async def wait_until(
+        self,
+        channels: Sequence[str],
+        check: Check[R],
+        deadline: float | None,
+        poll: float,
+        *,
+        wanted: Wanted | None = None,
+        retried: tuple[type[Exception], ...] = RETRIED,
+    ) -> Outcome[R] | None:
+        """:meth:`waiting` and :meth:`Wait.until` in one: listen, check, wait,
+        re-check until ``check`` returns an outcome (returned) or the deadline
+        passes (``None``)."""
+        async with self.waiting(channels, wanted) as wait:
+            return await wait.until(check, deadline, poll, retried=retried)
 
     def subscribed(self, channel: str) -> bool:
         """Whether someone in this process listens on ``channel``."""

@@ -69,7 +69,7 @@ from .exceptions import (
     OrganizationNotFoundError,
     SessionNotFoundError,
 )
-from .meetings import meeting_channel
+from .meeting_manager import meeting_channel
 from .models import MeetingMessage, TurnSignal
 from .notifications import MessageStored
 

@@ -143,3 +143,53 @@ class EventRelay:
                 await handler(UUID(str(row["meeting_id"])), row["agent_external_id"], data)
             except Exception:
                 log.exception("meeting event handler %r failed on event %s", handler, row["seq"])
+
+
+class EventHandlers:
+    """The meeting event handlers of one SDK instance and the relay that runs them.
+
+    Handlers can be registered before or after the start; the relay starts with the
+    first handler of a started SDK. A failed relay start (a lost connection, say) is
+    logged and raised by the next :meth:`ready`, which the meeting calls await, so
+    it is never lost.
+    """
+
+    def __init__(self) -> None:
+        self.handlers: dict[MeetingEvent, list[EventHandler]] = {}
+        self._relay: EventRelay | None = None
+        self._starting: asyncio.Task[None] | None = None
+
+    def add(self, event: MeetingEvent, handler: EventHandler) -> None:
+        """Call ``handler`` for every event of that type (after :meth:`start`)."""
+        self.handlers.setdefault(event, []).append(handler)
+
+    def start(self, db: Database, dispatcher: Dispatcher, poll_interval: float) -> None:
+        """Start the relay in the background, if there are handlers and it is not
+        running yet."""
+        if self._relay is not None or not self.handlers:
+            return
+        self._relay = EventRelay(db, dispatcher, poll_interval=poll_interval)
+        self._relay.handlers = self.handlers
+        self._starting = asyncio.get_running_loop().create_task(self._relay.start())
+
+        def done(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("starting the meeting event relay failed: %r", task.exception())
+
+        self._starting.add_done_callback(done)
+
+    async def ready(self) -> None:
+        """Wait until the relay (if handlers are registered) is listening; raises
+        the error of its start if it failed."""
+        task = self._starting
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def close(self) -> None:
+        """Stop the relay."""
+        await tasks.stop(self._starting)
+        self._starting = None
+        if self._relay is not None:
+            with contextlib.suppress(Exception):
+                await self._relay.close()
+            self._relay = None

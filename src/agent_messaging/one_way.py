@@ -4,18 +4,17 @@ and waiting for a message's delivery outcome."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 from . import content
-from .dispatcher import AnyNotification
+from .dispatcher import AnyNotification, Outcome
 from .exceptions import DeliveryTimeoutError, HandlerExecutionError, InvalidInputError
 from .notifications import DeliveryFinished
 
 if TYPE_CHECKING:
-    from .client import AgentMessaging
+    from .context import PatternContext
     from .database import Statements
 
 T = TypeVar("T")
@@ -31,7 +30,7 @@ class OneWayMessenger(Generic[T]):
     delivers what is pending for this process's handlers first.
     """
 
-    def __init__(self, sdk: AgentMessaging[T], db: Statements | None = None) -> None:
+    def __init__(self, sdk: PatternContext, db: Statements | None = None) -> None:
         self._sdk = sdk
         #: where the sends run: a transaction (``sdk.transaction()``), else the pool
         self._tx = db
@@ -61,7 +60,9 @@ class OneWayMessenger(Generic[T]):
         value = await self._db.fetch_value(
             "SELECT amp.send_one_way($1, $2, $3::text::jsonb, $4::text::jsonb, $5)",
             [
-                *sdk.message_args(sender_external_id, recipient_external_id, message, metadata),
+                *sdk.codec.message_args(
+                    sender_external_id, recipient_external_id, message, metadata
+                ),
                 idempotency_key,
             ],
         )
@@ -110,7 +111,7 @@ class OneWayMessenger(Generic[T]):
     def _encode(self, index: int | None, message: T) -> str:
         sdk = self._sdk
         try:
-            return content.encode(sdk.message_adapter, message, sdk.config.max_message_bytes)
+            return content.encode(sdk.codec.adapter, message, sdk.config.max_message_bytes)
         except InvalidInputError as exc:
             if index is None:
                 raise
@@ -152,41 +153,28 @@ class OneWayMessenger(Generic[T]):
         query = "SELECT * FROM amp.delivery_outcome($1)"
         row = await sdk.db.fetch_one(query, [message_id])
         channel = row["sender_channel"]
-        woken = asyncio.Event()
 
-        def hint(_channel: str, notification: AnyNotification) -> None:
-            if isinstance(notification, DeliveryFinished):
-                woken.set()
+        def wanted(notification: AnyNotification) -> bool:
+            return isinstance(notification, DeliveryFinished)
 
-        async def catch_up() -> None:
-            woken.set()
+        async def check(_remaining: float | None) -> Outcome[None] | None:
+            row = await sdk.db.fetch_one(query, [message_id])
+            status = row["delivery_status"]
+            if status == "delivered":
+                return Outcome(None)
+            if status == "failed":
+                raise HandlerExecutionError(
+                    f"message {message_id} was not delivered: its handler failed "
+                    f"{row['attempts']} time(s); last error: {row['last_error']}",
+                    message_id=message_id,
+                    last_error=row["last_error"],
+                    attempts=row["attempts"],
+                )
+            return None
 
-        if channel is not None:
-            await sdk.dispatcher.subscribe([channel], hint)
-        sdk.dispatcher.add_catch_up(catch_up)
-        try:
-            while True:
-                woken.clear()
-                row = await sdk.db.fetch_one(query, [message_id])
-                status = row["delivery_status"]
-                if status == "delivered":
-                    return
-                if status == "failed":
-                    raise HandlerExecutionError(
-                        f"message {message_id} was not delivered: its handler failed "
-                        f"{row['attempts']} time(s); last error: {row['last_error']}",
-                        message_id=message_id,
-                        last_error=row["last_error"],
-                        attempts=row["attempts"],
-                    )
-                remaining = limit - loop.time()
-                if remaining <= 0:
-                    raise DeliveryTimeoutError(
-                        f"message {message_id} is still pending after the timeout"
-                    )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), min(remaining, sdk.config.poll_interval))
-        finally:
-            sdk.dispatcher.remove_catch_up(catch_up)
-            if channel is not None:
-                await sdk.dispatcher.unsubscribe([channel], hint)
+        channels = [] if channel is None else [channel]
+        outcome = await sdk.dispatcher.wait_until(
+            channels, check, limit, sdk.config.poll_interval, wanted=wanted
+        )
+        if outcome is None:
+            raise DeliveryTimeoutError(f"message {message_id} is still pending after the timeout")

@@ -19,14 +19,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 from uuid import UUID
 
-from .conversations import SyncConversation
+from .async_conversation import AsyncConversation
 from .database import DbTransaction, Row
 from .exceptions import TransactionError
-from .inbox import AsyncConversation
 from .one_way import OneWayMessenger
+from .sync_conversation import SyncConversation
 
 if TYPE_CHECKING:
-    from .client import AgentMessaging
+    from .context import PatternContext
 
 T = TypeVar("T")
 
@@ -36,7 +36,7 @@ class TransactionalAsyncConversation(Generic[T]):
     ``get_unread_messages`` (messages taken in a transaction that rolls back are
     unread again: take and process them atomically)."""
 
-    def __init__(self, sdk: AgentMessaging[T], tx: DbTransaction) -> None:
+    def __init__(self, sdk: PatternContext, tx: DbTransaction) -> None:
         self._inbox: AsyncConversation[T] = AsyncConversation(sdk, db=tx)
 
     async def send(
@@ -64,7 +64,7 @@ class TransactionalSyncConversation(Generic[T]):
     """The sync calls that can run in a transaction: ``reply``. ``send_and_wait``
     is refused: it waits for an answer that nobody can see before the commit."""
 
-    def __init__(self, sdk: AgentMessaging[T], tx: DbTransaction) -> None:
+    def __init__(self, sdk: PatternContext, tx: DbTransaction) -> None:
         self._sync: SyncConversation[T] = SyncConversation(sdk, db=tx)
 
     async def reply(
@@ -101,7 +101,7 @@ class Transaction(Generic[T]):
     caught inside the block.
     """
 
-    def __init__(self, sdk: AgentMessaging[T], tx: DbTransaction) -> None:
+    def __init__(self, sdk: PatternContext, tx: DbTransaction) -> None:
         self._tx = tx
         #: one-way sends (``send``, ``send_many``, ``broadcast``), delivered after
         #: the commit

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 from . import content, tasks, validation
-from .dispatcher import AnyNotification
+from .dispatcher import AnyNotification, Outcome
 from .exceptions import (
     TRANSIENT_ERRORS,
     AgentMessagingError,
@@ -21,11 +21,11 @@ from .models import MessageContext
 from .notifications import MessageStored, SessionChanged
 
 if TYPE_CHECKING:
-    from .client import AgentMessaging
+    from .context import PatternContext
     from .database import Statements
 
 T = TypeVar("T")
-log = logging.getLogger("agent_messaging.conversations")
+log = logging.getLogger("agent_messaging.sync_conversation")
 
 #: after its deadline, how long a wait may spend cancelling itself in SQL before it
 #: leaves that to a background task (so that it returns by its timeout + 0.5 s)
@@ -44,7 +44,7 @@ class SyncConversation(Generic[T]):
     conversation is ended.
     """
 
-    def __init__(self, sdk: AgentMessaging[T], db: Statements | None = None) -> None:
+    def __init__(self, sdk: PatternContext, db: Statements | None = None) -> None:
         self._sdk = sdk
         self._unlocks: set[asyncio.Task[None]] = set()
         #: where replies run: a transaction (``sdk.transaction()``), else the pool
@@ -82,44 +82,59 @@ class SyncConversation(Generic[T]):
             timeout = sdk.config.default_conversation_timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        args = sdk.message_args(sender_external_id, recipient_external_id, message, metadata)
-        channel = await sdk.agent_channel(sender_external_id)
-        woken = asyncio.Event()
+        args = sdk.codec.message_args(sender_external_id, recipient_external_id, message, metadata)
+        channel = await sdk.directory.agent_channel(sender_external_id)
         carried: dict[UUID, Any] = {}  # replies whose hint carried the content
 
-        def hint(_: str, notification: AnyNotification) -> None:
+        def wanted(notification: AnyNotification) -> bool:
             stored = notification if isinstance(notification, MessageStored) else None
             if stored is not None and stored.reply is not None and stored.reply_to is not None:
                 carried[stored.reply_to] = stored.reply.content
-            if isinstance(notification, MessageStored | SessionChanged):
-                woken.set()
-
-        async def catch_up() -> None:
-            woken.set()
+            return isinstance(notification, MessageStored | SessionChanged)
 
         # LISTEN before sending: the reply cannot slip between the send and the wait
-        dispatcher = sdk.dispatcher
-        await dispatcher.subscribe([channel], hint)
-        dispatcher.add_catch_up(catch_up)
-        try:
-            row = await sdk.db.fetch_one(
-                "SELECT request_id FROM amp.sync_send($1, $2, $3::text::jsonb, "
-                "$4::text::jsonb, $5, make_interval(secs => $6::float8))",
-                [*args, idempotency_key, timeout],
-                timeout=max(0.001, deadline - loop.time()),
+        async with sdk.dispatcher.waiting([channel], wanted) as wait:
+            sending = asyncio.ensure_future(
+                sdk.db.fetch_one(
+                    "SELECT request_id FROM amp.sync_send($1, $2, $3::text::jsonb, "
+                    "$4::text::jsonb, $5, make_interval(secs => $6::float8))",
+                    [*args, idempotency_key, timeout],
+                    timeout=max(0.001, deadline - loop.time()),
+                )
             )
+            try:
+                row = await asyncio.shield(sending)
+            except asyncio.CancelledError:
+                # cancelled while sending: the send may still commit, and its wait
+                # must not outlive us; withdraw it once the send has answered
+                self._unlock_once_sent(sending, sender_external_id, recipient_external_id)
+                raise
             request = UUID(str(row["request_id"]))
             sdk.poke_delivery(recipient_external_id)
             settled = False
             try:
-                result = await self._wait(
-                    request,
-                    sender_external_id,
-                    recipient_external_id,
-                    timeout,
+
+                async def check(remaining: float | None) -> Outcome[T] | None:
+                    if request in carried:
+                        # the reply's own hint carried it: committed, no need to read it
+                        return Outcome(content.decode(sdk.codec.adapter, carried[request]))
+                    return await self._outcome(request, remaining)
+
+                # no check before the first wait: the request was stored a moment ago
+                # while we already listened, so its reply (or the end) will notify us
+                outcome = await wait.until(
+                    check,
                     deadline,
-                    woken,
-                    carried,
+                    sdk.config.poll_interval,
+                    check_first=False,
+                    retried=TRANSIENT_ERRORS,
+                )
+                result = (
+                    outcome.value
+                    if outcome is not None
+                    else await self._give_up(
+                        request, sender_external_id, recipient_external_id, timeout
+                    )
                 )
                 settled = True
                 return result
@@ -129,52 +144,6 @@ class SyncConversation(Generic[T]):
             finally:
                 if not settled:  # an error or a cancellation: nobody may stay locked
                     self._unlock_later(sender_external_id, recipient_external_id, request)
-        finally:
-            dispatcher.remove_catch_up(catch_up)
-            await dispatcher.unsubscribe([channel], hint)
-
-    async def _wait(
-        self,
-        request: UUID,
-        sender: str,
-        recipient: str,
-        timeout: float,
-        deadline: float,
-        woken: asyncio.Event,
-        carried: dict[UUID, Any] | None = None,
-    ) -> T:
-        sdk = self._sdk
-        loop = asyncio.get_running_loop()
-        retry = 0.05
-        # No check before the first wait: the request was stored a moment ago while
-        # we already listened, so its reply (or the end) will notify us.
-        while True:
-            remaining = deadline - loop.time()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    woken.wait(), max(0.0, min(remaining, sdk.config.poll_interval))
-                )
-            woken.clear()
-            if carried and request in carried:
-                # the reply's own hint carried it: it is committed, no need to read it
-                reply: T = content.decode(sdk.message_adapter, carried[request])
-                return reply
-            remaining = deadline - loop.time()
-            if remaining > 0:
-                try:
-                    outcome = await self._outcome(request, remaining)
-                except TRANSIENT_ERRORS as exc:
-                    # ride out the outage: check again (soon) until the deadline
-                    log.warning("checking for the reply to %s failed, retrying: %s", request, exc)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(woken.wait(), min(retry, remaining))
-                    retry = min(retry * 2, 0.5)
-                    continue
-                retry = 0.05
-                if outcome is not None:
-                    return outcome
-                continue
-            return await self._give_up(request, sender, recipient, timeout)
 
     async def _give_up(self, request: UUID, sender: str, recipient: str, timeout: float) -> T:
         """The deadline passed: cancel the wait in SQL, unless the reply (or the end)
@@ -201,7 +170,20 @@ class SyncConversation(Generic[T]):
         if outcome is None:
             self._unlock_later(sender, recipient, request)
             raise expired
-        return outcome
+        reply: T = outcome.value
+        return reply
+
+    def _unlock_once_sent(
+        self, sending: asyncio.Future[dict[str, Any]], sender: str, recipient: str
+    ) -> None:
+        """The asker was cancelled during its ``amp.sync_send``: when that statement
+        has answered, cancel the wait it stored (if it stored one)."""
+
+        def sent(done: asyncio.Future[dict[str, Any]]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self._unlock_later(sender, recipient, UUID(str(done.result()["request_id"])))
+
+        sending.add_done_callback(sent)
 
     def _unlock_later(self, sender: str, recipient: str, request: UUID) -> None:
         """Cancel the wait in SQL from a background task, retrying (bounded) while the
@@ -238,7 +220,7 @@ class SyncConversation(Generic[T]):
         for task in list(self._unlocks):
             await tasks.stop(task)
 
-    async def _outcome(self, request: UUID, timeout: float | None = None) -> T | None:
+    async def _outcome(self, request: UUID, timeout: float | None = None) -> Outcome[T] | None:
         """The reply if there is one; raises if the wait is over without one."""
         row = await self._sdk.db.fetch_one(
             "SELECT status, content::text AS content FROM amp.sync_result($1)",
@@ -248,8 +230,7 @@ class SyncConversation(Generic[T]):
         )
         status = row["status"]
         if status == "replied":
-            reply: T = content.decode(self._sdk.message_adapter, content.loads(row["content"]))
-            return reply
+            return Outcome(content.decode(self._sdk.codec.adapter, content.loads(row["content"])))
         if status == "ended":
             raise ConversationEndedError(f"the conversation of request {request} was ended")
         if status == "cancelled":
@@ -284,7 +265,7 @@ class SyncConversation(Generic[T]):
         db = self._tx if self._tx is not None else sdk.db
         value = await db.fetch_value(
             "SELECT amp.sync_reply($1, $2, $3::text::jsonb, $4::text::jsonb, $5)",
-            [*sdk.message_args(sender, recipient, message, metadata), request],
+            [*sdk.codec.message_args(sender, recipient, message, metadata), request],
         )
         return UUID(str(value))
 

@@ -13,7 +13,6 @@ in ``amp.failed_deliveries``) and the others are returned.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -23,17 +22,17 @@ from pydantic import BaseModel
 
 from . import content, validation
 from .database import Row
-from .dispatcher import AnyNotification
+from .dispatcher import AnyNotification, Outcome
 from .exceptions import TRANSIENT_ERRORS, HandlerExecutionError, HandlerNotRegisteredError
 from .models import MessageContext
 from .notifications import MessageStored
 
 if TYPE_CHECKING:
-    from .client import AgentMessaging
+    from .context import PatternContext
     from .database import Statements
 
 T = TypeVar("T")
-log = logging.getLogger("agent_messaging.inbox")
+log = logging.getLogger("agent_messaging.async_conversation")
 
 #: seconds a read holds its messages for confirmation (the confirmation follows at
 #: once; the lease matters only when the read's answer or the process was lost)
@@ -82,7 +81,7 @@ class AsyncConversation(Generic[T]):
     """A durable inbox with read state. Sending never blocks; the recipient pulls
     (:meth:`get_unread_messages`) or waits (:meth:`wait_for_message`)."""
 
-    def __init__(self, sdk: AgentMessaging[T], db: Statements | None = None) -> None:
+    def __init__(self, sdk: PatternContext, db: Statements | None = None) -> None:
         self._sdk = sdk
         #: where sends and reads run: a transaction (``sdk.transaction()``), else the pool
         self._tx = db
@@ -109,7 +108,9 @@ class AsyncConversation(Generic[T]):
         value = await self._db.fetch_value(
             "SELECT amp.async_send($1, $2, $3::text::jsonb, $4::text::jsonb, $5)",
             [
-                *sdk.message_args(sender_external_id, recipient_external_id, message, metadata),
+                *sdk.codec.message_args(
+                    sender_external_id, recipient_external_id, message, metadata
+                ),
                 idempotency_key,
             ],
         )
@@ -219,53 +220,26 @@ class AsyncConversation(Generic[T]):
         validation.external_id("recipient external id", recipient_external_id)
         validation.optional_external_id("sender external id", sender_external_id)
         timeout = validation.timeout("timeout", timeout)
-        channel = await sdk.agent_channel(recipient_external_id)
-        woken = asyncio.Event()
+        channel = await sdk.directory.agent_channel(recipient_external_id)
 
-        def hint(_: str, notification: AnyNotification) -> None:
-            if isinstance(notification, MessageStored) and notification.message_type == "async":
-                woken.set()
+        def wanted(notification: AnyNotification) -> bool:
+            return isinstance(notification, MessageStored) and notification.message_type == "async"
 
-        async def catch_up() -> None:
-            woken.set()
+        async def check(remaining: float | None) -> Outcome[T] | None:
+            taken = await self._take(recipient_external_id, sender_external_id, 1, remaining)
+            return Outcome(taken[0][1]) if taken else None
 
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        await sdk.dispatcher.subscribe([channel], hint)
-        sdk.dispatcher.add_catch_up(catch_up)
-        retry = 0.05
-        try:
-            while True:
-                woken.clear()
-                try:
-                    taken = await self._take(
-                        recipient_external_id,
-                        sender_external_id,
-                        1,
-                        None if deadline is None else max(0.001, deadline - loop.time()),
-                    )
-                    retry = 0.05
-                except TRANSIENT_ERRORS:
-                    if deadline is not None and loop.time() >= deadline:
-                        return None
-                    taken = []
-                    woken.set()  # check again after a short pause, not a whole poll
-                    pause = retry if deadline is None else deadline - loop.time()
-                    await asyncio.sleep(max(0.0, min(retry, pause)))
-                    retry = min(retry * 2, 0.5)
-                if taken:
-                    return taken[0][1]
-                wait = sdk.config.poll_interval
-                if deadline is not None:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        return None
-                    wait = min(wait, remaining)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), wait)
-        finally:
-            sdk.dispatcher.remove_catch_up(catch_up)
-            await sdk.dispatcher.unsubscribe([channel], hint)
+        outcome = await sdk.dispatcher.wait_until(
+            [channel],
+            check,
+            deadline,
+            sdk.config.poll_interval,
+            wanted=wanted,
+            retried=TRANSIENT_ERRORS,
+        )
+        return None if outcome is None else outcome.value
 
     async def resume_agent_handler(self, agent_external_id: str) -> int:
         """Invoke the agent's handler (registered in this process) for each unread
@@ -280,7 +254,7 @@ class AsyncConversation(Generic[T]):
         sdk = self._sdk
         validation.external_id("agent external id", agent_external_id)
         # AgentNotFoundError first, then HandlerNotRegisteredError, as planned
-        recipient_name = (await sdk.get_agent(agent_external_id)).name
+        recipient_name = (await sdk.directory.get_agent(agent_external_id)).name
         handler = sdk.handlers.get(agent_external_id)
         if handler is None:
             raise HandlerNotRegisteredError(f"no handler registered for {agent_external_id!r}")
@@ -347,7 +321,7 @@ class AsyncConversation(Generic[T]):
         return decoded
 
     def _decode(self, row: Row) -> T:
-        value: T = content.decode_text(self._sdk.message_adapter, row["content"])
+        value: T = content.decode_text(self._sdk.codec.adapter, row["content"])
         self._metadata(row)
         return value
 

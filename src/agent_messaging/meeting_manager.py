@@ -5,28 +5,23 @@ calls them and waits. Waiting follows listen -> check -> wait -> re-check: subsc
 to the meeting's channel, read the turn from the table, wait for a notification (or
 the fallback poll), read again.
 
-Turn deadlines are kept by :class:`TurnSweeper`, one per SDK process: it hears of
-every turn of the meetings this process hosts or waits in (each meeting
-notification carries the seconds left in the current turn, ``turn_seconds``), and
-asks SQL for the earliest deadline of all (``amp.next_turn_deadline()``) at least
-every ``poll_interval``; it sleeps until the earliest deadline it knows and then
-calls ``amp.expire_turns()``. So a turn expires on time whoever waits, in whatever
-state their wait began, and a meeting goes on even if the speaker's process is gone.
+Turn deadlines are kept by :class:`~agent_messaging.turn_sweeper.TurnSweeper`, one
+per SDK process; waits hand it the deadlines they read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
-from . import content, tasks, validation
-from .dispatcher import AnyNotification
+from . import content, validation
+from .database import Row
+from .dispatcher import AnyNotification, Check, Outcome, Wanted
 from .exceptions import (
-    TRANSIENT_ERRORS,
     AgentNotInMeetingError,
     InvalidInputError,
     InvalidMeetingError,
@@ -46,19 +41,14 @@ from .models import (
 from .notifications import MeetingChanged
 
 if TYPE_CHECKING:
-    from .client import AgentMessaging
+    from .context import PatternContext
 
 T = TypeVar("T")
-log = logging.getLogger("agent_messaging.meetings")
+log = logging.getLogger("agent_messaging.meeting_manager")
 
-#: what a wait rides out (a check that ran out of time, a lost connection)
-_RETRIED: tuple[type[Exception], ...] = (TimeoutError, *TRANSIENT_ERRORS)
 #: the longest turn_duration the SDK sends (seconds, one year): the server's own
 #: limit, ``amp.setting('max_turn_duration_seconds')`` (default one week), is lower
 MAX_TURN_DURATION = 31_536_000.0
-
-#: slack added to a turn deadline before expiring it (clock granularity)
-_DEADLINE_SLACK = 0.01
 
 
 class _Default(enum.Enum):
@@ -84,14 +74,32 @@ def _meeting_id(value: UUID | str) -> str:
 class MeetingManager(Generic[T]):
     """The meeting pattern (``sdk.meeting``)."""
 
-    def __init__(self, sdk: AgentMessaging[T]) -> None:
+    def __init__(self, sdk: PatternContext) -> None:
         self._sdk = sdk
 
     # -- helpers -------------------------------------------------------------
 
+    async def _watch(self, meeting_id: UUID) -> None:
+        """Let this process's turn sweeper hear of every turn of the meeting."""
+        sweeper = self._sdk.turn_sweeper
+        if sweeper is not None:
+            await sweeper.watch(meeting_id)
+
+    async def _unwatch(self, meeting_id: UUID) -> None:
+        """The meeting ended: the sweeper stops listening to it."""
+        sweeper = self._sdk.turn_sweeper
+        if sweeper is not None:
+            await sweeper.unwatch(meeting_id)
+
+    def _note(self, seconds_left: float) -> None:
+        """A turn deadline read just now: the sweeper expires the turn then."""
+        sweeper = self._sdk.turn_sweeper
+        if sweeper is not None:
+            sweeper.note(seconds_left)
+
     def _dump(self, message: T) -> str:
         sdk = self._sdk
-        return content.encode(sdk.message_adapter, message, sdk.config.max_message_bytes)
+        return content.encode(sdk.codec.adapter, message, sdk.config.max_message_bytes)
 
     def _message(self, row: dict[str, Any]) -> MeetingMessage[T]:
         """One history row, decoded on its own: a message that cannot be decoded (or
@@ -104,7 +112,7 @@ class MeetingManager(Generic[T]):
             if system:
                 value = content.loads(row["content"])
             else:
-                value = content.decode_text(self._sdk.message_adapter, row["content"])
+                value = content.decode_text(self._sdk.codec.adapter, row["content"])
         except content.UndecodableContent as exc:
             error = str(exc)
             log.warning("meeting message %s cannot be decoded: %s", row["message_id"], exc)
@@ -181,7 +189,7 @@ class MeetingManager(Generic[T]):
             [host_external_id, list(agent_external_ids), duration],
         )
         meeting_id = UUID(str(value))
-        await sdk.turn_sweeper_watch(meeting_id)
+        await self._watch(meeting_id)
         for agent in agent_external_ids:
             sdk.poke_delivery(agent)
         return meeting_id
@@ -232,7 +240,7 @@ class MeetingManager(Generic[T]):
         query = (
             "SELECT amp.start_meeting($1::text, $2::text::uuid, $3::text::jsonb, $4::text) AS id"
         )
-        await sdk.turn_sweeper_watch(UUID(meeting))
+        await self._watch(UUID(meeting))
         try:
             await sdk.db.fetch_value(query, args)
             return
@@ -309,7 +317,7 @@ class MeetingManager(Generic[T]):
         await self._sdk.db.execute(
             "SELECT amp.end_meeting($1::text, $2::text::uuid)", [host_external_id, meeting]
         )
-        await self._sdk.turn_sweeper_unwatch(UUID(meeting))
+        await self._unwatch(UUID(meeting))
 
     # -- reading -------------------------------------------------------------
 
@@ -382,19 +390,27 @@ class MeetingManager(Generic[T]):
                 and str(notification.speaker_id) == state.get("agent_id")
             )
 
-        async def check() -> dict[str, Any] | None:
+        async def check(remaining: float | None) -> Outcome[Row] | None:
             row = await self._sdk.db.fetch_one(
                 "SELECT * FROM amp.meeting_turn($1::text, $2::text::uuid)",
                 [agent_external_id, meeting],
+                timeout=remaining,
             )
             state["agent_id"] = str(row["agent_id"])
             if row["participant_status"] is None or row["participant_status"] == "left":
                 raise AgentNotInMeetingError(
                     f"agent {agent_external_id!r} is not in meeting {meeting}"
                 )
-            return row if row["your_turn"] or row["meeting_ended"] else row | {"wait": True}
+            if row["your_turn"] or row["meeting_ended"]:
+                return Outcome(row)
+            if row["meeting_status"] == "active" and row["seconds_left"] is not None:
+                # hand the deadline to the turn sweeper, which expires it on time
+                self._note(float(row["seconds_left"]))
+            return None
 
-        row = await self._wait(meeting, wanted, check, timeout, "the turn", timeout_error)
+        row = await self._wait(
+            meeting, wanted, check, timeout, "the turn", timeout_error, ends_meeting=_ended
+        )
         return TurnSignal[T](
             meeting_id=UUID(meeting),
             your_turn=bool(row["your_turn"]),
@@ -415,174 +431,43 @@ class MeetingManager(Generic[T]):
         timeout = validation.timeout("timeout", timeout)
         meeting = _meeting_id(meeting_id)
 
-        async def check() -> dict[str, Any]:
+        async def check(remaining: float | None) -> Outcome[Row] | None:
             row = await self._sdk.db.fetch_one(
-                "SELECT * FROM amp.meeting_status($1::text::uuid)", [meeting]
+                "SELECT * FROM amp.meeting_status($1::text::uuid)", [meeting], timeout=remaining
             )
-            return row if row["status"] != "created" else row | {"wait": True}
+            return Outcome(row) if row["status"] != "created" else None
 
-        await self._wait(meeting, lambda _: True, check, timeout, "the meeting to be ready")
+        await self._wait(meeting, None, check, timeout, "the meeting to be ready")
         return await self.get_meeting_status(UUID(meeting))
 
     async def _wait(
         self,
         meeting: str,
-        wanted: Any,
-        check: Any,
+        wanted: Wanted | None,
+        check: Check[Row],
         timeout: float | None,
         what: str,
         timeout_error: type[MeetingTimeoutError] = MeetingTimeoutError,
-    ) -> dict[str, Any]:
-        """listen -> check -> wait -> re-check, until ``check`` returns a row without
-        ``wait``. The deadline it reads is handed to the process's turn sweeper,
-        which expires the turn on time (the expiry then notifies)."""
+        ends_meeting: Callable[[Row], bool] = lambda _: False,
+    ) -> Row:
+        """The dispatcher's wait on the meeting's channel, until ``check`` returns
+        an outcome; raises ``timeout_error`` after ``timeout`` seconds (``None``:
+        ``config.default_meeting_timeout``). The process's turn sweeper watches the
+        meeting meanwhile."""
         sdk = self._sdk
         loop = asyncio.get_running_loop()
         limit = loop.time() + (sdk.config.default_meeting_timeout if timeout is None else timeout)
-        woken = asyncio.Event()
-        channel = meeting_channel(UUID(meeting))
-
-        def on_notify(_channel: str, notification: AnyNotification) -> None:
-            if wanted(notification):
-                woken.set()
-
-        async def on_reconnect() -> None:
-            woken.set()
-
-        await sdk.dispatcher.subscribe([channel], on_notify)
-        sdk.dispatcher.add_catch_up(on_reconnect)
-        await sdk.turn_sweeper_watch(UUID(meeting))
-        ended = False
-        retry = 0.05
-        try:
-            while True:
-                woken.clear()
-                try:
-                    # bounded by the wait's own deadline (a cancelled check is
-                    # cancelled on the server too)
-                    row: dict[str, Any] = await asyncio.wait_for(
-                        check(), max(0.001, limit - loop.time())
-                    )
-                    retry = 0.05
-                except _RETRIED:
-                    # ride out a lost connection or a restart: check again soon
-                    if loop.time() >= limit:
-                        raise timeout_error(
-                            f"waited too long for {what} in meeting {meeting}"
-                        ) from None
-                    await asyncio.sleep(max(0.0, min(retry, limit - loop.time())))
-                    retry = min(retry * 2, 0.5)
-                    continue
-                if not row.get("wait"):
-                    ended = bool(row.get("meeting_ended"))
-                    if ended:
-                        await sdk.turn_sweeper_unwatch(UUID(meeting))
-                    return row
-                now = loop.time()
-                if now >= limit:
-                    raise timeout_error(f"waited too long for {what} in meeting {meeting}")
-                pause = min(limit - now, sdk.config.poll_interval)
-                seconds_left = row.get("seconds_left")
-                if seconds_left is not None and row.get("meeting_status", "active") == "active":
-                    sdk.turn_sweeper_note(float(seconds_left))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), max(pause, 0.0))
-        finally:
-            sdk.dispatcher.remove_catch_up(on_reconnect)
-            # an ended meeting's channel is of no further use: UNLISTEN it
-            await sdk.dispatcher.unsubscribe([channel], on_notify, keep_listening=not ended)
+        async with sdk.dispatcher.waiting([meeting_channel(UUID(meeting))], wanted) as wait:
+            await self._watch(UUID(meeting))
+            outcome = await wait.until(check, limit, sdk.config.poll_interval)
+            if outcome is None:
+                raise timeout_error(f"waited too long for {what} in meeting {meeting}")
+            if ends_meeting(outcome.value):
+                await self._unwatch(UUID(meeting))
+                # an ended meeting's channel is of no further use: UNLISTEN it
+                wait.keep_listening = False
+            return outcome.value
 
 
-class TurnSweeper:
-    """Expires meeting turns at their deadlines, for one SDK process.
-
-    It sleeps until the earliest deadline it knows, then calls
-    ``amp.expire_turns()`` (idempotent, safe from any number of processes). It
-    learns deadlines from the notifications of the meetings it watches (those this
-    process creates, starts or waits in: each carries ``turn_seconds``), from
-    waiters' reads (:meth:`note`), and from SQL (``amp.next_turn_deadline()``), asked
-    at least every ``poll_interval`` and after every expiry: the fallback that
-    catches every other meeting.
-    """
-
-    def __init__(self, sdk: AgentMessaging[Any]) -> None:
-        self._sdk = sdk
-        self._wake = asyncio.Event()
-        #: loop time of the earliest deadline known
-        self._due: float | None = None
-        self._watched: set[str] = set()
-        self._task: asyncio.Task[None] | None = None
-        #: how many times this sweeper expired at least one turn (for tests)
-        self.expired = 0
-
-    def start(self) -> None:
-        """Start sweeping (on the running loop)."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="amp-turn-sweep")
-
-    async def close(self) -> None:
-        """Stop sweeping and stop watching meetings."""
-        await tasks.stop(self._task)
-        self._task = None
-        for channel in list(self._watched):
-            await self._unwatch_channel(channel)
-
-    def note(self, seconds_left: float | None) -> None:
-        """A turn deadline ``seconds_left`` from now (server's reckoning, read just now)."""
-        if seconds_left is None:
-            return
-        at = asyncio.get_running_loop().time() + max(seconds_left, 0.0)
-        if self._due is None or at < self._due:
-            self._due = at
-            self._wake.set()
-
-    async def watch(self, meeting_id: UUID) -> None:
-        """Hear of every turn of this meeting until it ends."""
-        channel = meeting_channel(meeting_id)
-        if channel in self._watched:
-            return
-        self._watched.add(channel)
-        await self._sdk.dispatcher.subscribe([channel], self._on_notify)
-
-    async def unwatch(self, meeting_id: UUID) -> None:
-        """Stop hearing of this meeting (it ended)."""
-        await self._unwatch_channel(meeting_channel(meeting_id))
-
-    async def _unwatch_channel(self, channel: str) -> None:
-        if channel in self._watched:
-            self._watched.discard(channel)
-            await self._sdk.dispatcher.unsubscribe([channel], self._on_notify, keep_listening=False)
-
-    def _on_notify(self, channel: str, notification: AnyNotification) -> None:
-        if not isinstance(notification, MeetingChanged):
-            return
-        if notification.status == "ended":
-            if channel in self._watched:
-                asyncio.get_running_loop().create_task(self._unwatch_channel(channel))
-            return
-        self.note(notification.turn_seconds)
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        db = self._sdk.db
-        while True:
-            try:
-                self.note(await db.fetch_value("SELECT amp.next_turn_deadline() AS s"))
-            except Exception as exc:
-                log.warning("reading the next turn deadline failed: %s", exc)
-            poll_at = loop.time() + self._sdk.config.poll_interval
-            while True:
-                self._wake.clear()
-                target = poll_at if self._due is None else min(poll_at, self._due + _DEADLINE_SLACK)
-                now = loop.time()
-                if now >= target:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), target - now)
-            if self._due is not None and loop.time() >= self._due:
-                self._due = None
-                try:
-                    if await db.fetch_value("SELECT amp.expire_turns() AS n"):
-                        self.expired += 1
-                except Exception as exc:
-                    log.warning("expiring turns failed: %s", exc)
+def _ended(row: Row) -> bool:
+    return bool(row["meeting_ended"])
