@@ -77,7 +77,7 @@ BASELINE_REVISION = "0100"
 LEGACY_REVISIONS = frozenset({"0001", "0002", "0003", "0004"})
 #: The head revision of every release, oldest first (``"0.1.0": "0100"``). Revisions
 #: up to a release's head are frozen; the upgrade test starts from the last one.
-RELEASES: dict[str, str] = {}
+RELEASES: dict[str, str] = {"0.1.0": "0100"}
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # alembic keeps its context in module globals: one migration at a time per process
