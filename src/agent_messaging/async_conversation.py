@@ -21,6 +21,7 @@ from uuid import UUID
 from pydantic import BaseModel
 
 from . import content, validation
+from .context import Pattern
 from .database import Row
 from .dispatcher import AnyNotification, Outcome
 from .exceptions import TRANSIENT_ERRORS, HandlerExecutionError, HandlerNotRegisteredError
@@ -28,8 +29,7 @@ from .models import MessageContext
 from .notifications import MessageStored
 
 if TYPE_CHECKING:
-    from .context import PatternContext
-    from .database import Statements
+    pass
 
 T = TypeVar("T")
 log = logging.getLogger("agent_messaging.async_conversation")
@@ -77,18 +77,9 @@ class InboxMessage(BaseModel, Generic[T]):
     error: str | None = None
 
 
-class AsyncConversation(Generic[T]):
+class AsyncConversation(Pattern, Generic[T]):
     """A durable inbox with read state. Sending never blocks; the recipient pulls
     (:meth:`get_unread_messages`) or waits (:meth:`wait_for_message`)."""
-
-    def __init__(self, sdk: PatternContext, db: Statements | None = None) -> None:
-        self._sdk = sdk
-        #: where sends and reads run: a transaction (``sdk.transaction()``), else the pool
-        self._tx = db
-
-    @property
-    def _db(self) -> Statements:
-        return self._tx if self._tx is not None else self._sdk.db
 
     async def send(
         self,

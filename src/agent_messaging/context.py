@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .agents import Directory
     from .config import Config
     from .content import Codec
-    from .database import Database
+    from .database import Database, Statements
     from .delivery import Handler
     from .dispatcher import Dispatcher
     from .turn_sweeper import TurnSweeper
@@ -73,3 +73,17 @@ class PatternContext(Connected, Protocol):
     async def events_ready(self) -> None:
         """Wait until meeting event handlers (if any) listen."""
         ...
+
+
+class Pattern:
+    """What a messaging pattern class (one-way, inbox, sync) holds: the SDK's parts,
+    and where its statements run: a transaction (``sdk.transaction()``), else the
+    pool."""
+
+    def __init__(self, sdk: PatternContext, db: Statements | None = None) -> None:
+        self._sdk = sdk
+        self._tx = db
+
+    @property
+    def _db(self) -> Statements:
+        return self._tx if self._tx is not None else self._sdk.db

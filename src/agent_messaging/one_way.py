@@ -9,18 +9,18 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 from . import content
+from .context import Pattern
 from .dispatcher import AnyNotification, Outcome
 from .exceptions import DeliveryTimeoutError, HandlerExecutionError, InvalidInputError
 from .notifications import DeliveryFinished
 
 if TYPE_CHECKING:
-    from .context import PatternContext
-    from .database import Statements
+    pass
 
 T = TypeVar("T")
 
 
-class OneWayMessenger(Generic[T]):
+class OneWayMessenger(Pattern, Generic[T]):
     """Fire-and-forget messages, pushed durably to the recipient's handler.
 
     The message is stored before ``send`` returns; the recipient's handler runs
@@ -29,15 +29,6 @@ class OneWayMessenger(Generic[T]):
     this process is handed the message at once (no poll), and leaving ``async with``
     delivers what is pending for this process's handlers first.
     """
-
-    def __init__(self, sdk: PatternContext, db: Statements | None = None) -> None:
-        self._sdk = sdk
-        #: where the sends run: a transaction (``sdk.transaction()``), else the pool
-        self._tx = db
-
-    @property
-    def _db(self) -> Statements:
-        return self._tx if self._tx is not None else self._sdk.db
 
     async def send(
         self,

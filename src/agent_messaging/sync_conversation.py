@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 from . import content, tasks, validation
+from .context import Pattern
 from .dispatcher import AnyNotification, Outcome
 from .exceptions import (
     TRANSIENT_ERRORS,
@@ -35,7 +36,7 @@ _GIVE_UP_BUDGET = 0.3
 _UNLOCK_PATIENCE = 120.0
 
 
-class SyncConversation(Generic[T]):
+class SyncConversation(Pattern, Generic[T]):
     """Ask and wait for the answer, across processes and machines.
 
     ``send_and_wait`` blocks until the other agent replies (through :meth:`reply`,
@@ -45,10 +46,8 @@ class SyncConversation(Generic[T]):
     """
 
     def __init__(self, sdk: PatternContext, db: Statements | None = None) -> None:
-        self._sdk = sdk
+        super().__init__(sdk, db)
         self._unlocks: set[asyncio.Task[None]] = set()
-        #: where replies run: a transaction (``sdk.transaction()``), else the pool
-        self._tx = db
 
     async def send_and_wait(
         self,
@@ -262,7 +261,7 @@ class SyncConversation(Generic[T]):
         request: UUID | None = None,
     ) -> UUID:
         sdk = self._sdk
-        db = self._tx if self._tx is not None else sdk.db
+        db = self._db
         value = await db.fetch_value(
             "SELECT amp.sync_reply($1, $2, $3::text::jsonb, $4::text::jsonb, $5)",
             [*sdk.codec.message_args(sender, recipient, message, metadata), request],
