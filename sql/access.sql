@@ -96,40 +96,52 @@ CREATE TABLE IF NOT EXISTS amp.contacts (
 -- of every role).
 CREATE OR REPLACE FUNCTION amp.is_admin()
 RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    SELECT pg_has_role(session_user, 'amp_admin', 'MEMBER')
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN pg_has_role(session_user, 'amp_admin', 'MEMBER');
+END;
 $$;
 
 -- May role p_role act as the agent? The single definition of identity. (A bound
 -- role that no longer exists is NULL for to_regrole: nobody is its member.)
 CREATE OR REPLACE FUNCTION amp.role_may_act_as(p_role name, p_agent amp.agents)
 RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    SELECT CASE
-        WHEN NOT EXISTS (SELECT 1 FROM amp.role_bindings b
-                         WHERE b.agent_id = p_agent.id
-                            OR b.organization_id = p_agent.organization_id)
-            THEN pg_has_role(p_role, 'amp_user', 'MEMBER')   -- open
-        ELSE coalesce((SELECT bool_or(pg_has_role(p_role, to_regrole(quote_ident(b.role_name)),
-                                                  'MEMBER'))
-                       FROM amp.role_bindings b
-                       WHERE b.agent_id = p_agent.id
-                          OR b.organization_id = p_agent.organization_id), false)
-             OR pg_has_role(p_role, 'amp_admin', 'MEMBER')
-    END
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_bindings bigint;
+    v_member boolean;
+BEGIN
+    SELECT count(*),
+           coalesce(bool_or(pg_has_role(p_role, to_regrole(quote_ident(b.role_name)), 'MEMBER')),
+                    false)
+    INTO v_bindings, v_member
+    FROM amp.role_bindings b
+    WHERE b.agent_id = p_agent.id OR b.organization_id = p_agent.organization_id;
+    IF v_bindings = 0 THEN   -- open: every member of amp_user
+        RETURN pg_has_role(p_role, 'amp_user', 'MEMBER');
+    END IF;
+    RETURN v_member OR pg_has_role(p_role, 'amp_admin', 'MEMBER');
+END;
 $$;
 
 -- May this connection act as the agent?
 CREATE OR REPLACE FUNCTION amp.may_act_as(p_agent amp.agents)
 RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    SELECT amp.role_may_act_as(session_user, p_agent)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN amp.role_may_act_as(session_user, p_agent);
+END;
 $$;
 
 CREATE OR REPLACE FUNCTION amp.may_act_as_id(p_agent_id uuid)
 RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    SELECT coalesce((SELECT amp.may_act_as(a) FROM amp.agents a WHERE a.id = p_agent_id), false)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_agent amp.agents;
+BEGIN
+    SELECT * INTO v_agent FROM amp.agents a WHERE a.id = p_agent_id;
+    RETURN FOUND AND amp.role_may_act_as(session_user, v_agent);
+END;
 $$;
 
 -- The agent, if this connection may act as it; AM060 otherwise.
@@ -174,8 +186,10 @@ $$;
 
 CREATE OR REPLACE FUNCTION amp.organization_bound(p_organization_id uuid)
 RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    SELECT EXISTS (SELECT 1 FROM amp.role_bindings WHERE organization_id = p_organization_id)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM amp.role_bindings WHERE organization_id = p_organization_id);
+END;
 $$;
 
 -- May the sender's organization contact the recipient's? Yes within one
@@ -256,10 +270,12 @@ $$;
 -- or not) and by admins.
 CREATE OR REPLACE FUNCTION amp.may_read_meeting(p_meeting uuid)
 RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    SELECT amp.is_admin() OR EXISTS (
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN amp.is_admin() OR EXISTS (
         SELECT 1 FROM amp.meeting_participants p JOIN amp.agents a ON a.id = p.agent_id
-        WHERE p.meeting_id = p_meeting AND amp.may_act_as(a))
+        WHERE p.meeting_id = p_meeting AND amp.may_act_as(a));
+END;
 $$;
 
 -- AM060 unless the meeting may be read; an unknown meeting passes (the caller
@@ -282,10 +298,12 @@ $$;
 -- meeting it was said in.
 CREATE OR REPLACE FUNCTION amp.may_read_message(p_message amp.messages)
 RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    SELECT (p_message.sender_id IS NOT NULL AND amp.may_act_as_id(p_message.sender_id))
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (p_message.sender_id IS NOT NULL AND amp.may_act_as_id(p_message.sender_id))
         OR (p_message.recipient_id IS NOT NULL AND amp.may_act_as_id(p_message.recipient_id))
-        OR (p_message.meeting_id IS NOT NULL AND amp.may_read_meeting(p_message.meeting_id))
+        OR (p_message.meeting_id IS NOT NULL AND amp.may_read_meeting(p_message.meeting_id));
+END;
 $$;
 
 CREATE OR REPLACE FUNCTION amp.require_message_reader(p_message amp.messages)

@@ -48,14 +48,18 @@ $$;
 
 CREATE OR REPLACE FUNCTION amp.agent_channel_by_id(p_agent_id uuid)
 RETURNS text
-LANGUAGE sql STABLE STRICT AS $$
-    SELECT channel FROM amp.agent_channels WHERE agent_id = p_agent_id
+LANGUAGE plpgsql STABLE STRICT AS $$
+BEGIN
+    RETURN (SELECT channel FROM amp.agent_channels WHERE agent_id = p_agent_id);
+END;
 $$;
 
 CREATE OR REPLACE FUNCTION amp.meeting_channel(p_meeting_id uuid)
 RETURNS text
-LANGUAGE sql IMMUTABLE STRICT AS $$
-    SELECT 'amp_meeting_' || replace(p_meeting_id::text, '-', '')
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+BEGIN
+    RETURN 'amp_meeting_' || replace(p_meeting_id::text, '-', '');
+END;
 $$;
 
 -- LISTEN takes an identifier, not a parameter: this lets a client bind channel

@@ -57,11 +57,39 @@ $$;
 -- Nobody waits in the session any more.
 CREATE OR REPLACE FUNCTION amp.unlock_session(p_session_id uuid, p_status text DEFAULT 'active')
 RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
     UPDATE amp.sessions
     SET status = p_status, locked_agent_id = NULL, waiting_for = NULL, waiting_since = NULL,
         wait_deadline = NULL, ended_at = CASE WHEN p_status = 'ended' THEN now() END
-    WHERE id = p_session_id
+    WHERE id = p_session_id;
+END;
+$$;
+
+-- A sync request was answered: its push delivery is over ('delivered'). The
+-- handler that holds it has just replied, or the answer came another way before
+-- any handler ran (then none will). Nothing happens if it was settled already.
+CREATE OR REPLACE FUNCTION amp.settle_answered(p_request uuid)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_settled amp.messages;
+BEGIN
+    FOR v_settled IN
+        WITH gone AS (
+            DELETE FROM amp.deliveries d WHERE d.message_id = p_request
+            RETURNING d.message_id, d.attempts, d.last_error
+        )
+        UPDATE amp.messages m
+        SET delivery_status = 'delivered', delivered_at = now(), attempts = g.attempts,
+            last_error = g.last_error
+        FROM gone g
+        WHERE m.id = g.message_id
+        RETURNING m.*
+    LOOP
+        PERFORM amp.notify_delivery(v_settled);
+    END LOOP;
+END;
 $$;
 
 -- Ask: store the request and mark the sender as waiting for the answer.
@@ -113,6 +141,9 @@ BEGIN
     SET status = 'waiting', locked_agent_id = (v.agent).id,
         waiting_for = v_message.id, waiting_since = now(), wait_deadline = now() + p_timeout
     WHERE id = v_session.id;
+    IF v_answers IS NOT NULL THEN
+        PERFORM amp.settle_answered(v_answers);
+    END IF;
     session_id := v_session.id;
     request_id := v_message.id;
 END;
@@ -121,6 +152,8 @@ $$;
 -- Answer the agent that waits on us. p_request, when given, must be the request
 -- it waits on (a handler answering a request that was already answered, timed
 -- out or ended gets AM031, as does anyone answering an agent that is not waiting).
+-- The request's push delivery ends with the answer (delivered): a handler that
+-- replies is not acknowledged separately.
 CREATE OR REPLACE FUNCTION amp.sync_reply(
     p_sender text, p_recipient text, p_content jsonb, p_metadata jsonb DEFAULT '{}'::jsonb,
     p_request uuid DEFAULT NULL)
@@ -128,6 +161,7 @@ RETURNS uuid
 LANGUAGE plpgsql AS $$
 DECLARE
     v record;
+    v_reply amp.messages;
 BEGIN
     v := amp.require_sync_session(p_sender, p_recipient);
     IF (v.session).status <> 'waiting' OR (v.session).locked_agent_id <> (v.other).id
@@ -137,9 +171,12 @@ BEGIN
             CASE WHEN p_request IS NULL THEN '' ELSE format(' to request %s', p_request) END));
     END IF;
     PERFORM amp.unlock_session((v.session).id);
-    RETURN (amp.store_message('sync_reply', (v.agent).id, (v.other).id,
-                              p_content, p_metadata, p_session_id => (v.session).id,
-                              p_reply_to => (v.session).waiting_for)).id;
+    v_reply := amp.store_message('sync_reply', (v.agent).id, (v.other).id,
+                                 p_content, p_metadata, p_session_id => (v.session).id,
+                                 p_reply_to => (v.session).waiting_for);
+    -- answering is handling: the handler that replied needs no acknowledgement
+    PERFORM amp.settle_answered((v.session).waiting_for);
+    RETURN v_reply.id;
 END;
 $$;
 

@@ -175,8 +175,9 @@ $$;
 -- content in payloads is readable beyond the table grants.
 CREATE OR REPLACE FUNCTION amp.notify_message(p_message amp.messages)
 RETURNS void
-LANGUAGE sql AS $$
-    SELECT pg_notify(
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify(
         amp.agent_channel_by_id(p_message.recipient_id),
         (json_strip_nulls(json_build_object(
             'kind', 'message',
@@ -190,21 +191,25 @@ LANGUAGE sql AS $$
                   AND octet_length(p_message.content::text) <= coalesce(nullif(
                       current_setting('amp.notify_content_bytes', true), '')::int, 4000)
              THEN jsonb_build_object('reply', jsonb_build_object('content', p_message.content))
-             ELSE '{}'::jsonb END)::text)
+             ELSE '{}'::jsonb END)::text);
+END;
 $$;
 
 -- Tell the sender how a pushed message ended (delivered or failed): a sender,
 -- a test or an observer can wait for that instead of polling.
 CREATE OR REPLACE FUNCTION amp.notify_delivery(p_message amp.messages)
 RETURNS void
-LANGUAGE sql AS $$
-    SELECT pg_notify(
-        amp.agent_channel_by_id(p_message.sender_id),
-        json_build_object(
-            'kind', 'delivery',
-            'message_id', p_message.id,
-            'status', p_message.delivery_status)::text)
-    WHERE p_message.sender_id IS NOT NULL
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_message.sender_id IS NOT NULL THEN
+        PERFORM pg_notify(
+            amp.agent_channel_by_id(p_message.sender_id),
+            json_build_object(
+                'kind', 'delivery',
+                'message_id', p_message.id,
+                'status', p_message.delivery_status)::text);
+    END IF;
+END;
 $$;
 
 -- ---------------------------------------------------------------------------
@@ -288,11 +293,13 @@ $$;
 
 CREATE OR REPLACE FUNCTION amp.heartbeat(p_worker uuid)
 RETURNS void
-LANGUAGE sql AS $$
-    SELECT amp.require_worker(p_worker);
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM amp.require_worker(p_worker);
     UPDATE amp.workers SET heartbeat_at = now() WHERE id = p_worker;
     -- workers silent for an hour are gone; their claims expire on their own
     DELETE FROM amp.workers WHERE heartbeat_at < now() - interval '1 hour';
+END;
 $$;
 
 -- A worker shutting down cleanly hands back what it claimed but did not finish.
@@ -327,13 +334,18 @@ $$;
 -- messages themselves (sends, replies) keep the server's durable commit.
 CREATE OR REPLACE FUNCTION amp.lease_commit()
 RETURNS void
-LANGUAGE sql AS $$
-    SELECT set_config('synchronous_commit', 'off', true)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+END;
 $$;
 
 -- Lease up to p_limit deliverable messages of the agents this worker serves,
--- oldest first. A message whose lease expired after its last allowed attempt
--- (its worker died every time) is marked failed instead of claimed again.
+-- oldest first. Among them, a message whose lease expired after its last allowed
+-- attempt (its worker died every time) is marked failed instead, and a sync
+-- request nobody waits on any more (answered directly, timed out, or its
+-- conversation ended) is settled without running a handler. Only the candidates
+-- are looked at, never the whole backlog.
 CREATE OR REPLACE FUNCTION amp.claim_deliveries(
     p_worker uuid, p_limit integer, p_lease interval, p_max_attempts integer)
 RETURNS TABLE (
@@ -343,57 +355,17 @@ RETURNS TABLE (
     recipient_external_id text, recipient_name text)
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_failed amp.messages;  -- a message settled here without a handler
-    v_ids uuid[];
+    v_candidate record;
+    v_ids uuid[] := '{}';      -- to lease
+    v_expired uuid[] := '{}';  -- lease expired, attempts used up: failed
+    v_moot uuid[] := '{}';     -- sync requests no longer awaited
+    v_settled amp.messages;
 BEGIN
     PERFORM amp.require_worker(p_worker, true);
     PERFORM amp.lease_commit();
-    FOR v_failed IN
-        WITH gone AS (
-            DELETE FROM amp.deliveries d
-            USING amp.worker_agents wa
-            WHERE wa.worker_id = p_worker AND d.recipient_id = wa.agent_id
-              AND d.claim_expires_at < now() AND d.attempts >= p_max_attempts
-            RETURNING d.*
-        )
-        UPDATE amp.messages m
-        SET delivery_status = 'failed', attempts = g.attempts,
-            last_error = coalesce(g.last_error, 'lease expired: the handler process stopped')
-        FROM gone g
-        WHERE m.id = g.message_id
-        RETURNING m.*
-    LOOP
-        PERFORM amp.notify_delivery(v_failed);
-    END LOOP;
-
-    -- a sync request nobody waits on any more (answered directly, timed out, or
-    -- its conversation ended) is moot: do not run a handler for it
-    FOR v_failed IN
-        WITH gone AS (
-            DELETE FROM amp.deliveries d
-            USING amp.worker_agents wa
-            WHERE wa.worker_id = p_worker AND d.recipient_id = wa.agent_id
-              AND d.message_type = 'sync_request'
-              AND (d.claim_expires_at IS NULL OR d.claim_expires_at < now())
-              AND NOT EXISTS (SELECT 1 FROM amp.sessions s WHERE s.waiting_for = d.message_id
-                              AND (s.wait_deadline IS NULL OR s.wait_deadline > now()))
-            RETURNING d.*
-        )
-        UPDATE amp.messages m
-        SET delivery_status = 'delivered', delivered_at = now(), attempts = g.attempts,
-            last_error = 'not handled: no longer awaited'
-        FROM gone g
-        WHERE m.id = g.message_id
-        RETURNING m.*
-    LOOP
-        PERFORM amp.notify_delivery(v_failed);
-    END LOOP;
-
-    -- the lease first (its ids in an array), then the update by primary key: the
-    -- planner cannot then pick a join plan from stale statistics of this small,
-    -- fast-changing table
-    SELECT array_agg(x.message_id) INTO v_ids FROM (
-        SELECT d.message_id
+    -- SKIP LOCKED: rows another worker is claiming right now are its own
+    FOR v_candidate IN
+        SELECT d.message_id, d.message_type, d.attempts, d.claim_expires_at
         FROM amp.deliveries d
         JOIN amp.worker_agents wa ON wa.agent_id = d.recipient_id AND wa.worker_id = p_worker
         WHERE d.available_at <= now()
@@ -401,10 +373,56 @@ BEGIN
         ORDER BY d.seq
         LIMIT p_limit
         FOR UPDATE OF d SKIP LOCKED
-    ) x;
-    IF v_ids IS NULL THEN
+    LOOP
+        IF v_candidate.claim_expires_at IS NOT NULL AND v_candidate.attempts >= p_max_attempts THEN
+            v_expired := v_expired || v_candidate.message_id;
+        ELSIF v_candidate.message_type = 'sync_request' AND NOT EXISTS (
+                SELECT 1 FROM amp.messages m JOIN amp.sessions s ON s.id = m.session_id
+                WHERE m.id = v_candidate.message_id AND s.waiting_for = m.id
+                  AND (s.wait_deadline IS NULL OR s.wait_deadline > now())) THEN
+            v_moot := v_moot || v_candidate.message_id;
+        ELSE
+            v_ids := v_ids || v_candidate.message_id;
+        END IF;
+    END LOOP;
+
+    IF cardinality(v_expired) > 0 THEN
+        FOR v_settled IN
+            WITH gone AS (
+                DELETE FROM amp.deliveries d WHERE d.message_id = ANY (v_expired)
+                RETURNING d.*
+            )
+            UPDATE amp.messages m
+            SET delivery_status = 'failed', attempts = g.attempts,
+                last_error = coalesce(g.last_error, 'lease expired: the handler process stopped')
+            FROM gone g
+            WHERE m.id = g.message_id
+            RETURNING m.*
+        LOOP
+            PERFORM amp.notify_delivery(v_settled);
+        END LOOP;
+    END IF;
+    IF cardinality(v_moot) > 0 THEN
+        FOR v_settled IN
+            WITH gone AS (
+                DELETE FROM amp.deliveries d WHERE d.message_id = ANY (v_moot)
+                RETURNING d.*
+            )
+            UPDATE amp.messages m
+            SET delivery_status = 'delivered', delivered_at = now(), attempts = g.attempts,
+                last_error = 'not handled: no longer awaited'
+            FROM gone g
+            WHERE m.id = g.message_id
+            RETURNING m.*
+        LOOP
+            PERFORM amp.notify_delivery(v_settled);
+        END LOOP;
+    END IF;
+    IF cardinality(v_ids) = 0 THEN
         RETURN;
     END IF;
+
+    -- the lease by primary key (no indexed column changes: a HOT update)
     RETURN QUERY
     WITH claimed AS (
         UPDATE amp.deliveries d
@@ -422,7 +440,21 @@ BEGIN
 END;
 $$;
 
--- The handler succeeded. Only the worker holding the lease may acknowledge.
+-- A sync request already delivered: its answer (amp.sync_reply) settled it, so an
+-- acknowledgement that follows the reply (as clients of 0.1.0 send) has nothing
+-- left to do and is not an error.
+CREATE OR REPLACE FUNCTION amp.answered_request(p_message_id uuid)
+RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM amp.messages m
+                   WHERE m.id = p_message_id AND m.message_type = 'sync_request'
+                     AND m.delivery_status = 'delivered');
+END;
+$$;
+
+-- The handler succeeded. Only the worker holding the lease may acknowledge (a
+-- sync request its answer settled is acknowledged already, see above).
 CREATE OR REPLACE FUNCTION amp.ack_delivery(p_worker uuid, p_message_id uuid)
 RETURNS void
 LANGUAGE plpgsql AS $$
@@ -442,6 +474,9 @@ BEGIN
     WHERE m.id = g.message_id
     RETURNING m.* INTO v_message;
     IF v_message.id IS NULL THEN
+        IF amp.answered_request(p_message_id) THEN
+            RETURN;  -- settled by its answer (amp.sync_reply): nothing left to acknowledge
+        END IF;
         PERFORM amp.raise_error('AM050', format(
             'message %s is not leased by worker %s (lease expired?)', p_message_id, p_worker));
     END IF;
@@ -450,7 +485,8 @@ END;
 $$;
 
 -- Acknowledge many at once (a worker's group commit): returns the ids that were
--- still leased to this worker and are now delivered; the others lost their lease.
+-- still leased to this worker and are now delivered (and sync requests their
+-- answer settled); the others lost their lease.
 -- Each sender hears one `delivery` hint per batch (with a count, not the ids):
 -- NOTIFYing commits are serialised by the server, so one per message would halve
 -- the throughput of a busy stream; whoever waits re-reads the rows anyway.
@@ -484,6 +520,12 @@ BEGIN
         PERFORM pg_notify(amp.agent_channel_by_id(v_sender.sender_id), json_build_object(
             'kind', 'delivery', 'status', 'delivered', 'count', v_sender.n)::text);
     END LOOP;
+    IF cardinality(v_acked) < cardinality(p_message_ids) THEN
+        -- sync requests their answers settled count as acknowledged
+        v_acked := v_acked || ARRAY(
+            SELECT x.id FROM unnest(p_message_ids) AS x(id)
+            WHERE x.id <> ALL (v_acked) AND amp.answered_request(x.id));
+    END IF;
     RETURN QUERY SELECT unnest(v_acked);
 END;
 $$;
@@ -543,13 +585,16 @@ $$;
 -- fallback poll sleeps no longer than this.
 CREATE OR REPLACE FUNCTION amp.next_delivery_at(p_worker uuid)
 RETURNS timestamptz
-LANGUAGE sql STABLE AS $$
-    SELECT min(CASE WHEN d.claim_expires_at IS NOT NULL
-                    THEN greatest(d.claim_expires_at, d.available_at)
-                    ELSE d.available_at END)
-    FROM amp.deliveries d
-    JOIN amp.worker_agents wa ON wa.agent_id = d.recipient_id AND wa.worker_id = p_worker
-    WHERE amp.require_worker(p_worker)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    PERFORM amp.require_worker(p_worker);
+    RETURN (
+        SELECT min(CASE WHEN d.claim_expires_at IS NOT NULL
+                        THEN greatest(d.claim_expires_at, d.available_at)
+                        ELSE d.available_at END)
+        FROM amp.deliveries d
+        JOIN amp.worker_agents wa ON wa.agent_id = d.recipient_id AND wa.worker_id = p_worker);
+END;
 $$;
 
 -- Many one-way messages from one sender in one call and one transaction: element i

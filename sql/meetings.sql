@@ -97,25 +97,30 @@ $$;
 CREATE OR REPLACE FUNCTION amp.meeting_system_message(
     p_meeting uuid, p_event text, p_agent_id uuid, p_text text)
 RETURNS amp.messages
-LANGUAGE sql AS $$
-    SELECT amp.store_message('system', NULL, NULL, jsonb_build_object(
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN amp.store_message('system', NULL, NULL, jsonb_build_object(
         'event', p_event,
         'agent_external_id', (SELECT external_id FROM amp.agents WHERE id = p_agent_id),
-        'text', p_text), p_meeting_id => p_meeting)
+        'text', p_text), p_meeting_id => p_meeting);
+END;
 $$;
 
 -- Round-robin: the first participant after p_agent_id in join_order who has not
 -- left, wrapping around (p_agent_id itself last).
 CREATE OR REPLACE FUNCTION amp.meeting_next_after(p_meeting uuid, p_agent_id uuid)
 RETURNS uuid
-LANGUAGE sql STABLE AS $$
-    WITH me AS (
-        SELECT join_order FROM amp.meeting_participants
-        WHERE meeting_id = p_meeting AND agent_id = p_agent_id)
-    SELECT p.agent_id FROM amp.meeting_participants p, me
-    WHERE p.meeting_id = p_meeting AND p.status <> 'left'
-    ORDER BY p.join_order <= me.join_order, p.join_order
-    LIMIT 1
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (
+        WITH me AS (
+            SELECT join_order FROM amp.meeting_participants
+            WHERE meeting_id = p_meeting AND agent_id = p_agent_id)
+        SELECT p.agent_id FROM amp.meeting_participants p, me
+        WHERE p.meeting_id = p_meeting AND p.status <> 'left'
+        ORDER BY p.join_order <= me.join_order, p.join_order
+        LIMIT 1);
+END;
 $$;
 
 -- The next speaker: the named one (a participant who has not left) or round-robin.
@@ -483,10 +488,13 @@ $$;
 -- sleep until then (not a fixed interval) before calling amp.expire_turns().
 CREATE OR REPLACE FUNCTION amp.next_turn_deadline()
 RETURNS double precision
-LANGUAGE sql STABLE AS $$
-    SELECT extract(epoch FROM min(turn_deadline) - clock_timestamp())::double precision
-    FROM amp.meetings
-    WHERE status = 'active' AND turn_deadline IS NOT NULL
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (
+        SELECT extract(epoch FROM min(turn_deadline) - clock_timestamp())::double precision
+        FROM amp.meetings
+        WHERE status = 'active' AND turn_deadline IS NOT NULL);
+END;
 $$;
 
 -- ---------------------------------------------------------------------------

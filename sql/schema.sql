@@ -154,7 +154,10 @@ CREATE INDEX messages_session_idx ON amp.messages (session_id, seq)
     WHERE session_id IS NOT NULL;
 CREATE INDEX messages_meeting_idx ON amp.messages (meeting_id, seq)
     WHERE meeting_id IS NOT NULL;
-CREATE INDEX messages_reply_to_idx ON amp.messages (reply_to) WHERE reply_to IS NOT NULL;
+-- the reply to a request, oldest first (amp.sync_result): with seq in the index the
+-- lookup is one probe; on (reply_to) alone the planner walked the history in seq
+-- order looking for it, a cost that grew with every message ever stored
+CREATE INDEX messages_reply_to_idx ON amp.messages (reply_to, seq) WHERE reply_to IS NOT NULL;
 CREATE UNIQUE INDEX messages_idempotency_idx ON amp.messages (sender_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 
@@ -166,7 +169,7 @@ CREATE UNIQUE INDEX messages_idempotency_idx ON amp.messages (sender_id, idempot
 -- backlog, never the history: a claim reads (recipient_id, seq) here, not a walk
 -- of amp.messages, and leaves no dead version of a wide history row behind.
 -- seq and message_type are copies (immutable in amp.messages) for the claim's order
--- and the housekeeping of sync requests.
+-- and its check of sync requests.
 CREATE TABLE amp.deliveries (
     message_id       uuid PRIMARY KEY REFERENCES amp.messages (id) ON DELETE CASCADE,
     recipient_id     uuid NOT NULL,
@@ -178,14 +181,13 @@ CREATE TABLE amp.deliveries (
     claim_expires_at timestamptz,
     last_error       text
 );
--- the claim query: pending work of one recipient, oldest first
+-- the claim query: pending work of one recipient, oldest first. No index covers
+-- the columns a claim, a lease extension or a retry changes (claimed_by,
+-- claim_expires_at, attempts, available_at, last_error): those updates are HOT,
+-- adding no index entry, and the page's dead versions are pruned as it is read,
+-- so the table stays the size of its backlog between vacuums. (fillfactor below
+-- leaves each page room for them.)
 CREATE INDEX deliveries_recipient_idx ON amp.deliveries (recipient_id, seq);
--- a claim's housekeeping must not scan the backlog: leases that may have expired,
--- and sync requests that may have become moot, are indexed apart
-CREATE INDEX deliveries_leased_idx ON amp.deliveries (claim_expires_at)
-    WHERE claim_expires_at IS NOT NULL;
-CREATE INDEX deliveries_requests_idx ON amp.deliveries (recipient_id)
-    WHERE message_type = 'sync_request';
 
 CREATE FUNCTION amp.enqueue_delivery() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -210,7 +212,8 @@ CREATE TRIGGER messages_enqueue_delivery AFTER INSERT ON amp.messages
 --   index-only scans and freezes in small steps);
 -- * amp.deliveries is tiny and churns (every pushed message inserts, updates and
 --   deletes a row): vacuum it whenever a few hundred versions are dead, without the
---   cost-based pause, so it stays the size of the backlog.
+--   cost-based pause, so it stays the size of the backlog; its pages are filled to
+--   half, leaving room for HOT updates (a claim's lease, a retry).
 ALTER TABLE amp.messages SET (
     autovacuum_vacuum_scale_factor = 0.01,
     autovacuum_vacuum_insert_scale_factor = 0.01,
@@ -222,7 +225,8 @@ ALTER TABLE amp.deliveries SET (
     autovacuum_vacuum_insert_threshold = 1000,
     autovacuum_analyze_scale_factor = 0,
     autovacuum_analyze_threshold = 500,
-    autovacuum_vacuum_cost_delay = 0);
+    autovacuum_vacuum_cost_delay = 0,
+    fillfactor = 50);
 
 CREATE TABLE amp.meeting_events (
     id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -316,8 +320,9 @@ CREATE TABLE amp.settings (
 CREATE OR REPLACE FUNCTION amp.settings_spec()
 RETURNS TABLE (key text, default_value bigint, min_value bigint, max_value bigint,
                description text)
-LANGUAGE sql IMMUTABLE AS $$
-    VALUES
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN QUERY VALUES
         ('max_message_bytes', 1048576::bigint, 64::bigint, 268435455::bigint,
          'largest message: bytes of content plus metadata as JSON text'),
         ('default_page_size', 100, 1, 100000,
@@ -325,7 +330,8 @@ LANGUAGE sql IMMUTABLE AS $$
         ('max_page_size', 1000, 1, 100000,
          'largest limit an inbox read accepts'),
         ('max_turn_duration_seconds', 604800, 1, 31536000,
-         'longest meeting turn duration (default one week)')
+         'longest meeting turn duration (default one week)');
+END;
 $$;
 
 -- The effective value of a setting: amp.settings if well-formed and in range, else

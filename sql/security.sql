@@ -60,10 +60,12 @@ LANGUAGE sql IMMUTABLE AS $$
         -- delivery.sql
         'check_message', 'check_json', 'resolve_pair', 'store_message', 'idempotent_message',
         'notify_message', 'notify_delivery', 'lease_commit', 'require_worker_arg',
+        'answered_request',
         -- retention.sql
         'prune_answer_kept',
         -- inbox.sql, conversations.sql
         'get_or_create_session', 'lock_sync_session', 'require_sync_session', 'unlock_session',
+        'settle_answered',
         -- meetings.sql
         'meeting_lock', 'meeting_lock_as_host', 'meeting_member', 'meeting_record_event',
         'meeting_system_message', 'meeting_next_after', 'meeting_pick_next',

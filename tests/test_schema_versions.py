@@ -263,9 +263,10 @@ async def test_database_from_an_earlier_unreleased_baseline(
     async with AgentMessaging[Any](make_config(dsn)) as sdk:  # empty: rebuilt
         await sdk.register_organization("org1")
     with psycopg.connect(dsn) as conn:
-        assert conn.execute("SELECT sql_hash FROM amp.schema_revisions").fetchone() == (
-            migrations.revision_chain()[-1].sql_hash,
-        )
+        head = migrations.revision_chain()[-1]
+        assert conn.execute(
+            "SELECT sql_hash FROM amp.schema_revisions WHERE revision = %s", (head.revision,)
+        ).fetchone() == (head.sql_hash,)
 
 
 # -- #11.12 schema squatting ----------------------------------------------------------------

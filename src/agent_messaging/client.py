@@ -344,9 +344,10 @@ class AgentMessaging(Generic[T]):
         """
         await self.handler_registry.serve()
 
-    async def _reply_from_handler(self, context: MessageContext, answer: Any) -> None:
-        """A sync request's handler returned ``answer``: send it as the reply."""
-        await self.sync_conversation.reply_from_handler(context, answer)
+    async def _reply_from_handler(self, context: MessageContext, answer: Any) -> bool:
+        """A sync request's handler returned ``answer``: send it as the reply (True
+        if stored)."""
+        return await self.sync_conversation.reply_from_handler(context, answer)
 
     @property
     def meeting(self) -> MeetingManager[T]:

@@ -47,8 +47,9 @@ from .notifications import MessageStored
 log = logging.getLogger("agent_messaging.delivery")
 
 Handler = Callable[[Any, MessageContext], Awaitable[Any]]
-#: Called after a sync request's handler returned a non-None answer.
-ReplyHook = Callable[[MessageContext, Any], Awaitable[None]]
+#: Called after a sync request's handler returned a non-None answer; True if the
+#: reply was stored, which settles the request's delivery in SQL (no ack is due).
+ReplyHook = Callable[[MessageContext, Any], Awaitable[bool]]
 
 PUSHED_TYPES = frozenset({"one_way", "sync_request", "meeting_invitation"})
 
@@ -391,8 +392,9 @@ class DeliveryWorker:
             return False
         try:
             answer = await handler(message, context)
-            if answer is not None and context.requires_reply and self._reply_hook is not None:
-                await self._reply_hook(context, answer)
+            replies = answer is not None and context.requires_reply
+            if replies and self._reply_hook is not None and await self._reply_hook(context, answer):
+                return False  # amp.sync_reply settled the delivery: nothing to ack
         except Exception as exc:
             log.warning(
                 "handler of %s failed on message %s (attempt %d): %r",

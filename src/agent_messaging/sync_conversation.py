@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
@@ -268,13 +267,15 @@ class SyncConversation(Pattern, Generic[T]):
         )
         return UUID(str(value))
 
-    async def reply_from_handler(self, context: MessageContext, answer: T) -> None:
+    async def reply_from_handler(self, context: MessageContext, answer: T) -> bool:
         """A handler returned ``answer`` for the request in ``context``: reply to it.
+        True if the reply was stored (``amp.sync_reply`` then also marks the request
+        delivered, so the handler's worker does not acknowledge it).
 
         If the request is no longer awaited (timed out, ended, answered by another
         means) the answer has nobody to go to; that is not the handler's failure.
         """
-        with contextlib.suppress(InvalidSessionStateError):
+        try:
             await self._reply(
                 context.recipient_external_id,
                 context.sender_external_id,
@@ -282,6 +283,9 @@ class SyncConversation(Pattern, Generic[T]):
                 None,
                 request=context.message_id,
             )
+        except InvalidSessionStateError:
+            return False
+        return True
 
     async def end_conversation(self, requester_external_id: str, other_external_id: str) -> None:
         """End the conversation of the two agents: whoever waits in it wakes with

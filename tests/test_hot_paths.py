@@ -1,0 +1,132 @@
+"""Revision 0101's hot paths, driven from plain SQL as another language's client would.
+
+- A sync request is settled by its answer: ``amp.sync_reply`` marks it delivered, so
+  the handler that replied is not acknowledged separately, and an acknowledgement
+  sent after the reply anyway (what 0.1.0 clients do) is a no-op, not AM050.
+- A claim's lease is a HOT update (no index covers what it changes).
+- The reply lookup of ``amp.sync_result`` is one index probe, not a walk of the
+  history in ``seq`` order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+
+def setup(conn: psycopg.Connection[Any]) -> str:
+    conn.execute("SELECT amp.register_organization('org1')")
+    for name in ("asker", "helper"):
+        conn.execute("SELECT amp.register_agent(%s, 'org1')", (name,))
+    worker = conn.execute("SELECT amp.register_worker('test', 1)").fetchone()[0]
+    conn.execute("SELECT amp.serve_agents(%s, ARRAY['helper'])", (worker,))
+    return str(worker)
+
+
+def delivery_of(conn: psycopg.Connection[Any], message: Any) -> tuple[Any, ...]:
+    row = conn.execute(
+        "SELECT m.delivery_status, d.message_id IS NOT NULL "
+        "FROM amp.messages m LEFT JOIN amp.deliveries d ON d.message_id = m.id "
+        "WHERE m.id = %s",
+        (message,),
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_the_answer_settles_the_request_and_a_late_ack_is_a_no_op(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        worker = setup(conn)
+        _, request = conn.execute(
+            "SELECT * FROM amp.sync_send('asker', 'helper', '{\"q\": 1}')"
+        ).fetchone()
+        claimed = conn.execute(
+            "SELECT id FROM amp.claim_deliveries(%s, 10, interval '30 seconds', 5)", (worker,)
+        ).fetchall()
+        assert [r[0] for r in claimed] == [request]
+        assert delivery_of(conn, request) == ("pending", True)
+
+        conn.execute("SELECT amp.sync_reply('helper', 'asker', '{\"a\": 1}', '{}', %s)", (request,))
+        assert delivery_of(conn, request) == ("delivered", False)
+        # the 0.1.0 sequence: reply, then acknowledge
+        conn.execute("SELECT amp.ack_delivery(%s, %s)", (worker, request))
+        acked = conn.execute("SELECT amp.ack_deliveries(%s, %s)", (worker, [request])).fetchall()
+        assert [r[0] for r in acked] == [request]
+        assert delivery_of(conn, request) == ("delivered", False)
+        # a message that was never leased still gets AM050
+        note = conn.execute("SELECT amp.send_one_way('asker', 'helper', '{}')").fetchone()[0]
+        try:
+            conn.execute("SELECT amp.ack_delivery(%s, %s)", (worker, note))
+        except psycopg.Error as exc:
+            assert exc.sqlstate == "AM050"
+        else:
+            raise AssertionError("acknowledging an unclaimed message must fail")
+
+
+def test_an_answer_before_any_handler_ran_means_none_will(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        worker = setup(conn)
+        _, request = conn.execute(
+            "SELECT * FROM amp.sync_send('asker', 'helper', '{\"q\": 1}')"
+        ).fetchone()
+        conn.execute("SELECT amp.sync_reply('helper', 'asker', '{\"a\": 1}')")
+        assert delivery_of(conn, request) == ("delivered", False)
+        claimed = conn.execute(
+            "SELECT id FROM amp.claim_deliveries(%s, 10, interval '30 seconds', 5)", (worker,)
+        ).fetchall()
+        assert claimed == []
+        status, _reply, content, _ = conn.execute(
+            "SELECT * FROM amp.sync_result(%s)", (request,)
+        ).fetchone()
+        assert (status, content) == ("replied", {"a": 1})
+
+
+def test_a_claims_lease_is_a_hot_update(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:  # one transaction: its own table statistics
+        worker = setup(conn)
+        conn.execute("SELECT amp.send_one_way('asker', 'helper', '{}')")
+        before = conn.execute(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables "
+            "WHERE relid = 'amp.deliveries'::regclass"
+        ).fetchone()
+        claimed = conn.execute(
+            "SELECT id FROM amp.claim_deliveries(%s, 10, interval '30 seconds', 5)", (worker,)
+        ).fetchall()
+        assert len(claimed) == 1
+        after = conn.execute(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables "
+            "WHERE relid = 'amp.deliveries'::regclass"
+        ).fetchone()
+        assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+
+
+def test_the_reply_lookup_does_not_walk_the_history(dsn: str) -> None:
+    """A history the statistics have not caught up with yet (autoanalyze runs after
+    2 % of the table changed; on a busy history that is most of the time): the
+    generic plan of sync_result's lookup still probes the reply index. On the
+    0.1.0 index, (reply_to) alone, it walked messages_seq_key instead."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        setup(conn)
+        conn.execute("ALTER TABLE amp.messages SET (autovacuum_enabled = off)")
+        ids = conn.execute(
+            "SELECT (SELECT id FROM amp.agents WHERE external_id = 'asker'), "
+            "(SELECT id FROM amp.agents WHERE external_id = 'helper')"
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO amp.messages (message_type, sender_id, recipient_id, content) "
+            "SELECT 'async', %s, %s, jsonb_build_object('n', n) FROM generate_series(1, 20000) n",
+            ids,
+        )
+        for _ in range(3):
+            conn.execute("SELECT amp.sync_send('asker', 'helper', '{}')")
+            conn.execute("SELECT amp.sync_reply('helper', 'asker', '{}')")
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        conn.execute(
+            "PREPARE lookup(uuid) AS "
+            "SELECT * FROM amp.messages m WHERE m.reply_to = $1 ORDER BY m.seq LIMIT 1"
+        )
+        plan = "\n".join(
+            r[0] for r in conn.execute("EXPLAIN EXECUTE lookup(gen_random_uuid())").fetchall()
+        )
+        assert "messages_reply_to_idx" in plan, plan
