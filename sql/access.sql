@@ -255,12 +255,31 @@ BEGIN
             'role %I may not use worker %s (registered by role %I)', session_user, p_worker, v_role));
     END IF;
     IF p_check_agents THEN
-        FOR v_agent IN
-            SELECT a.* FROM amp.worker_agents wa JOIN amp.agents a ON a.id = wa.agent_id
-            WHERE wa.worker_id = p_worker
-        LOOP
-            PERFORM amp.require_actor(v_agent);
-        END LOOP;
+        -- amp.role_may_act_as for every agent served, as one query (a worker may serve
+        -- thousands of agents, and this runs at every claim): an agent with no
+        -- binding takes amp_user, a bound one a member of a bound role or amp_admin
+        WITH binding AS MATERIALIZED (
+            SELECT b.agent_id, b.organization_id,
+                   coalesce(pg_has_role(session_user, to_regrole(quote_ident(b.role_name)),
+                                        'MEMBER'), false) AS member
+            FROM amp.role_bindings b
+        )
+        SELECT a.* INTO v_agent
+        FROM amp.worker_agents wa JOIN amp.agents a ON a.id = wa.agent_id
+        WHERE wa.worker_id = p_worker
+          AND NOT CASE
+              WHEN NOT EXISTS (SELECT 1 FROM binding x
+                               WHERE x.agent_id = a.id OR x.organization_id = a.organization_id)
+                  THEN pg_has_role(session_user, 'amp_user', 'MEMBER')
+              ELSE EXISTS (SELECT 1 FROM binding x
+                           WHERE (x.agent_id = a.id OR x.organization_id = a.organization_id)
+                             AND x.member)
+                   OR pg_has_role(session_user, 'amp_admin', 'MEMBER')
+          END
+        LIMIT 1;
+        IF FOUND THEN
+            PERFORM amp.require_actor(v_agent);  -- raises AM060 naming the agent
+        END IF;
     END IF;
     RETURN true;
 END;

@@ -355,6 +355,7 @@ RETURNS TABLE (
     recipient_external_id text, recipient_name text)
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_candidates uuid[];
     v_candidate record;
     v_ids uuid[] := '{}';      -- to lease
     v_expired uuid[] := '{}';  -- lease expired, attempts used up: failed
@@ -363,16 +364,41 @@ DECLARE
 BEGIN
     PERFORM amp.require_worker(p_worker, true);
     PERFORM amp.lease_commit();
-    -- SKIP LOCKED: rows another worker is claiming right now are its own
+    -- The oldest deliverable messages, locked (SKIP LOCKED: rows another worker is
+    -- claiming right now are its own). A worker of a few agents reads each agent's
+    -- backlog in seq order from deliveries_recipient_idx and stops at p_limit; one
+    -- of many agents (a process serving thousands, mostly idle) joins the whole,
+    -- usually small, table instead of probing the index once per agent.
+    IF (SELECT count(*) FROM (SELECT 1 FROM amp.worker_agents wa
+                              WHERE wa.worker_id = p_worker LIMIT 33) few) <= 32 THEN
+        v_candidates := ARRAY(
+            SELECT c.message_id
+            FROM amp.worker_agents wa
+            CROSS JOIN LATERAL (
+                SELECT d.message_id, d.seq FROM amp.deliveries d
+                WHERE d.recipient_id = wa.agent_id AND d.available_at <= now()
+                  AND (d.claim_expires_at IS NULL OR d.claim_expires_at < now())
+                ORDER BY d.seq
+                LIMIT p_limit
+                FOR UPDATE OF d SKIP LOCKED
+            ) c
+            WHERE wa.worker_id = p_worker
+            ORDER BY c.seq
+            LIMIT p_limit);
+    ELSE
+        v_candidates := ARRAY(
+            SELECT d.message_id
+            FROM amp.deliveries d
+            JOIN amp.worker_agents wa ON wa.agent_id = d.recipient_id AND wa.worker_id = p_worker
+            WHERE d.available_at <= now()
+              AND (d.claim_expires_at IS NULL OR d.claim_expires_at < now())
+            ORDER BY d.seq
+            LIMIT p_limit
+            FOR UPDATE OF d SKIP LOCKED);
+    END IF;
     FOR v_candidate IN
         SELECT d.message_id, d.message_type, d.attempts, d.claim_expires_at
-        FROM amp.deliveries d
-        JOIN amp.worker_agents wa ON wa.agent_id = d.recipient_id AND wa.worker_id = p_worker
-        WHERE d.available_at <= now()
-          AND (d.claim_expires_at IS NULL OR d.claim_expires_at < now())
-        ORDER BY d.seq
-        LIMIT p_limit
-        FOR UPDATE OF d SKIP LOCKED
+        FROM amp.deliveries d WHERE d.message_id = ANY (v_candidates)
     LOOP
         IF v_candidate.claim_expires_at IS NOT NULL AND v_candidate.attempts >= p_max_attempts THEN
             v_expired := v_expired || v_candidate.message_id;

@@ -6,6 +6,7 @@
 - A claim's lease is a HOT update (no index covers what it changes).
 - The reply lookup of ``amp.sync_result`` is one index probe, not a walk of the
   history in ``seq`` order.
+- A claim checks every agent its worker serves against the bindings in one query.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+
+from .roles import Roles, as_role
 
 
 def setup(conn: psycopg.Connection[Any]) -> str:
@@ -130,3 +133,35 @@ def test_the_reply_lookup_does_not_walk_the_history(dsn: str) -> None:
             r[0] for r in conn.execute("EXPLAIN EXECUTE lookup(gen_random_uuid())").fetchall()
         )
         assert "messages_reply_to_idx" in plan, plan
+
+
+def test_a_claim_checks_every_served_agent_against_the_bindings(dsn: str, roles: Roles) -> None:
+    """The worker's agents are checked in one query at every claim: re-binding their
+    organization to another role after serving began refuses the next claim,
+    naming an agent; binding it back lets the worker claim again; an admin passes."""
+    group, login = roles.organization("acme")
+    other_group, _ = roles.organization("globex")
+    admin = roles.create("admin", member_of=["amp_user", "amp_admin"])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT amp.register_organization('acme')")
+        for name in ("alice", "carol"):
+            conn.execute("SELECT amp.register_agent(%s, 'acme')", (name,))
+        conn.execute("SELECT amp.bind_organization('acme', %s)", (group,))
+    claim = "SELECT id FROM amp.claim_deliveries(%s, 10, interval '30 seconds', 5)"
+    for role in (login, admin):
+        with psycopg.connect(as_role(dsn, role), autocommit=True) as conn:
+            worker = conn.execute("SELECT amp.register_worker('test', 1)").fetchone()[0]
+            conn.execute("SELECT amp.serve_agents(%s, ARRAY['alice', 'carol'])", (worker,))
+            assert conn.execute(claim, (worker,)).fetchall() == []
+            with psycopg.connect(dsn, autocommit=True) as owner:
+                owner.execute("SELECT amp.bind_organization('acme', %s)", (other_group,))
+            try:
+                conn.execute(claim, (worker,))
+            except psycopg.Error as exc:
+                assert role == login, f"an admin may act as any agent: {exc}"
+                assert exc.sqlstate == "AM060" and ("'alice'" in str(exc) or "'carol'" in str(exc))
+            else:
+                assert role == admin, "a binding made after serving must refuse the claim"
+            with psycopg.connect(dsn, autocommit=True) as owner:
+                owner.execute("SELECT amp.bind_organization('acme', %s)", (group,))
+            assert conn.execute(claim, (worker,)).fetchall() == []

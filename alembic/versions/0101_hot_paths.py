@@ -4,6 +4,8 @@ leases and moot requests among their candidates (HOT leases, two indexes fewer)
 leases and moot requests among their candidates (HOT leases, two indexes fewer)
 leases and moot requests among their candidates (HOT leases, two indexes fewer)
 leases and moot requests among their candidates (HOT leases, two indexes fewer)
+leases and moot requests among their candidates (HOT leases, two indexes fewer)
+leases and moot requests among their candidates (HOT leases, two indexes fewer)
 
 Revision ID: 0101
 Revises: 0100
@@ -27,7 +29,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "70427f9a1454ffebe08b694d962dbb9415db8b62d29eb70996bed967a9a72acf"
+sql_hash = "11ff8866dff2cc36631b939c1cbf7cf5259350bc5e06a8cfd643edd3bdf65783"
 
 
 def upgrade() -> None:

@@ -135,7 +135,16 @@ class Config(BaseSettings):
         description="seconds a claim is held; a running handler's lease is extended every "
         "third of this while its process is alive",
     )
-    handler_concurrency: int = Field(default=16, ge=1)
+    handler_concurrency: int = Field(
+        default=16, ge=1, description="handlers of this process running at once"
+    )
+    delivery_prefetch: int = Field(
+        default=16,
+        ge=0,
+        description="pushed messages claimed ahead of a free handler slot: they wait in "
+        "this process, leased (and their leases extended), so the next claim overlaps "
+        "with running handlers",
+    )
 
     retention: str | None = Field(
         default=None,

@@ -5,6 +5,8 @@ worker (``amp.register_worker``), records the agents it serves
 (``amp.serve_agents``), LISTENs on their channels, and loops:
 
     claim (amp.claim_deliveries, leased, SKIP LOCKED) -> run handlers concurrently
+    (up to ``handler_concurrency``; up to ``delivery_prefetch`` more claimed messages
+    wait in the process for a slot, so the next claim overlaps with running handlers)
     -> amp.ack_delivery, or amp.fail_delivery with backoff -> wait for a hint.
 
 The wait ends on a notification for a served agent, on a free handler slot, or at
@@ -125,6 +127,10 @@ class DeliveryWorker:
         self._channels: list[str] = []
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        #: handlers running at once; claimed messages beyond that wait for a slot
+        self._slots = asyncio.Semaphore(config.handler_concurrency)
+        self._capacity = config.handler_concurrency + config.delivery_prefetch
+        self._refill_at = self._capacity // 2
         self._tasks: list[asyncio.Task[None]] = []
         self._serve_lock = asyncio.Lock()
         self._acks: list[UUID] = []
@@ -184,7 +190,7 @@ class DeliveryWorker:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
-            free = self._config.handler_concurrency - len(self._inflight)
+            free = self._capacity - len(self._inflight)
             claimed = await self._claim(free) if free > 0 else 0
             if not claimed and not self._inflight:
                 return True
@@ -256,7 +262,7 @@ class DeliveryWorker:
     async def _loop(self) -> None:
         while True:
             self._wake.clear()
-            free = self._config.handler_concurrency - len(self._inflight)
+            free = self._capacity - len(self._inflight)
             claimed = await self._claim(free) if free > 0 else 0
             if free > 0 and claimed == free:
                 continue  # there may be more waiting
@@ -328,11 +334,13 @@ class DeliveryWorker:
                 log.warning("leases lost while handlers ran (may run again elsewhere): %s", lost)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        was_full = len(self._inflight) >= self._config.handler_concurrency
+        before = len(self._inflight)
         self._inflight.discard(task)
-        if was_full:
-            # a slot is free again; otherwise new work announces itself by NOTIFY
-            # and a failed delivery wakes the loop itself (to time its retry)
+        if before > self._refill_at >= len(self._inflight):
+            # half the room is free again: claim for it in one go (waking on every
+            # finished handler would claim one message at a time). New work
+            # otherwise announces itself by NOTIFY, and a failed delivery wakes the
+            # loop itself (to time its retry)
             self._wake.set()
 
     async def _idle_timeout(self) -> float:
@@ -367,7 +375,8 @@ class DeliveryWorker:
     async def _deliver(self, claimed: Claimed) -> None:
         acked = False
         try:
-            acked = await self._run_handler(claimed)
+            async with self._slots:
+                acked = await self._run_handler(claimed)
         finally:
             if not acked:  # its outcome is committed (or it was given up): no lease to keep
                 self._held.discard(claimed.id)

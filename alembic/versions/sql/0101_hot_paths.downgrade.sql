@@ -10,6 +10,33 @@ CREATE INDEX deliveries_leased_idx ON amp.deliveries (claim_expires_at)
 CREATE INDEX deliveries_requests_idx ON amp.deliveries (recipient_id)
     WHERE message_type = 'sync_request';
 
+CREATE OR REPLACE FUNCTION amp.require_worker(p_worker uuid, p_check_agents boolean DEFAULT false)
+RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_role  name;
+    v_agent amp.agents;
+BEGIN
+    SELECT login_role INTO v_role FROM amp.workers WHERE id = p_worker;
+    IF NOT FOUND THEN
+        RETURN true;
+    END IF;
+    IF v_role <> session_user AND NOT amp.is_admin() THEN
+        PERFORM amp.raise_error('AM060', format(
+            'role %I may not use worker %s (registered by role %I)', session_user, p_worker, v_role));
+    END IF;
+    IF p_check_agents THEN
+        FOR v_agent IN
+            SELECT a.* FROM amp.worker_agents wa JOIN amp.agents a ON a.id = wa.agent_id
+            WHERE wa.worker_id = p_worker
+        LOOP
+            PERFORM amp.require_actor(v_agent);
+        END LOOP;
+    END IF;
+    RETURN true;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION amp.is_admin()
 RETURNS boolean
 LANGUAGE sql STABLE AS $$
