@@ -8,7 +8,7 @@
 -- organizations may contact each other only where amp.allow_contact opened it.
 --
 -- This file holds the roles, the two policy tables, the checks the protocol's
--- functions call at their central points (amp.resolve_pair, amp.acting_agent, the
+-- functions call at their central points (amp._resolve_pair, amp._acting_agent, the
 -- worker and meeting helpers), and the functions that administer and show the
 -- policy. security.sql, applied last, makes every function SECURITY DEFINER (owned
 -- by amp_owner, search_path pinned) and grants the public API to amp_user; the
@@ -94,7 +94,7 @@ CREATE TABLE IF NOT EXISTS amp.contacts (
 
 -- Superusers and members of amp_admin (pg_has_role counts a superuser as a member
 -- of every role).
-CREATE OR REPLACE FUNCTION amp.is_admin()
+CREATE OR REPLACE FUNCTION amp._is_admin()
 RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
@@ -104,7 +104,7 @@ $$;
 
 -- May role p_role act as the agent? The single definition of identity. (A bound
 -- role that no longer exists is NULL for to_regrole: nobody is its member.)
-CREATE OR REPLACE FUNCTION amp.role_may_act_as(p_role name, p_agent amp.agents)
+CREATE OR REPLACE FUNCTION amp._role_may_act_as(p_role name, p_agent amp.agents)
 RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -125,11 +125,11 @@ END;
 $$;
 
 -- May this connection act as the agent?
-CREATE OR REPLACE FUNCTION amp.may_act_as(p_agent amp.agents)
+CREATE OR REPLACE FUNCTION amp._may_act_as(p_agent amp.agents)
 RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    RETURN amp.role_may_act_as(session_user, p_agent);
+    RETURN amp._role_may_act_as(session_user, p_agent);
 END;
 $$;
 
@@ -140,17 +140,17 @@ DECLARE
     v_agent amp.agents;
 BEGIN
     SELECT * INTO v_agent FROM amp.agents a WHERE a.id = p_agent_id;
-    RETURN FOUND AND amp.role_may_act_as(session_user, v_agent);
+    RETURN FOUND AND amp._role_may_act_as(session_user, v_agent);
 END;
 $$;
 
 -- The agent, if this connection may act as it; AM060 otherwise.
-CREATE OR REPLACE FUNCTION amp.require_actor(p_agent amp.agents)
+CREATE OR REPLACE FUNCTION amp._require_actor(p_agent amp.agents)
 RETURNS amp.agents
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    IF NOT amp.role_may_act_as(session_user, p_agent) THEN
-        PERFORM amp.raise_error('AM060', format(
+    IF NOT amp._role_may_act_as(session_user, p_agent) THEN
+        PERFORM amp._raise_error('AM060', format(
             'role %I is not allowed to act as agent %L', session_user, p_agent.external_id));
     END IF;
     RETURN p_agent;
@@ -159,32 +159,32 @@ $$;
 
 -- The agent named by an external id, acting as it: AM020 if unknown, AM060 if
 -- this connection may not act as it.
-CREATE OR REPLACE FUNCTION amp.acting_agent(p_external_id text)
+CREATE OR REPLACE FUNCTION amp._acting_agent(p_external_id text)
 RETURNS amp.agents
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    RETURN amp.require_actor(amp.get_agent(p_external_id));
+    RETURN amp._require_actor(amp.get_agent(p_external_id));
 END;
 $$;
 
 -- Registering an agent in a bound organization takes a member of its role.
-CREATE OR REPLACE FUNCTION amp.require_organization_actor(p_org amp.organizations)
+CREATE OR REPLACE FUNCTION amp._require_organization_actor(p_org amp.organizations)
 RETURNS amp.organizations
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM amp.role_bindings b WHERE b.organization_id = p_org.id)
-       AND NOT amp.is_admin()
+       AND NOT amp._is_admin()
        AND NOT EXISTS (SELECT 1 FROM amp.role_bindings b JOIN pg_roles r ON r.rolname = b.role_name
                        WHERE b.organization_id = p_org.id
                          AND pg_has_role(session_user, r.oid, 'MEMBER')) THEN
-        PERFORM amp.raise_error('AM060', format(
+        PERFORM amp._raise_error('AM060', format(
             'role %I is not allowed to act for organization %L', session_user, p_org.external_id));
     END IF;
     RETURN p_org;
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION amp.organization_bound(p_organization_id uuid)
+CREATE OR REPLACE FUNCTION amp._organization_bound(p_organization_id uuid)
 RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
@@ -196,13 +196,13 @@ $$;
 -- organization, when either is unbound, where amp.contacts allows it, and for an
 -- answer inside a live conversation of the pair that the other side was allowed
 -- to start. AM061 otherwise. Applies to every caller, administrators included.
-CREATE OR REPLACE FUNCTION amp.require_contact(p_sender amp.agents, p_recipient amp.agents)
+CREATE OR REPLACE FUNCTION amp._require_contact(p_sender amp.agents, p_recipient amp.agents)
 RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     IF p_sender.organization_id = p_recipient.organization_id
-       OR NOT amp.organization_bound(p_sender.organization_id)
-       OR NOT amp.organization_bound(p_recipient.organization_id)
+       OR NOT amp._organization_bound(p_sender.organization_id)
+       OR NOT amp._organization_bound(p_recipient.organization_id)
        OR EXISTS (SELECT 1 FROM amp.contacts c
                   WHERE c.from_organization_id = p_sender.organization_id
                     AND c.to_organization_id = p_recipient.organization_id)
@@ -215,7 +215,7 @@ BEGIN
                          AND s.status <> 'ended')) THEN
         RETURN;
     END IF;
-    PERFORM amp.raise_error('AM061', format(
+    PERFORM amp._raise_error('AM061', format(
         'agent %L may not contact agent %L: organization %L has no contact with organization %L '
         '(amp.allow_contact)', p_sender.external_id, p_recipient.external_id,
         (SELECT external_id FROM amp.organizations WHERE id = p_sender.organization_id),
@@ -223,12 +223,12 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION amp.require_admin(p_what text)
+CREATE OR REPLACE FUNCTION amp._require_admin(p_what text)
 RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    IF NOT amp.is_admin() THEN
-        PERFORM amp.raise_error('AM060', format(
+    IF NOT amp._is_admin() THEN
+        PERFORM amp._raise_error('AM060', format(
             'role %I may not %s: only a superuser or a member of amp_admin may',
             session_user, p_what));
     END IF;
@@ -239,7 +239,7 @@ $$;
 -- p_check_agents, every agent it serves must still be one the caller may act as
 -- (a binding made after the worker started serving takes effect at its next claim).
 -- Unknown workers pass: the caller's own check reports them. Returns true.
-CREATE OR REPLACE FUNCTION amp.require_worker(p_worker uuid, p_check_agents boolean DEFAULT false)
+CREATE OR REPLACE FUNCTION amp._require_worker(p_worker uuid, p_check_agents boolean DEFAULT false)
 RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -250,12 +250,12 @@ BEGIN
     IF NOT FOUND THEN
         RETURN true;
     END IF;
-    IF v_role <> session_user AND NOT amp.is_admin() THEN
-        PERFORM amp.raise_error('AM060', format(
+    IF v_role <> session_user AND NOT amp._is_admin() THEN
+        PERFORM amp._raise_error('AM060', format(
             'role %I may not use worker %s (registered by role %I)', session_user, p_worker, v_role));
     END IF;
     IF p_check_agents THEN
-        -- amp.role_may_act_as for every agent served, as one query (a worker may serve
+        -- amp._role_may_act_as for every agent served, as one query (a worker may serve
         -- thousands of agents, and this runs at every claim): an agent with no
         -- binding takes amp_user, a bound one a member of a bound role or amp_admin
         WITH binding AS MATERIALIZED (
@@ -278,7 +278,7 @@ BEGIN
           END
         LIMIT 1;
         IF FOUND THEN
-            PERFORM amp.require_actor(v_agent);  -- raises AM060 naming the agent
+            PERFORM amp._require_actor(v_agent);  -- raises AM060 naming the agent
         END IF;
     END IF;
     RETURN true;
@@ -291,21 +291,21 @@ CREATE OR REPLACE FUNCTION amp.may_read_meeting(p_meeting uuid)
 RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    RETURN amp.is_admin() OR EXISTS (
+    RETURN amp._is_admin() OR EXISTS (
         SELECT 1 FROM amp.meeting_participants p JOIN amp.agents a ON a.id = p.agent_id
-        WHERE p.meeting_id = p_meeting AND amp.may_act_as(a));
+        WHERE p.meeting_id = p_meeting AND amp._may_act_as(a));
 END;
 $$;
 
 -- AM060 unless the meeting may be read; an unknown meeting passes (the caller
 -- reports it). Returns true.
-CREATE OR REPLACE FUNCTION amp.require_meeting_reader(p_meeting uuid)
+CREATE OR REPLACE FUNCTION amp._require_meeting_reader(p_meeting uuid)
 RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM amp.meetings WHERE id = p_meeting)
        AND NOT amp.may_read_meeting(p_meeting) THEN
-        PERFORM amp.raise_error('AM060', format(
+        PERFORM amp._raise_error('AM060', format(
             'role %I is not allowed to read meeting %s: it acts as none of its participants',
             session_user, p_meeting));
     END IF;
@@ -315,7 +315,7 @@ $$;
 
 -- A message is read by whoever may act as its sender or recipient, or read the
 -- meeting it was said in.
-CREATE OR REPLACE FUNCTION amp.may_read_message(p_message amp.messages)
+CREATE OR REPLACE FUNCTION amp._may_read_message(p_message amp.messages)
 RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
@@ -325,12 +325,12 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION amp.require_message_reader(p_message amp.messages)
+CREATE OR REPLACE FUNCTION amp._require_message_reader(p_message amp.messages)
 RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    IF NOT amp.may_read_message(p_message) THEN
-        PERFORM amp.raise_error('AM060', format(
+    IF NOT amp._may_read_message(p_message) THEN
+        PERFORM amp._raise_error('AM060', format(
             'role %I is not allowed to read message %s', session_user, p_message.id));
     END IF;
 END;
@@ -340,12 +340,12 @@ $$;
 -- Administration (public API; the changes are for admins only)
 -- ---------------------------------------------------------------------------
 
-CREATE OR REPLACE FUNCTION amp.require_role_exists(p_role name)
+CREATE OR REPLACE FUNCTION amp._require_role_exists(p_role name)
 RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     IF p_role IS NULL OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = p_role) THEN
-        PERFORM amp.raise_error('AM001', format('role %L does not exist', p_role));
+        PERFORM amp._raise_error('AM001', format('role %L does not exist', p_role));
     END IF;
 END;
 $$;
@@ -358,9 +358,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_org amp.organizations;
 BEGIN
-    PERFORM amp.require_admin('bind roles');
+    PERFORM amp._require_admin('bind roles');
     v_org := amp.get_organization(p_organization);
-    PERFORM amp.require_role_exists(p_role);
+    PERFORM amp._require_role_exists(p_role);
     INSERT INTO amp.role_bindings (organization_id, role_name) VALUES (v_org.id, p_role)
     ON CONFLICT (organization_id) DO UPDATE SET role_name = excluded.role_name;
 END;
@@ -374,9 +374,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_agent amp.agents;
 BEGIN
-    PERFORM amp.require_admin('bind roles');
+    PERFORM amp._require_admin('bind roles');
     v_agent := amp.get_agent(p_agent);
-    PERFORM amp.require_role_exists(p_role);
+    PERFORM amp._require_role_exists(p_role);
     INSERT INTO amp.role_bindings (agent_id, role_name) VALUES (v_agent.id, p_role)
     ON CONFLICT (agent_id) DO UPDATE SET role_name = excluded.role_name;
 END;
@@ -387,7 +387,7 @@ CREATE OR REPLACE FUNCTION amp.unbind_organization(p_organization text)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM amp.require_admin('unbind roles');
+    PERFORM amp._require_admin('unbind roles');
     DELETE FROM amp.role_bindings
     WHERE organization_id = (amp.get_organization(p_organization)).id;
     RETURN FOUND;
@@ -398,7 +398,7 @@ CREATE OR REPLACE FUNCTION amp.unbind_agent(p_agent text)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM amp.require_admin('unbind roles');
+    PERFORM amp._require_admin('unbind roles');
     DELETE FROM amp.role_bindings WHERE agent_id = (amp.get_agent(p_agent)).id;
     RETURN FOUND;
 END;
@@ -413,11 +413,11 @@ DECLARE
     v_from amp.organizations;
     v_to   amp.organizations;
 BEGIN
-    PERFORM amp.require_admin('allow contact');
+    PERFORM amp._require_admin('allow contact');
     v_from := amp.get_organization(p_from);
     v_to := amp.get_organization(p_to);
     IF v_from.id = v_to.id THEN
-        PERFORM amp.raise_error('AM001', 'an organization is always in contact with itself');
+        PERFORM amp._raise_error('AM001', 'an organization is always in contact with itself');
     END IF;
     INSERT INTO amp.contacts (from_organization_id, to_organization_id)
     VALUES (v_from.id, v_to.id) ON CONFLICT DO NOTHING;
@@ -438,7 +438,7 @@ DECLARE
     v_from amp.organizations;
     v_to   amp.organizations;
 BEGIN
-    PERFORM amp.require_admin('revoke contact');
+    PERFORM amp._require_admin('revoke contact');
     v_from := amp.get_organization(p_from);
     v_to := amp.get_organization(p_to);
     DELETE FROM amp.contacts
@@ -456,7 +456,7 @@ CREATE OR REPLACE FUNCTION amp.can_act_as(p_agent text)
 RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    RETURN amp.may_act_as(amp.get_agent(p_agent));
+    RETURN amp._may_act_as(amp.get_agent(p_agent));
 END;
 $$;
 
@@ -473,13 +473,13 @@ LANGUAGE sql STABLE AS $$
                 WHEN bo.role_name IS NOT NULL THEN 'organization'
                 ELSE 'open' END,
            ARRAY(SELECT r.rolname FROM pg_roles r
-                 WHERE r.rolcanlogin AND amp.role_may_act_as(r.rolname, a)
+                 WHERE r.rolcanlogin AND amp._role_may_act_as(r.rolname, a)
                  ORDER BY r.rolname)
     FROM amp.agents a
     JOIN amp.organizations o ON o.id = a.organization_id
     LEFT JOIN amp.role_bindings ba ON ba.agent_id = a.id
     LEFT JOIN amp.role_bindings bo ON bo.organization_id = a.organization_id
-    WHERE amp.may_act_as(a)
+    WHERE amp._may_act_as(a)
     ORDER BY o.external_id, a.external_id
 $$;
 
@@ -488,7 +488,7 @@ CREATE OR REPLACE FUNCTION amp.contact_list()
 RETURNS TABLE (from_organization text, to_organization text, created_at timestamptz)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    PERFORM amp.require_admin('list contacts');
+    PERFORM amp._require_admin('list contacts');
     RETURN QUERY
     SELECT f.external_id, t.external_id, c.created_at
     FROM amp.contacts c
@@ -504,7 +504,7 @@ RETURNS TABLE (agent_external_id text, channel text)
 LANGUAGE sql STABLE AS $$
     SELECT a.external_id, c.channel
     FROM amp.agents a JOIN amp.agent_channels c ON c.agent_id = a.id
-    WHERE amp.may_act_as(a)
+    WHERE amp._may_act_as(a)
     ORDER BY a.external_id
 $$;
 
@@ -522,9 +522,9 @@ DECLARE
 BEGIN
     SELECT * INTO v_message FROM amp.messages m WHERE m.id = p_message;
     IF NOT FOUND THEN
-        PERFORM amp.raise_error('AM001', format('no message has id %s', p_message));
+        PERFORM amp._raise_error('AM001', format('no message has id %s', p_message));
     END IF;
-    PERFORM amp.require_message_reader(v_message);
+    PERFORM amp._require_message_reader(v_message);
     RETURN QUERY
     SELECT v_message.id, v_message.seq, v_message.message_type, v_message.sender_id,
            (SELECT a.external_id FROM amp.agents a WHERE a.id = v_message.sender_id),

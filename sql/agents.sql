@@ -27,7 +27,7 @@ LANGUAGE sql IMMUTABLE AS $$
         ('AM061', 'contact_not_allowed',          'the two agents'' organizations may not contact each other')
 $$;
 
-CREATE OR REPLACE FUNCTION amp.raise_error(p_code text, p_message text)
+CREATE OR REPLACE FUNCTION amp._raise_error(p_code text, p_message text)
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -46,7 +46,7 @@ $$;
 --   amp_meeting_events              every meeting event, for observers
 -- ---------------------------------------------------------------------------
 
-CREATE OR REPLACE FUNCTION amp.agent_channel_by_id(p_agent_id uuid)
+CREATE OR REPLACE FUNCTION amp._agent_channel_by_id(p_agent_id uuid)
 RETURNS text
 LANGUAGE plpgsql STABLE STRICT AS $$
 BEGIN
@@ -71,7 +71,7 @@ DECLARE
     v_channel text;
 BEGIN
     IF p_channels IS NULL OR array_position(p_channels, NULL) IS NOT NULL THEN
-        PERFORM amp.raise_error('AM001', 'channels (p_channels) must not be or contain NULL');
+        PERFORM amp._raise_error('AM001', 'channels (p_channels) must not be or contain NULL');
     END IF;
     FOREACH v_channel IN ARRAY p_channels LOOP
         EXECUTE format('LISTEN %I', v_channel);
@@ -86,7 +86,7 @@ DECLARE
     v_channel text;
 BEGIN
     IF p_channels IS NULL OR array_position(p_channels, NULL) IS NOT NULL THEN
-        PERFORM amp.raise_error('AM001', 'channels (p_channels) must not be or contain NULL');
+        PERFORM amp._raise_error('AM001', 'channels (p_channels) must not be or contain NULL');
     END IF;
     FOREACH v_channel IN ARRAY p_channels LOOP
         EXECUTE format('UNLISTEN %I', v_channel);
@@ -104,38 +104,38 @@ $$;
 -- U+001F, U+007F to U+009F; NUL cannot be sent at all) and without leading or
 -- trailing whitespace (space, U+00A0, U+1680, U+2000 to U+200A, U+2028, U+2029,
 -- U+202F, U+205F, U+3000, U+FEFF). The SDK applies the same rule before sending.
-CREATE OR REPLACE FUNCTION amp.require_external_id(p_what text, p_external_id text)
+CREATE OR REPLACE FUNCTION amp._require_external_id(p_what text, p_external_id text)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF p_external_id IS NULL OR btrim(p_external_id) = '' THEN
-        PERFORM amp.raise_error('AM001', format('%s external id must not be empty', p_what));
+        PERFORM amp._raise_error('AM001', format('%s external id must not be empty', p_what));
     END IF;
     IF char_length(p_external_id) > 255 THEN
-        PERFORM amp.raise_error('AM001', format(
+        PERFORM amp._raise_error('AM001', format(
             '%s external id is %s characters, more than the limit of 255', p_what,
             char_length(p_external_id)));
     END IF;
     IF p_external_id ~ '[\x01-\x1f\x7f-\x9f]' THEN
-        PERFORM amp.raise_error('AM001', format(
+        PERFORM amp._raise_error('AM001', format(
             '%s external id %s contains a control character', p_what,
             quote_literal(regexp_replace(p_external_id, '[\x01-\x1f\x7f-\x9f]', '?', 'g'))));
     END IF;
     IF p_external_id ~ '^[ \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]'
        OR p_external_id ~ '[ \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]$' THEN
-        PERFORM amp.raise_error('AM001', format(
+        PERFORM amp._raise_error('AM001', format(
             '%s external id %L starts or ends with whitespace', p_what, p_external_id));
     END IF;
 END;
 $$;
 
 -- Display names: at most 1000 characters (NULL or blank: the external id).
-CREATE OR REPLACE FUNCTION amp.require_name(p_name text)
+CREATE OR REPLACE FUNCTION amp._require_name(p_name text)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF char_length(p_name) > 1000 THEN
-        PERFORM amp.raise_error('AM001', format(
+        PERFORM amp._raise_error('AM001', format(
             'name is %s characters, more than the limit of 1000', char_length(p_name)));
     END IF;
 END;
@@ -147,15 +147,15 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_org amp.organizations;
 BEGIN
-    PERFORM amp.require_external_id('organization', p_external_id);
-    PERFORM amp.require_name(p_name);
+    PERFORM amp._require_external_id('organization', p_external_id);
+    PERFORM amp._require_name(p_name);
     -- the unique index decides a race between two registrations
     INSERT INTO amp.organizations (external_id, name)
     VALUES (p_external_id, coalesce(nullif(btrim(p_name), ''), p_external_id))
     ON CONFLICT (external_id) DO NOTHING
     RETURNING * INTO v_org;
     IF v_org.id IS NULL THEN
-        PERFORM amp.raise_error('AM011',
+        PERFORM amp._raise_error('AM011',
             format('organization %L already exists', p_external_id));
     END IF;
     RETURN v_org;
@@ -168,10 +168,10 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_org amp.organizations;
 BEGIN
-    PERFORM amp.require_external_id('organization', p_external_id);
+    PERFORM amp._require_external_id('organization', p_external_id);
     SELECT * INTO v_org FROM amp.organizations WHERE external_id = p_external_id;
     IF NOT FOUND THEN
-        PERFORM amp.raise_error('AM010', format('organization %L not found', p_external_id));
+        PERFORM amp._raise_error('AM010', format('organization %L not found', p_external_id));
     END IF;
     RETURN v_org;
 END;
@@ -185,16 +185,16 @@ DECLARE
     v_org   amp.organizations;
     v_agent amp.agents;
 BEGIN
-    PERFORM amp.require_external_id('agent', p_external_id);
-    PERFORM amp.require_external_id('organization', p_organization_external_id);
-    PERFORM amp.require_name(p_name);
-    v_org := amp.require_organization_actor(amp.get_organization(p_organization_external_id));
+    PERFORM amp._require_external_id('agent', p_external_id);
+    PERFORM amp._require_external_id('organization', p_organization_external_id);
+    PERFORM amp._require_name(p_name);
+    v_org := amp._require_organization_actor(amp.get_organization(p_organization_external_id));
     INSERT INTO amp.agents (external_id, organization_id, name)
     VALUES (p_external_id, v_org.id, coalesce(nullif(btrim(p_name), ''), p_external_id))
     ON CONFLICT (external_id) DO NOTHING
     RETURNING * INTO v_agent;
     IF v_agent.id IS NULL THEN
-        PERFORM amp.raise_error('AM021', format('agent %L already exists', p_external_id));
+        PERFORM amp._raise_error('AM021', format('agent %L already exists', p_external_id));
     END IF;
     RETURN v_agent;
 END;
@@ -206,10 +206,10 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_agent amp.agents;
 BEGIN
-    PERFORM amp.require_external_id('agent', p_external_id);
+    PERFORM amp._require_external_id('agent', p_external_id);
     SELECT * INTO v_agent FROM amp.agents WHERE external_id = p_external_id;
     IF NOT FOUND THEN
-        PERFORM amp.raise_error('AM020', format('agent %L not found', p_external_id));
+        PERFORM amp._raise_error('AM020', format('agent %L not found', p_external_id));
     END IF;
     RETURN v_agent;
 END;
@@ -221,6 +221,6 @@ CREATE OR REPLACE FUNCTION amp.agent_channel(p_external_id text)
 RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    RETURN amp.agent_channel_by_id((amp.acting_agent(p_external_id)).id);
+    RETURN amp._agent_channel_by_id((amp._acting_agent(p_external_id)).id);
 END;
 $$;

@@ -1,6 +1,6 @@
 -- amp: synchronous conversations (ask and wait for the answer).
 --
--- One sync session per pair: active -> waiting (an agent blocks in send_and_wait)
+-- One sync session per pair: active -> waiting (an agent asked and waits for the answer)
 -- <-> active (it got its reply) -> ended. The waiting agent is locked_agent_id and
 -- the request it waits on is waiting_for. Whoever waits LISTENs on its own agent
 -- channel and reads amp.sync_result(request) after every hint.
@@ -11,14 +11,14 @@
 -- afterwards. The session is NULL when the pair has none. A wait whose deadline
 -- passed is over here, for everyone: its waiter gave up (or died, or lost the
 -- database before it could say so), so the pair is unlocked and the waiter woken.
-CREATE OR REPLACE FUNCTION amp.lock_sync_session(
+CREATE OR REPLACE FUNCTION amp._lock_sync_session(
     p_agent text, p_other text,
     OUT agent amp.agents, OUT other amp.agents, OUT session amp.sessions)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_pair record;
 BEGIN
-    v_pair := amp.resolve_pair(p_agent, p_other);
+    v_pair := amp._resolve_pair(p_agent, p_other);
     agent := v_pair.sender;
     other := v_pair.recipient;
     PERFORM pg_advisory_xact_lock(hashtextextended(
@@ -28,8 +28,8 @@ BEGIN
       AND s.session_type = 'sync' AND s.status <> 'ended'
     FOR UPDATE;
     IF session.status = 'waiting' AND session.wait_deadline < now() THEN
-        PERFORM amp.unlock_session(session.id);
-        PERFORM pg_notify(amp.agent_channel_by_id(session.locked_agent_id), json_build_object(
+        PERFORM amp._unlock_session(session.id);
+        PERFORM pg_notify(amp._agent_channel_by_id(session.locked_agent_id), json_build_object(
             'kind', 'session', 'session_id', session.id, 'status', 'active')::text);
         SELECT * INTO session FROM amp.sessions s WHERE s.id = session.id;
     END IF;
@@ -37,25 +37,25 @@ END;
 $$;
 
 -- The same, for calls that need the session to exist.
-CREATE OR REPLACE FUNCTION amp.require_sync_session(
+CREATE OR REPLACE FUNCTION amp._require_sync_session(
     p_agent text, p_other text,
     OUT agent amp.agents, OUT other amp.agents, OUT session amp.sessions)
 LANGUAGE plpgsql AS $$
 DECLARE
     v record;
 BEGIN
-    v := amp.lock_sync_session(p_agent, p_other);
+    v := amp._lock_sync_session(p_agent, p_other);
     agent := v.agent;
     other := v.other;
     session := v.session;
     IF session.id IS NULL THEN
-        PERFORM amp.raise_error('AM030', format('no conversation between %L and %L', p_agent, p_other));
+        PERFORM amp._raise_error('AM030', format('no conversation between %L and %L', p_agent, p_other));
     END IF;
 END;
 $$;
 
 -- Nobody waits in the session any more.
-CREATE OR REPLACE FUNCTION amp.unlock_session(p_session_id uuid, p_status text DEFAULT 'active')
+CREATE OR REPLACE FUNCTION amp._unlock_session(p_session_id uuid, p_status text DEFAULT 'active')
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -69,7 +69,7 @@ $$;
 -- A sync request was answered: its push delivery is over ('delivered'). The
 -- handler that holds it has just replied, or the answer came another way before
 -- any handler ran (then none will). Nothing happens if it was settled already.
-CREATE OR REPLACE FUNCTION amp.settle_answered(p_request uuid)
+CREATE OR REPLACE FUNCTION amp._settle_answered(p_request uuid)
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -87,7 +87,7 @@ BEGIN
         WHERE m.id = g.message_id
         RETURNING m.*
     LOOP
-        PERFORM amp.notify_delivery(v_settled);
+        PERFORM amp._notify_delivery(v_settled);
     END LOOP;
 END;
 $$;
@@ -109,9 +109,9 @@ DECLARE
     v_answers uuid;
     v_message amp.messages;
 BEGIN
-    v := amp.lock_sync_session(p_sender, p_recipient);
+    v := amp._lock_sync_session(p_sender, p_recipient);
     IF p_idempotency_key IS NOT NULL THEN
-        v_message := amp.idempotent_message((v.agent).id, p_idempotency_key, 'sync_request',
+        v_message := amp._idempotent_message((v.agent).id, p_idempotency_key, 'sync_request',
                                             (v.other).id);
         IF v_message.id IS NOT NULL THEN
             session_id := v_message.session_id;
@@ -120,20 +120,20 @@ BEGIN
         END IF;
     END IF;
     IF p_timeout IS NOT NULL AND NOT p_timeout > interval '0' THEN
-        PERFORM amp.raise_error('AM001', 'a wait timeout must be positive');
+        PERFORM amp._raise_error('AM001', 'a wait timeout must be positive');
     END IF;
     v_session := v.session;
     IF v_session.id IS NULL THEN
-        v_session := amp.get_or_create_session((v.agent).id, (v.other).id, 'sync');
+        v_session := amp._get_or_create_session((v.agent).id, (v.other).id, 'sync');
     END IF;
     IF v_session.status = 'waiting' AND v_session.locked_agent_id = (v.agent).id THEN
-        PERFORM amp.raise_error('AM031', format(
+        PERFORM amp._raise_error('AM031', format(
             'agent %L is already waiting for a reply from %L', p_sender, p_recipient));
     END IF;
     IF v_session.status = 'waiting' THEN
         v_answers := v_session.waiting_for;  -- the recipient waits on us: this answers it
     END IF;
-    v_message := amp.store_message('sync_request', (v.agent).id, (v.other).id,
+    v_message := amp._store_message('sync_request', (v.agent).id, (v.other).id,
                                    p_content, p_metadata, p_session_id => v_session.id,
                                    p_reply_to => v_answers, p_push => v_answers IS NULL,
                                    p_idempotency_key => p_idempotency_key);
@@ -142,7 +142,7 @@ BEGIN
         waiting_for = v_message.id, waiting_since = now(), wait_deadline = now() + p_timeout
     WHERE id = v_session.id;
     IF v_answers IS NOT NULL THEN
-        PERFORM amp.settle_answered(v_answers);
+        PERFORM amp._settle_answered(v_answers);
     END IF;
     session_id := v_session.id;
     request_id := v_message.id;
@@ -163,19 +163,19 @@ DECLARE
     v record;
     v_reply amp.messages;
 BEGIN
-    v := amp.require_sync_session(p_sender, p_recipient);
+    v := amp._require_sync_session(p_sender, p_recipient);
     IF (v.session).status <> 'waiting' OR (v.session).locked_agent_id <> (v.other).id
        OR (v.session).waiting_for <> coalesce(p_request, (v.session).waiting_for) THEN
-        PERFORM amp.raise_error('AM031', format(
+        PERFORM amp._raise_error('AM031', format(
             'agent %L is not waiting for a reply from %L%s', p_recipient, p_sender,
             CASE WHEN p_request IS NULL THEN '' ELSE format(' to request %s', p_request) END));
     END IF;
-    PERFORM amp.unlock_session((v.session).id);
-    v_reply := amp.store_message('sync_reply', (v.agent).id, (v.other).id,
+    PERFORM amp._unlock_session((v.session).id);
+    v_reply := amp._store_message('sync_reply', (v.agent).id, (v.other).id,
                                  p_content, p_metadata, p_session_id => (v.session).id,
                                  p_reply_to => (v.session).waiting_for);
     -- answering is handling: the handler that replied needs no acknowledgement
-    PERFORM amp.settle_answered((v.session).waiting_for);
+    PERFORM amp._settle_answered((v.session).waiting_for);
     RETURN v_reply.id;
 END;
 $$;
@@ -188,12 +188,12 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v record;
 BEGIN
-    v := amp.lock_sync_session(p_agent, p_other);
+    v := amp._lock_sync_session(p_agent, p_other);
     IF (v.session).id IS NULL OR (v.session).waiting_for IS DISTINCT FROM p_request THEN
         RETURN false;
     END IF;
-    PERFORM amp.unlock_session((v.session).id);
-    PERFORM pg_notify(amp.agent_channel_by_id((v.other).id), json_build_object(
+    PERFORM amp._unlock_session((v.session).id);
+    PERFORM pg_notify(amp._agent_channel_by_id((v.other).id), json_build_object(
         'kind', 'session', 'session_id', (v.session).id, 'status', 'active')::text);
     RETURN true;
 END;
@@ -207,12 +207,12 @@ DECLARE
     v record;
     v_payload text;
 BEGIN
-    v := amp.require_sync_session(p_requester, p_other);
-    PERFORM amp.unlock_session((v.session).id, 'ended');
+    v := amp._require_sync_session(p_requester, p_other);
+    PERFORM amp._unlock_session((v.session).id, 'ended');
     v_payload := json_build_object(
         'kind', 'session', 'session_id', (v.session).id, 'status', 'ended')::text;
-    PERFORM pg_notify(amp.agent_channel_by_id((v.agent).id), v_payload);
-    PERFORM pg_notify(amp.agent_channel_by_id((v.other).id), v_payload);
+    PERFORM pg_notify(amp._agent_channel_by_id((v.agent).id), v_payload);
+    PERFORM pg_notify(amp._agent_channel_by_id((v.other).id), v_payload);
     RETURN (v.session).id;
 END;
 $$;
@@ -230,9 +230,9 @@ BEGIN
     SELECT * INTO v_request FROM amp.messages m
     WHERE m.id = p_request AND m.message_type = 'sync_request';
     IF NOT FOUND THEN
-        PERFORM amp.raise_error('AM030', format('no sync request %s', p_request));
+        PERFORM amp._raise_error('AM030', format('no sync request %s', p_request));
     END IF;
-    PERFORM amp.require_message_reader(v_request);
+    PERFORM amp._require_message_reader(v_request);
     SELECT * INTO v_reply FROM amp.messages m WHERE m.reply_to = p_request ORDER BY m.seq LIMIT 1;
     IF FOUND THEN
         RETURN QUERY SELECT 'replied', v_reply.id, v_reply.content, v_reply.metadata;
@@ -257,8 +257,8 @@ LANGUAGE sql STABLE AS $$
     JOIN amp.agents w ON w.id = s.locked_agent_id
     WHERE s.session_type = 'sync' AND s.status = 'waiting'
       AND (s.wait_deadline IS NULL OR s.wait_deadline > now())
-      AND (amp.acting_agent(p_agent)).id IN (s.agent_a_id, s.agent_b_id)
-      AND s.locked_agent_id <> (amp.acting_agent(p_agent)).id
+      AND (amp._acting_agent(p_agent)).id IN (s.agent_a_id, s.agent_b_id)
+      AND s.locked_agent_id <> (amp._acting_agent(p_agent)).id
     ORDER BY s.waiting_since
 $$;
 
@@ -268,7 +268,7 @@ CREATE OR REPLACE FUNCTION amp.get_session(p_agent text, p_other text, p_type te
 RETURNS SETOF amp.sessions
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    v_a amp.agents := amp.acting_agent(p_agent);
+    v_a amp.agents := amp._acting_agent(p_agent);
     v_b amp.agents := amp.get_agent(p_other);
 BEGIN
     RETURN QUERY
@@ -278,7 +278,7 @@ BEGIN
     ORDER BY s.created_at DESC
     LIMIT 1;
     IF NOT FOUND THEN
-        PERFORM amp.raise_error('AM030', format(
+        PERFORM amp._raise_error('AM030', format(
             'agents %L and %L have no %s conversation', p_agent, p_other, p_type));
     END IF;
 END;

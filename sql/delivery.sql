@@ -14,7 +14,7 @@
 
 -- What every stored message must be, whoever sends it (SDK, psql, another language):
 --   * content present (JSON null is fine, SQL NULL is not), metadata a JSON object;
---   * content and metadata together at most amp.setting('max_message_bytes') bytes
+--   * content and metadata together at most amp._setting('max_message_bytes') bytes
 --     of JSON text (default 1 MiB; an administrator changes it in amp.settings);
 --   * at most 100 levels of nested arrays/objects (measured: psqlpy, the Python
 --     driver, decodes up to 127; the margin leaves room for content wrapped in an
@@ -24,48 +24,48 @@
 -- NaN, Infinity and \u0000 cannot be stored in jsonb at all.
 -- (p_text is p_value::text, which the caller has at hand: short or digit-poor JSON
 -- cannot break either rule, so the full walks run only when they could find something)
-CREATE OR REPLACE FUNCTION amp.check_json(p_what text, p_value jsonb, p_text text)
+CREATE OR REPLACE FUNCTION amp._check_json(p_what text, p_value jsonb, p_text text)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF octet_length(p_text) > 200 AND jsonb_path_exists(p_value,
             'strict $.**{100} ? (@.type() == "array" || @.type() == "object")') THEN
-        PERFORM amp.raise_error('AM001', format(
+        PERFORM amp._raise_error('AM001', format(
             '%s nests arrays/objects deeper than the limit of 100 levels', p_what));
     END IF;
     -- PostgreSQL writes numbers without exponent: one beyond 1e308 has 309+ digits
     IF p_text ~ '[0-9]{200}[0-9]{109}' AND jsonb_path_exists(p_value,
             'strict $.** ? (@.type() == "number" && (@ > 1e308 || @ < -1e308))') THEN
-        PERFORM amp.raise_error('AM001', format(
+        PERFORM amp._raise_error('AM001', format(
             '%s holds a number beyond +-1e308 (more than a 64-bit float carries)', p_what));
     END IF;
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION amp.check_message(p_content jsonb, p_metadata jsonb DEFAULT '{}')
+CREATE OR REPLACE FUNCTION amp._check_message(p_content jsonb, p_metadata jsonb DEFAULT '{}')
 RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    v_limit bigint := amp.setting('max_message_bytes');
+    v_limit bigint := amp._setting('max_message_bytes');
     v_size bigint;
     v_content text := p_content::text;
     v_metadata text := p_metadata::text;
 BEGIN
     IF p_content IS NULL THEN
-        PERFORM amp.raise_error('AM001', 'message content must not be null');
+        PERFORM amp._raise_error('AM001', 'message content must not be null');
     END IF;
     IF p_metadata IS NOT NULL AND jsonb_typeof(p_metadata) <> 'object' THEN
-        PERFORM amp.raise_error('AM001', 'message metadata must be a JSON object');
+        PERFORM amp._raise_error('AM001', 'message metadata must be a JSON object');
     END IF;
     v_size := octet_length(v_content) + coalesce(octet_length(v_metadata), 0);
     IF v_size > v_limit THEN
-        PERFORM amp.raise_error('AM001', format(
+        PERFORM amp._raise_error('AM001', format(
             'message content and metadata are %s bytes, more than the limit of %s',
             v_size, v_limit));
     END IF;
-    PERFORM amp.check_json('message content', p_content, v_content);
+    PERFORM amp._check_json('message content', p_content, v_content);
     IF p_metadata IS NOT NULL THEN
-        PERFORM amp.check_json('message metadata', p_metadata, v_metadata);
+        PERFORM amp._check_json('message metadata', p_metadata, v_metadata);
     END IF;
 END;
 $$;
@@ -73,23 +73,23 @@ $$;
 -- The sender and recipient of a two-party message, validated: both exist, they
 -- are not the same agent, the connection may act as the sender (AM060) and the
 -- organizations may contact each other (AM061).
-CREATE OR REPLACE FUNCTION amp.resolve_pair(
+CREATE OR REPLACE FUNCTION amp._resolve_pair(
     p_sender text, p_recipient text, OUT sender amp.agents, OUT recipient amp.agents)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     sender := amp.get_agent(p_sender);
     recipient := amp.get_agent(p_recipient);
     IF sender.id = recipient.id THEN
-        PERFORM amp.raise_error('AM001', format('agent %L cannot send a message to itself', p_sender));
+        PERFORM amp._raise_error('AM001', format('agent %L cannot send a message to itself', p_sender));
     END IF;
-    PERFORM amp.require_actor(sender), amp.require_contact(sender, recipient);
+    PERFORM amp._require_actor(sender), amp._require_contact(sender, recipient);
 END;
 $$;
 
 -- The message a sender already stored under an idempotency key, or NULL fields if
 -- the key is new. A key names one send: reusing it for another kind of message or
 -- another recipient is refused.
-CREATE OR REPLACE FUNCTION amp.idempotent_message(
+CREATE OR REPLACE FUNCTION amp._idempotent_message(
     p_sender_id uuid, p_key text, p_type text, p_recipient_id uuid)
 RETURNS amp.messages
 LANGUAGE plpgsql STABLE AS $$
@@ -97,13 +97,13 @@ DECLARE
     v_message amp.messages;
 BEGIN
     IF p_key = '' OR octet_length(p_key) > 200 THEN
-        PERFORM amp.raise_error('AM001', 'an idempotency key must be 1 to 200 bytes long');
+        PERFORM amp._raise_error('AM001', 'an idempotency key must be 1 to 200 bytes long');
     END IF;
     SELECT * INTO v_message FROM amp.messages m
     WHERE m.sender_id = p_sender_id AND m.idempotency_key = p_key;
     IF FOUND AND (v_message.message_type <> p_type
                   OR v_message.recipient_id IS DISTINCT FROM p_recipient_id) THEN
-        PERFORM amp.raise_error('AM001', format(
+        PERFORM amp._raise_error('AM001', format(
             'idempotency key %L was already used for another message', p_key));
     END IF;
     RETURN v_message;
@@ -114,7 +114,7 @@ $$;
 -- Every pattern stores messages through here, so every stored message notifies.
 -- With an idempotency key, a repeat of a send returns the message stored the first
 -- time (and notifies nobody again); two concurrent sends with one key store one.
-CREATE OR REPLACE FUNCTION amp.store_message(
+CREATE OR REPLACE FUNCTION amp._store_message(
     p_type       text,
     p_sender_id  uuid,
     p_recipient_id uuid,
@@ -132,13 +132,13 @@ DECLARE
     v_message amp.messages;
 BEGIN
     IF p_idempotency_key IS NOT NULL THEN
-        v_message := amp.idempotent_message(p_sender_id, p_idempotency_key, p_type,
+        v_message := amp._idempotent_message(p_sender_id, p_idempotency_key, p_type,
                                             p_recipient_id);
         IF v_message.id IS NOT NULL THEN
             RETURN v_message;
         END IF;
     END IF;
-    PERFORM amp.check_message(p_content, p_metadata);
+    PERFORM amp._check_message(p_content, p_metadata);
     IF p_idempotency_key IS NULL THEN
         INSERT INTO amp.messages (message_type, sender_id, recipient_id, content, metadata,
                                   session_id, meeting_id, reply_to, is_late, delivery_status)
@@ -156,12 +156,12 @@ BEGIN
         ON CONFLICT (sender_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING * INTO v_message;
         IF v_message.id IS NULL THEN  -- a concurrent send with the same key stored it
-            RETURN amp.idempotent_message(p_sender_id, p_idempotency_key, p_type,
+            RETURN amp._idempotent_message(p_sender_id, p_idempotency_key, p_type,
                                           p_recipient_id);
         END IF;
     END IF;
     IF p_recipient_id IS NOT NULL THEN
-        PERFORM amp.notify_message(v_message);
+        PERFORM amp._notify_message(v_message);
     END IF;
     RETURN v_message;
 END;
@@ -173,12 +173,12 @@ $$;
 -- content itself ("reply": {"content": ...}), so the waiting asker need not read it
 -- back. Off by default: any role that can connect can LISTEN on any channel, so
 -- content in payloads is readable beyond the table grants.
-CREATE OR REPLACE FUNCTION amp.notify_message(p_message amp.messages)
+CREATE OR REPLACE FUNCTION amp._notify_message(p_message amp.messages)
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify(
-        amp.agent_channel_by_id(p_message.recipient_id),
+        amp._agent_channel_by_id(p_message.recipient_id),
         (json_strip_nulls(json_build_object(
             'kind', 'message',
             'message_id', p_message.id,
@@ -197,13 +197,13 @@ $$;
 
 -- Tell the sender how a pushed message ended (delivered or failed): a sender,
 -- a test or an observer can wait for that instead of polling.
-CREATE OR REPLACE FUNCTION amp.notify_delivery(p_message amp.messages)
+CREATE OR REPLACE FUNCTION amp._notify_delivery(p_message amp.messages)
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     IF p_message.sender_id IS NOT NULL THEN
         PERFORM pg_notify(
-            amp.agent_channel_by_id(p_message.sender_id),
+            amp._agent_channel_by_id(p_message.sender_id),
             json_build_object(
                 'kind', 'delivery',
                 'message_id', p_message.id,
@@ -226,8 +226,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_pair record;
 BEGIN
-    v_pair := amp.resolve_pair(p_sender, p_recipient);
-    RETURN (amp.store_message('one_way', (v_pair.sender).id, (v_pair.recipient).id,
+    v_pair := amp._resolve_pair(p_sender, p_recipient);
+    RETURN (amp._store_message('one_way', (v_pair.sender).id, (v_pair.recipient).id,
                               p_content, p_metadata, p_push => true,
                               p_idempotency_key => p_idempotency_key)).id;
 END;
@@ -244,10 +244,10 @@ DECLARE
     v_id uuid;
 BEGIN
     IF p_hostname IS NULL THEN
-        PERFORM amp.raise_error('AM001', 'worker hostname (p_hostname) must not be null');
+        PERFORM amp._raise_error('AM001', 'worker hostname (p_hostname) must not be null');
     END IF;
     IF p_pid IS NULL THEN
-        PERFORM amp.raise_error('AM001', 'worker pid (p_pid) must not be null');
+        PERFORM amp._raise_error('AM001', 'worker pid (p_pid) must not be null');
     END IF;
     INSERT INTO amp.workers (hostname, pid) VALUES (left(p_hostname, 255), p_pid)
     RETURNING id INTO v_id;
@@ -256,12 +256,12 @@ END;
 $$;
 
 -- AM001 naming the argument when a worker id is NULL.
-CREATE OR REPLACE FUNCTION amp.require_worker_arg(p_worker uuid)
+CREATE OR REPLACE FUNCTION amp._require_worker_arg(p_worker uuid)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF p_worker IS NULL THEN
-        PERFORM amp.raise_error('AM001', 'worker id (p_worker) must not be null');
+        PERFORM amp._raise_error('AM001', 'worker id (p_worker) must not be null');
     END IF;
 END;
 $$;
@@ -274,16 +274,16 @@ DECLARE
     v_external_id text;
     v_agent amp.agents;
 BEGIN
-    PERFORM amp.require_worker_arg(p_worker);
+    PERFORM amp._require_worker_arg(p_worker);
     IF p_agents IS NULL THEN
-        PERFORM amp.raise_error('AM001', 'agents (p_agents) must not be null');
+        PERFORM amp._raise_error('AM001', 'agents (p_agents) must not be null');
     END IF;
     IF NOT EXISTS (SELECT 1 FROM amp.workers WHERE id = p_worker) THEN
-        PERFORM amp.raise_error('AM001', format('no worker %s (registered?)', p_worker));
+        PERFORM amp._raise_error('AM001', format('no worker %s (registered?)', p_worker));
     END IF;
-    PERFORM amp.require_worker(p_worker);
+    PERFORM amp._require_worker(p_worker);
     FOREACH v_external_id IN ARRAY p_agents LOOP
-        v_agent := amp.acting_agent(v_external_id);
+        v_agent := amp._acting_agent(v_external_id);
         INSERT INTO amp.worker_agents (worker_id, agent_id) VALUES (p_worker, v_agent.id)
         ON CONFLICT DO NOTHING;
         RETURN NEXT v_agent.id;
@@ -295,7 +295,7 @@ CREATE OR REPLACE FUNCTION amp.heartbeat(p_worker uuid)
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM amp.require_worker(p_worker);
+    PERFORM amp._require_worker(p_worker);
     UPDATE amp.workers SET heartbeat_at = now() WHERE id = p_worker;
     -- workers silent for an hour are gone; their claims expire on their own
     DELETE FROM amp.workers WHERE heartbeat_at < now() - interval '1 hour';
@@ -309,7 +309,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_message amp.messages;
 BEGIN
-    PERFORM amp.require_worker(p_worker);
+    PERFORM amp._require_worker(p_worker);
     FOR v_message IN
         WITH released AS (
             UPDATE amp.deliveries SET claimed_by = NULL, claim_expires_at = NULL
@@ -318,7 +318,7 @@ BEGIN
         )
         SELECT m.* FROM amp.messages m JOIN released r ON r.message_id = m.id
     LOOP
-        PERFORM amp.notify_message(v_message);
+        PERFORM amp._notify_message(v_message);
     END LOOP;
     DELETE FROM amp.workers WHERE id = p_worker;
 END;
@@ -332,7 +332,7 @@ $$;
 -- again (at least once): their transactions commit without waiting for the WAL
 -- flush, which takes a disk flush off the critical path of every delivery. The
 -- messages themselves (sends, replies) keep the server's durable commit.
-CREATE OR REPLACE FUNCTION amp.lease_commit()
+CREATE OR REPLACE FUNCTION amp._lease_commit()
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -362,8 +362,8 @@ DECLARE
     v_moot uuid[] := '{}';     -- sync requests no longer awaited
     v_settled amp.messages;
 BEGIN
-    PERFORM amp.require_worker(p_worker, true);
-    PERFORM amp.lease_commit();
+    PERFORM amp._require_worker(p_worker, true);
+    PERFORM amp._lease_commit();
     -- The oldest deliverable messages, locked (SKIP LOCKED: rows another worker is
     -- claiming right now are its own). A worker of a few agents reads each agent's
     -- backlog in seq order from deliveries_recipient_idx and stops at p_limit; one
@@ -425,7 +425,7 @@ BEGIN
             WHERE m.id = g.message_id
             RETURNING m.*
         LOOP
-            PERFORM amp.notify_delivery(v_settled);
+            PERFORM amp._notify_delivery(v_settled);
         END LOOP;
     END IF;
     IF cardinality(v_moot) > 0 THEN
@@ -441,7 +441,7 @@ BEGIN
             WHERE m.id = g.message_id
             RETURNING m.*
         LOOP
-            PERFORM amp.notify_delivery(v_settled);
+            PERFORM amp._notify_delivery(v_settled);
         END LOOP;
     END IF;
     IF cardinality(v_ids) = 0 THEN
@@ -469,7 +469,7 @@ $$;
 -- A sync request already delivered: its answer (amp.sync_reply) settled it, so an
 -- acknowledgement that follows the reply (as clients of 0.1.0 send) has nothing
 -- left to do and is not an error.
-CREATE OR REPLACE FUNCTION amp.answered_request(p_message_id uuid)
+CREATE OR REPLACE FUNCTION amp._answered_request(p_message_id uuid)
 RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
@@ -487,7 +487,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_message amp.messages;
 BEGIN
-    PERFORM amp.require_worker(p_worker);
+    PERFORM amp._require_worker(p_worker);
     WITH gone AS (
         DELETE FROM amp.deliveries d
         WHERE d.message_id = p_message_id AND d.claimed_by = p_worker
@@ -500,13 +500,13 @@ BEGIN
     WHERE m.id = g.message_id
     RETURNING m.* INTO v_message;
     IF v_message.id IS NULL THEN
-        IF amp.answered_request(p_message_id) THEN
+        IF amp._answered_request(p_message_id) THEN
             RETURN;  -- settled by its answer (amp.sync_reply): nothing left to acknowledge
         END IF;
-        PERFORM amp.raise_error('AM050', format(
+        PERFORM amp._raise_error('AM050', format(
             'message %s is not leased by worker %s (lease expired?)', p_message_id, p_worker));
     END IF;
-    PERFORM amp.notify_delivery(v_message);
+    PERFORM amp._notify_delivery(v_message);
 END;
 $$;
 
@@ -523,8 +523,8 @@ DECLARE
     v_acked uuid[];
     v_sender record;
 BEGIN
-    PERFORM amp.require_worker(p_worker);
-    PERFORM amp.lease_commit();
+    PERFORM amp._require_worker(p_worker);
+    PERFORM amp._lease_commit();
     WITH gone AS (
         DELETE FROM amp.deliveries d
         WHERE d.message_id = ANY (p_message_ids) AND d.claimed_by = p_worker
@@ -543,14 +543,14 @@ BEGIN
         WHERE id = ANY (v_acked) AND sender_id IS NOT NULL
         GROUP BY sender_id
     LOOP
-        PERFORM pg_notify(amp.agent_channel_by_id(v_sender.sender_id), json_build_object(
+        PERFORM pg_notify(amp._agent_channel_by_id(v_sender.sender_id), json_build_object(
             'kind', 'delivery', 'status', 'delivered', 'count', v_sender.n)::text);
     END LOOP;
     IF cardinality(v_acked) < cardinality(p_message_ids) THEN
         -- sync requests their answers settled count as acknowledged
         v_acked := v_acked || ARRAY(
             SELECT x.id FROM unnest(p_message_ids) AS x(id)
-            WHERE x.id <> ALL (v_acked) AND amp.answered_request(x.id));
+            WHERE x.id <> ALL (v_acked) AND amp._answered_request(x.id));
     END IF;
     RETURN QUERY SELECT unnest(v_acked);
 END;
@@ -567,24 +567,24 @@ DECLARE
     v_delivery amp.deliveries;
     v_message amp.messages;
 BEGIN
-    PERFORM amp.require_worker_arg(p_worker);
+    PERFORM amp._require_worker_arg(p_worker);
     IF p_message_id IS NULL THEN
-        PERFORM amp.raise_error('AM001', 'message id (p_message_id) must not be null');
+        PERFORM amp._raise_error('AM001', 'message id (p_message_id) must not be null');
     END IF;
     IF p_retry_in IS NULL THEN
-        PERFORM amp.raise_error('AM001', 'retry delay (p_retry_in) must not be null');
+        PERFORM amp._raise_error('AM001', 'retry delay (p_retry_in) must not be null');
     END IF;
     IF p_max_attempts IS NULL THEN
-        PERFORM amp.raise_error('AM001', 'max attempts (p_max_attempts) must not be null');
+        PERFORM amp._raise_error('AM001', 'max attempts (p_max_attempts) must not be null');
     END IF;
-    PERFORM amp.require_worker(p_worker);
+    PERFORM amp._require_worker(p_worker);
     UPDATE amp.deliveries d
     SET available_at = now() + p_retry_in,
         claimed_by = NULL, claim_expires_at = NULL, last_error = p_error
     WHERE d.message_id = p_message_id AND d.claimed_by = p_worker
     RETURNING d.* INTO v_delivery;
     IF NOT FOUND THEN
-        PERFORM amp.raise_error('AM050', format(
+        PERFORM amp._raise_error('AM050', format(
             'message %s is not leased by worker %s (lease expired?)', p_message_id, p_worker));
     END IF;
     IF v_delivery.attempts >= p_max_attempts THEN
@@ -598,9 +598,9 @@ BEGIN
         SELECT * INTO v_message FROM amp.messages m WHERE m.id = p_message_id;
     END IF;
     IF v_message.delivery_status = 'failed' THEN
-        PERFORM amp.notify_delivery(v_message);
+        PERFORM amp._notify_delivery(v_message);
     ELSIF p_retry_in <= interval '0' THEN
-        PERFORM amp.notify_message(v_message);   -- deliverable again right now
+        PERFORM amp._notify_message(v_message);   -- deliverable again right now
     END IF;
     RETURN v_message.delivery_status;
 END;
@@ -613,7 +613,7 @@ CREATE OR REPLACE FUNCTION amp.next_delivery_at(p_worker uuid)
 RETURNS timestamptz
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    PERFORM amp.require_worker(p_worker);
+    PERFORM amp._require_worker(p_worker);
     RETURN (
         SELECT min(CASE WHEN d.claim_expires_at IS NOT NULL
                         THEN greatest(d.claim_expires_at, d.available_at)
@@ -643,33 +643,33 @@ DECLARE
     v_state text;
     v_text text;
 BEGIN
-    v_sender := amp.acting_agent(p_sender);
+    v_sender := amp._acting_agent(p_sender);
     IF v_n = 0 THEN
-        PERFORM amp.raise_error('AM001', 'a batch needs at least one recipient');
+        PERFORM amp._raise_error('AM001', 'a batch needs at least one recipient');
     END IF;
     IF NOT v_broadcast AND coalesce(cardinality(p_contents), 0) <> v_n THEN
-        PERFORM amp.raise_error('AM001', format(
+        PERFORM amp._raise_error('AM001', format(
             'a batch has %s recipients but %s contents (give one content per recipient, or one for all)',
             v_n, coalesce(cardinality(p_contents), 0)));
     END IF;
     IF p_metadata IS NOT NULL AND jsonb_typeof(p_metadata) <> 'object' THEN
-        PERFORM amp.raise_error('AM001', 'message metadata must be a JSON object');
+        PERFORM amp._raise_error('AM001', 'message metadata must be a JSON object');
     END IF;
     -- one block for the whole batch (one subtransaction, not one per element) that
     -- names the failing element: the first error aborts everything stored so far
     BEGIN
         IF v_broadcast THEN
-            PERFORM amp.check_message(p_contents[1], p_metadata);
+            PERFORM amp._check_message(p_contents[1], p_metadata);
         END IF;
         FOR i IN 1 .. v_n LOOP
             v_index := i - 1;
             v_recipient := amp.get_agent(p_recipients[i]);
-            PERFORM amp.require_contact(v_sender, v_recipient);
+            PERFORM amp._require_contact(v_sender, v_recipient);
             IF v_recipient.id = v_sender.id THEN
-                PERFORM amp.raise_error('AM001', format(
+                PERFORM amp._raise_error('AM001', format(
                     'agent %L cannot send a message to itself', p_sender));
             END IF;
-            v_ids := v_ids || (amp.store_message(
+            v_ids := v_ids || (amp._store_message(
                 'one_way', v_sender.id, v_recipient.id,
                 CASE WHEN v_broadcast THEN p_contents[1] ELSE p_contents[i] END,
                 p_metadata, p_push => true)).id;
@@ -677,7 +677,7 @@ BEGIN
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_text = MESSAGE_TEXT;
         IF v_state LIKE 'AM%' THEN
-            PERFORM amp.raise_error(v_state, format('batch element %s: %s', v_index, v_text));
+            PERFORM amp._raise_error(v_state, format('batch element %s: %s', v_index, v_text));
         END IF;
         RAISE;
     END;
@@ -694,9 +694,9 @@ CREATE OR REPLACE FUNCTION amp.extend_leases(p_worker uuid, p_message_ids uuid[]
 RETURNS SETOF uuid
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM amp.require_worker_arg(p_worker);
-    PERFORM amp.require_worker(p_worker);
-    PERFORM amp.lease_commit();
+    PERFORM amp._require_worker_arg(p_worker);
+    PERFORM amp._require_worker(p_worker);
+    PERFORM amp._lease_commit();
     RETURN QUERY
     UPDATE amp.deliveries d SET claim_expires_at = now() + p_lease
     WHERE d.message_id = ANY (p_message_ids) AND d.claimed_by = p_worker
@@ -717,10 +717,10 @@ BEGIN
     SELECT * INTO v_message FROM amp.messages m
     WHERE m.id = p_message_id AND m.delivery_status IS NOT NULL;
     IF NOT FOUND THEN
-        PERFORM amp.raise_error('AM001', format('no pushed message has id %s', p_message_id));
+        PERFORM amp._raise_error('AM001', format('no pushed message has id %s', p_message_id));
     END IF;
     -- the sender's question (its answer names the sender's channel)
-    PERFORM amp.require_actor(a) FROM amp.agents a WHERE a.id = v_message.sender_id;
+    PERFORM amp._require_actor(a) FROM amp.agents a WHERE a.id = v_message.sender_id;
     IF v_message.delivery_status = 'pending' THEN  -- its live attempts are in the hot row
         SELECT * INTO v_delivery FROM amp.deliveries d WHERE d.message_id = p_message_id;
         IF FOUND THEN
@@ -729,7 +729,7 @@ BEGIN
         END IF;
     END IF;
     RETURN QUERY SELECT v_message.delivery_status, v_message.last_error, v_message.attempts,
-                        amp.agent_channel_by_id(v_message.sender_id);
+                        amp._agent_channel_by_id(v_message.sender_id);
 END;
 $$;
 

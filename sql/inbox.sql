@@ -6,7 +6,7 @@
 
 -- The live session of a pair and type, created if there is none. The partial
 -- unique index decides a race between two creators; the loser gets the winner's row.
-CREATE OR REPLACE FUNCTION amp.get_or_create_session(
+CREATE OR REPLACE FUNCTION amp._get_or_create_session(
     p_agent_1 uuid, p_agent_2 uuid, p_type text)
 RETURNS amp.sessions
 LANGUAGE plpgsql AS $$
@@ -33,28 +33,28 @@ DECLARE
     v_pair record;
     v_session amp.sessions;
 BEGIN
-    v_pair := amp.resolve_pair(p_sender, p_recipient);
-    v_session := amp.get_or_create_session((v_pair.sender).id, (v_pair.recipient).id, 'async');
-    RETURN (amp.store_message('async', (v_pair.sender).id, (v_pair.recipient).id,
+    v_pair := amp._resolve_pair(p_sender, p_recipient);
+    v_session := amp._get_or_create_session((v_pair.sender).id, (v_pair.recipient).id, 'async');
+    RETURN (amp._store_message('async', (v_pair.sender).id, (v_pair.recipient).id,
                               p_content, p_metadata, p_session_id => v_session.id,
                               p_idempotency_key => p_idempotency_key)).id;
 END;
 $$;
 
--- A page size: NULL means amp.setting('default_page_size'); anything else must be
--- from 1 to amp.setting('max_page_size').
-CREATE OR REPLACE FUNCTION amp.page_size(p_limit integer)
+-- A page size: NULL means amp._setting('default_page_size'); anything else must be
+-- from 1 to amp._setting('max_page_size').
+CREATE OR REPLACE FUNCTION amp._page_size(p_limit integer)
 RETURNS integer
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_max bigint;
 BEGIN
     IF p_limit IS NULL THEN
-        RETURN amp.setting('default_page_size');
+        RETURN amp._setting('default_page_size');
     END IF;
-    v_max := amp.setting('max_page_size');
+    v_max := amp._setting('max_page_size');
     IF p_limit < 1 OR p_limit > v_max THEN
-        PERFORM amp.raise_error('AM001', format(
+        PERFORM amp._raise_error('AM001', format(
             'limit must be from 1 to %s, not %s', v_max, p_limit));
     END IF;
     RETURN p_limit;
@@ -81,13 +81,13 @@ RETURNS TABLE (
     sender_external_id text, sender_name text, created_at timestamptz, receipt uuid)
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_agent amp.agents := amp.acting_agent(p_agent);
+    v_agent amp.agents := amp._acting_agent(p_agent);
     v_sender_id uuid := CASE WHEN p_sender IS NULL THEN NULL ELSE (amp.get_agent(p_sender)).id END;
-    v_limit integer := amp.page_size(p_limit);
+    v_limit integer := amp._page_size(p_limit);
     v_receipt uuid := CASE WHEN p_lease IS NULL THEN NULL ELSE gen_random_uuid() END;
 BEGIN
     IF p_lease IS NOT NULL AND (p_lease <= interval '0' OR p_lease > interval '1 day') THEN
-        PERFORM amp.raise_error('AM001', format(
+        PERFORM amp._raise_error('AM001', format(
             'read lease (p_lease) must be more than 0 and at most 1 day, not %s', p_lease));
     END IF;
     RETURN QUERY
@@ -123,10 +123,10 @@ CREATE OR REPLACE FUNCTION amp.confirm_read(p_agent text, p_receipt uuid, p_ids 
 RETURNS SETOF uuid
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_agent amp.agents := amp.acting_agent(p_agent);
+    v_agent amp.agents := amp._acting_agent(p_agent);
 BEGIN
     IF p_receipt IS NULL THEN
-        PERFORM amp.raise_error('AM001', 'read receipt (p_receipt) must not be null');
+        PERFORM amp._raise_error('AM001', 'read receipt (p_receipt) must not be null');
     END IF;
     RETURN QUERY
     WITH settled AS (
@@ -149,15 +149,15 @@ RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     IF p_message_id IS NULL THEN
-        PERFORM amp.raise_error('AM001', 'message id (p_message_id) must not be null');
+        PERFORM amp._raise_error('AM001', 'message id (p_message_id) must not be null');
     END IF;
     UPDATE amp.messages
     SET delivery_status = 'failed', last_error = left(coalesce(p_reason, 'rejected'), 2000),
         read_receipt = NULL, read_lease_until = NULL
-    WHERE id = p_message_id AND recipient_id = (amp.acting_agent(p_agent)).id
+    WHERE id = p_message_id AND recipient_id = (amp._acting_agent(p_agent)).id
       AND message_type = 'async' AND read_at IS NULL;
     IF NOT FOUND THEN
-        PERFORM amp.raise_error('AM001', format(
+        PERFORM amp._raise_error('AM001', format(
             'message %s is not an unread async message of agent %L', p_message_id, p_agent));
     END IF;
 END;
@@ -172,9 +172,9 @@ RETURNS TABLE (
     sender_external_id text, sender_name text, created_at timestamptz)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    v_agent amp.agents := amp.acting_agent(p_agent);
+    v_agent amp.agents := amp._acting_agent(p_agent);
     v_sender_id uuid := CASE WHEN p_sender IS NULL THEN NULL ELSE (amp.get_agent(p_sender)).id END;
-    v_limit integer := amp.page_size(p_limit);
+    v_limit integer := amp._page_size(p_limit);
 BEGIN
     RETURN QUERY
     SELECT m.id, m.seq, m.content, m.metadata, m.session_id, s.external_id, s.name, m.created_at
@@ -199,9 +199,9 @@ RETURNS TABLE (
     read_at timestamptz, delivery_status text, last_error text)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    v_agent amp.agents := amp.acting_agent(p_agent);
+    v_agent amp.agents := amp._acting_agent(p_agent);
     v_sender_id uuid := CASE WHEN p_sender IS NULL THEN NULL ELSE (amp.get_agent(p_sender)).id END;
-    v_limit integer := amp.page_size(p_limit);
+    v_limit integer := amp._page_size(p_limit);
 BEGIN
     RETURN QUERY
     SELECT m.id, m.seq, m.content, m.metadata, m.session_id, s.external_id, s.name,
@@ -215,16 +215,16 @@ BEGIN
 END;
 $$;
 
--- Put a taken message back (its handler failed in resume_agent_handler).
+-- Put a taken message back: whoever read it could not handle it, so it is unread again.
 CREATE OR REPLACE FUNCTION amp.mark_unread(p_agent text, p_message_id uuid)
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE amp.messages SET read_at = NULL, read_receipt = NULL, read_lease_until = NULL
-    WHERE id = p_message_id AND recipient_id = (amp.acting_agent(p_agent)).id
+    WHERE id = p_message_id AND recipient_id = (amp._acting_agent(p_agent)).id
       AND message_type = 'async';
     IF NOT FOUND THEN
-        PERFORM amp.raise_error('AM001', format(
+        PERFORM amp._raise_error('AM001', format(
             'message %s is not an async message of agent %L', p_message_id, p_agent));
     END IF;
 END;

@@ -16,39 +16,39 @@
 -- ---------------------------------------------------------------------------
 
 -- Lock the meeting row (every transition starts here).
-CREATE OR REPLACE FUNCTION amp.meeting_lock(p_meeting uuid)
+CREATE OR REPLACE FUNCTION amp._meeting_lock(p_meeting uuid)
 RETURNS amp.meetings
 LANGUAGE plpgsql AS $$
 DECLARE
     v_meeting amp.meetings;
 BEGIN
     IF p_meeting IS NULL THEN
-        PERFORM amp.raise_error('AM001', 'meeting id must not be null');
+        PERFORM amp._raise_error('AM001', 'meeting id must not be null');
     END IF;
     SELECT * INTO v_meeting FROM amp.meetings WHERE id = p_meeting FOR UPDATE;
     IF NOT FOUND THEN
-        PERFORM amp.raise_error('AM040', format('meeting %s not found', p_meeting));
+        PERFORM amp._raise_error('AM040', format('meeting %s not found', p_meeting));
     END IF;
     RETURN v_meeting;
 END;
 $$;
 
 -- Lock the meeting for its host, or AM041 for anyone else (p_verb names the call).
-CREATE OR REPLACE FUNCTION amp.meeting_lock_as_host(
+CREATE OR REPLACE FUNCTION amp._meeting_lock_as_host(
     p_host text, p_meeting uuid, p_verb text, OUT host amp.agents, OUT meeting amp.meetings)
 LANGUAGE plpgsql AS $$
 BEGIN
-    host := amp.acting_agent(p_host);
-    meeting := amp.meeting_lock(p_meeting);
+    host := amp._acting_agent(p_host);
+    meeting := amp._meeting_lock(p_meeting);
     IF meeting.host_id <> host.id THEN
-        PERFORM amp.raise_error('AM041', format(
+        PERFORM amp._raise_error('AM041', format(
             'only the host may %s meeting %s, not %L', p_verb, p_meeting, p_host));
     END IF;
 END;
 $$;
 
 -- The participant row of an agent who has not left, or AM042.
-CREATE OR REPLACE FUNCTION amp.meeting_member(p_meeting uuid, p_agent amp.agents)
+CREATE OR REPLACE FUNCTION amp._meeting_member(p_meeting uuid, p_agent amp.agents)
 RETURNS amp.meeting_participants
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -57,11 +57,11 @@ BEGIN
     SELECT * INTO v_part FROM amp.meeting_participants
     WHERE meeting_id = p_meeting AND agent_id = p_agent.id;
     IF NOT FOUND THEN
-        PERFORM amp.raise_error('AM042', format(
+        PERFORM amp._raise_error('AM042', format(
             'agent %L is not a participant of meeting %s', p_agent.external_id, p_meeting));
     END IF;
     IF v_part.status = 'left' THEN
-        PERFORM amp.raise_error('AM042', format(
+        PERFORM amp._raise_error('AM042', format(
             'agent %L has left meeting %s', p_agent.external_id, p_meeting));
     END IF;
     RETURN v_part;
@@ -69,7 +69,7 @@ END;
 $$;
 
 -- Record an event and notify the meeting's channel and the global events channel.
-CREATE OR REPLACE FUNCTION amp.meeting_record_event(
+CREATE OR REPLACE FUNCTION amp._meeting_record_event(
     p_meeting amp.meetings, p_event text, p_agent_id uuid, p_data jsonb DEFAULT '{}'::jsonb)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
@@ -94,12 +94,12 @@ END;
 $$;
 
 -- Store a system message (sender NULL) in the meeting's history.
-CREATE OR REPLACE FUNCTION amp.meeting_system_message(
+CREATE OR REPLACE FUNCTION amp._meeting_system_message(
     p_meeting uuid, p_event text, p_agent_id uuid, p_text text)
 RETURNS amp.messages
 LANGUAGE plpgsql AS $$
 BEGIN
-    RETURN amp.store_message('system', NULL, NULL, jsonb_build_object(
+    RETURN amp._store_message('system', NULL, NULL, jsonb_build_object(
         'event', p_event,
         'agent_external_id', (SELECT external_id FROM amp.agents WHERE id = p_agent_id),
         'text', p_text), p_meeting_id => p_meeting);
@@ -108,7 +108,7 @@ $$;
 
 -- Round-robin: the first participant after p_agent_id in join_order who has not
 -- left, wrapping around (p_agent_id itself last).
-CREATE OR REPLACE FUNCTION amp.meeting_next_after(p_meeting uuid, p_agent_id uuid)
+CREATE OR REPLACE FUNCTION amp._meeting_next_after(p_meeting uuid, p_agent_id uuid)
 RETURNS uuid
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
@@ -124,21 +124,21 @@ END;
 $$;
 
 -- The next speaker: the named one (a participant who has not left) or round-robin.
-CREATE OR REPLACE FUNCTION amp.meeting_pick_next(
+CREATE OR REPLACE FUNCTION amp._meeting_pick_next(
     p_meeting uuid, p_after uuid, p_next_speaker text)
 RETURNS uuid
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     IF p_next_speaker IS NULL THEN
-        RETURN amp.meeting_next_after(p_meeting, p_after);
+        RETURN amp._meeting_next_after(p_meeting, p_after);
     END IF;
-    RETURN (amp.meeting_member(p_meeting, amp.get_agent(p_next_speaker))).agent_id;
+    RETURN (amp._meeting_member(p_meeting, amp.get_agent(p_next_speaker))).agent_id;
 END;
 $$;
 
 -- Give the turn to p_agent_id: it speaks, the previous speaker waits, the deadline
 -- is set from turn_duration (NULL: never expires). Returns the updated meeting.
-CREATE OR REPLACE FUNCTION amp.meeting_give_turn(p_meeting amp.meetings, p_agent_id uuid)
+CREATE OR REPLACE FUNCTION amp._meeting_give_turn(p_meeting amp.meetings, p_agent_id uuid)
 RETURNS amp.meetings
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -159,7 +159,7 @@ $$;
 
 -- The current turn (deadline passed) expires: system message, agent_timed_out
 -- event, turn passes round-robin. The caller holds the meeting lock.
-CREATE OR REPLACE FUNCTION amp.meeting_expire(p_meeting amp.meetings)
+CREATE OR REPLACE FUNCTION amp._meeting_expire(p_meeting amp.meetings)
 RETURNS amp.meetings
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -167,11 +167,11 @@ DECLARE
     v_message amp.messages;
     v_meeting amp.meetings;
 BEGIN
-    v_message := amp.meeting_system_message(p_meeting.id, 'agent_timed_out', v_speaker,
+    v_message := amp._meeting_system_message(p_meeting.id, 'agent_timed_out', v_speaker,
         format('turn of %s s expired without a message',
                round(extract(epoch FROM p_meeting.turn_duration), 3)));
-    v_meeting := amp.meeting_give_turn(p_meeting, amp.meeting_next_after(p_meeting.id, v_speaker));
-    PERFORM amp.meeting_record_event(v_meeting, 'agent_timed_out', v_speaker, jsonb_build_object(
+    v_meeting := amp._meeting_give_turn(p_meeting, amp._meeting_next_after(p_meeting.id, v_speaker));
+    PERFORM amp._meeting_record_event(v_meeting, 'agent_timed_out', v_speaker, jsonb_build_object(
         'message_id', v_message.id, 'seq', v_message.seq,
         'turn_deadline', p_meeting.turn_deadline,
         'next_speaker_external_id',
@@ -181,7 +181,7 @@ END;
 $$;
 
 -- Meeting becomes ready once every invitee who has not left attends.
-CREATE OR REPLACE FUNCTION amp.meeting_check_ready(p_meeting amp.meetings)
+CREATE OR REPLACE FUNCTION amp._meeting_check_ready(p_meeting amp.meetings)
 RETURNS amp.meetings
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -219,32 +219,32 @@ DECLARE
     v_order   text[];
     v_i       integer;
 BEGIN
-    v_host := amp.acting_agent(p_host);
+    v_host := amp._acting_agent(p_host);
     IF p_agents IS NULL OR cardinality(p_agents) = 0 THEN
-        PERFORM amp.raise_error('AM046', 'a meeting needs at least one invited agent');
+        PERFORM amp._raise_error('AM046', 'a meeting needs at least one invited agent');
     END IF;
     IF array_position(p_agents, NULL) IS NOT NULL THEN
-        PERFORM amp.raise_error('AM001', 'agent external id must not be empty');
+        PERFORM amp._raise_error('AM001', 'agent external id must not be empty');
     END IF;
     IF (SELECT count(DISTINCT a) FROM unnest(p_agents) a) <> cardinality(p_agents) THEN
-        PERFORM amp.raise_error('AM046', 'the invitation list names an agent twice');
+        PERFORM amp._raise_error('AM046', 'the invitation list names an agent twice');
     END IF;
     v_order := CASE WHEN p_host = ANY (p_agents) THEN p_agents ELSE p_host || p_agents END;
     IF cardinality(v_order) < 2 THEN
-        PERFORM amp.raise_error('AM046', 'a meeting needs at least one agent besides the host');
+        PERFORM amp._raise_error('AM046', 'a meeting needs at least one agent besides the host');
     END IF;
     IF p_turn_duration IS NOT NULL AND p_turn_duration <= interval '0' THEN
-        PERFORM amp.raise_error('AM046', 'turn duration must be positive');
+        PERFORM amp._raise_error('AM046', 'turn duration must be positive');
     END IF;
-    IF p_turn_duration > make_interval(secs => amp.setting('max_turn_duration_seconds')) THEN
-        PERFORM amp.raise_error('AM001', format(
+    IF p_turn_duration > make_interval(secs => amp._setting('max_turn_duration_seconds')) THEN
+        PERFORM amp._raise_error('AM001', format(
             'turn duration %s is longer than the limit of %s seconds', p_turn_duration,
-            amp.setting('max_turn_duration_seconds')));
+            amp._setting('max_turn_duration_seconds')));
     END IF;
     IF p_metadata IS NOT NULL AND jsonb_typeof(p_metadata) <> 'object' THEN
-        PERFORM amp.raise_error('AM001', 'meeting metadata must be a JSON object');
+        PERFORM amp._raise_error('AM001', 'meeting metadata must be a JSON object');
     END IF;
-    PERFORM amp.check_message('{}', p_metadata);
+    PERFORM amp._check_message('{}', p_metadata);
 
     -- the metadata is stored once, on the meeting: an invitation only names the
     -- meeting, so it stays small whatever the meeting's size
@@ -253,13 +253,13 @@ BEGIN
     RETURNING * INTO v_meeting;
     FOR v_i IN 1 .. cardinality(v_order) LOOP
         v_agent := amp.get_agent(v_order[v_i]);
-        PERFORM amp.require_contact(v_host, v_agent);
+        PERFORM amp._require_contact(v_host, v_agent);
         INSERT INTO amp.meeting_participants (meeting_id, agent_id, join_order, status, joined_at)
         VALUES (v_meeting.id, v_agent.id, v_i - 1,
                 CASE WHEN v_agent.id = v_host.id THEN 'attending' ELSE 'invited' END,
                 CASE WHEN v_agent.id = v_host.id THEN now() END);
         IF v_agent.id <> v_host.id OR p_host = ANY (p_agents) THEN
-            PERFORM amp.store_message('meeting_invitation', v_host.id, v_agent.id,
+            PERFORM amp._store_message('meeting_invitation', v_host.id, v_agent.id,
                 jsonb_build_object(
                     'meeting_id', v_meeting.id, 'host_external_id', v_host.external_id,
                     'participant_count', cardinality(v_order),
@@ -267,9 +267,9 @@ BEGIN
                 '{}', p_meeting_id => v_meeting.id, p_push => true);
         END IF;
     END LOOP;
-    PERFORM amp.meeting_system_message(v_meeting.id, 'agent_joined', v_host.id,
+    PERFORM amp._meeting_system_message(v_meeting.id, 'agent_joined', v_host.id,
         format('%s created the meeting', v_host.external_id));
-    PERFORM amp.meeting_record_event(v_meeting, 'agent_joined', v_host.id,
+    PERFORM amp._meeting_record_event(v_meeting, 'agent_joined', v_host.id,
         jsonb_build_object('host', true));
     RETURN v_meeting.id;
 END;
@@ -286,18 +286,18 @@ DECLARE
     v_meeting amp.meetings;
     v_part    amp.meeting_participants;
 BEGIN
-    v_agent := amp.acting_agent(p_agent);
-    v_meeting := amp.meeting_lock(p_meeting);
-    v_part := amp.meeting_member(p_meeting, v_agent);
+    v_agent := amp._acting_agent(p_agent);
+    v_meeting := amp._meeting_lock(p_meeting);
+    v_part := amp._meeting_member(p_meeting, v_agent);
     IF v_meeting.status = 'ended' OR v_part.status <> 'invited' THEN
         RETURN v_meeting.status;
     END IF;
     UPDATE amp.meeting_participants SET status = 'attending', joined_at = now()
     WHERE id = v_part.id;
-    PERFORM amp.meeting_system_message(p_meeting, 'agent_joined', v_agent.id,
+    PERFORM amp._meeting_system_message(p_meeting, 'agent_joined', v_agent.id,
         format('%s joined', v_agent.external_id));
-    v_meeting := amp.meeting_check_ready(v_meeting);
-    PERFORM amp.meeting_record_event(v_meeting, 'agent_joined', v_agent.id, '{}');
+    v_meeting := amp._meeting_check_ready(v_meeting);
+    PERFORM amp._meeting_record_event(v_meeting, 'agent_joined', v_agent.id, '{}');
     RETURN v_meeting.status;
 END;
 $$;
@@ -316,16 +316,16 @@ DECLARE
     v_next    uuid;
     v_message amp.messages;
 BEGIN
-    v_locked := amp.meeting_lock_as_host(p_host, p_meeting, 'start');
+    v_locked := amp._meeting_lock_as_host(p_host, p_meeting, 'start');
     v_host := v_locked.host;
     v_meeting := v_locked.meeting;
     IF v_meeting.status <> 'ready' THEN
-        PERFORM amp.raise_error('AM043', format(
+        PERFORM amp._raise_error('AM043', format(
             'meeting %s is %s; it starts when ready (every invitee attended)',
             p_meeting, v_meeting.status));
     END IF;
-    v_next := amp.meeting_pick_next(p_meeting, v_host.id, p_next_speaker);
-    v_message := amp.store_message('meeting', v_host.id, NULL, p_content,
+    v_next := amp._meeting_pick_next(p_meeting, v_host.id, p_next_speaker);
+    v_message := amp._store_message('meeting', v_host.id, NULL, p_content,
                                    p_meeting_id => p_meeting);
     UPDATE amp.meeting_participants
     SET status = 'waiting',
@@ -333,8 +333,8 @@ BEGIN
     WHERE meeting_id = p_meeting AND status = 'attending';
     UPDATE amp.meetings SET status = 'active', started_at = now() WHERE id = p_meeting
     RETURNING * INTO v_meeting;
-    v_meeting := amp.meeting_give_turn(v_meeting, v_next);
-    PERFORM amp.meeting_record_event(v_meeting, 'meeting_started', v_host.id, jsonb_build_object(
+    v_meeting := amp._meeting_give_turn(v_meeting, v_next);
+    PERFORM amp._meeting_record_event(v_meeting, 'meeting_started', v_host.id, jsonb_build_object(
         'message_id', v_message.id, 'seq', v_message.seq,
         'next_speaker_external_id', (SELECT external_id FROM amp.agents WHERE id = v_next)));
     RETURN v_message.id;
@@ -358,25 +358,25 @@ DECLARE
     v_message amp.messages;
     v_late    boolean;
 BEGIN
-    v_agent := amp.acting_agent(p_agent);
-    v_meeting := amp.meeting_lock(p_meeting);
-    PERFORM amp.meeting_member(p_meeting, v_agent);
+    v_agent := amp._acting_agent(p_agent);
+    v_meeting := amp._meeting_lock(p_meeting);
+    PERFORM amp._meeting_member(p_meeting, v_agent);
     IF v_meeting.status <> 'active' THEN
-        PERFORM amp.raise_error('AM043', format(
+        PERFORM amp._raise_error('AM043', format(
             'meeting %s is %s, not active', p_meeting, v_meeting.status));
     END IF;
     IF v_meeting.turn_deadline <= now() THEN
-        v_meeting := amp.meeting_expire(v_meeting);
+        v_meeting := amp._meeting_expire(v_meeting);
     END IF;
 
     IF v_meeting.current_speaker_id = v_agent.id THEN
-        v_next := amp.meeting_pick_next(p_meeting, v_agent.id, p_next_speaker);
-        v_message := amp.store_message('meeting', v_agent.id, NULL, p_content,
+        v_next := amp._meeting_pick_next(p_meeting, v_agent.id, p_next_speaker);
+        v_message := amp._store_message('meeting', v_agent.id, NULL, p_content,
                                        p_meeting_id => p_meeting);
         UPDATE amp.meeting_participants SET last_spoke_seq = v_message.seq
         WHERE meeting_id = p_meeting AND agent_id = v_agent.id;
-        v_meeting := amp.meeting_give_turn(v_meeting, v_next);
-        PERFORM amp.meeting_record_event(v_meeting, 'agent_spoke', v_agent.id, jsonb_build_object(
+        v_meeting := amp._meeting_give_turn(v_meeting, v_next);
+        PERFORM amp._meeting_record_event(v_meeting, 'agent_spoke', v_agent.id, jsonb_build_object(
             'message_id', v_message.id, 'seq', v_message.seq, 'is_late', false,
             'next_speaker_external_id', (SELECT external_id FROM amp.agents WHERE id = v_next)));
         RETURN v_message.id;
@@ -388,12 +388,12 @@ BEGIN
       AND e.event_type IN ('agent_timed_out', 'agent_spoke')
     ORDER BY e.seq DESC LIMIT 1;
     IF NOT coalesce(v_late, false) THEN
-        PERFORM amp.raise_error('AM044', format(
+        PERFORM amp._raise_error('AM044', format(
             'agent %L is not the current speaker of meeting %s', p_agent, p_meeting));
     END IF;
-    v_message := amp.store_message('meeting', v_agent.id, NULL, p_content,
+    v_message := amp._store_message('meeting', v_agent.id, NULL, p_content,
                                    p_meeting_id => p_meeting, p_is_late => true);
-    PERFORM amp.meeting_record_event(v_meeting, 'agent_spoke', v_agent.id, jsonb_build_object(
+    PERFORM amp._meeting_record_event(v_meeting, 'agent_spoke', v_agent.id, jsonb_build_object(
         'message_id', v_message.id, 'seq', v_message.seq, 'is_late', true));
     RETURN v_message.id;
 END;
@@ -410,25 +410,25 @@ DECLARE
     v_meeting amp.meetings;
     v_part    amp.meeting_participants;
 BEGIN
-    v_agent := amp.acting_agent(p_agent);
-    v_meeting := amp.meeting_lock(p_meeting);
-    v_part := amp.meeting_member(p_meeting, v_agent);
+    v_agent := amp._acting_agent(p_agent);
+    v_meeting := amp._meeting_lock(p_meeting);
+    v_part := amp._meeting_member(p_meeting, v_agent);
     IF v_meeting.host_id = v_agent.id THEN
-        PERFORM amp.raise_error('AM045', format(
+        PERFORM amp._raise_error('AM045', format(
             'the host %L cannot leave meeting %s; it ends it', p_agent, p_meeting));
     END IF;
     IF v_meeting.status = 'ended' THEN
-        PERFORM amp.raise_error('AM043', format('meeting %s has ended', p_meeting));
+        PERFORM amp._raise_error('AM043', format('meeting %s has ended', p_meeting));
     END IF;
     UPDATE amp.meeting_participants SET status = 'left', left_at = now() WHERE id = v_part.id;
-    PERFORM amp.meeting_system_message(p_meeting, 'agent_left', v_agent.id,
+    PERFORM amp._meeting_system_message(p_meeting, 'agent_left', v_agent.id,
         format('%s left', v_agent.external_id));
     IF v_meeting.current_speaker_id = v_agent.id THEN
-        v_meeting := amp.meeting_give_turn(v_meeting,
-                                           amp.meeting_next_after(p_meeting, v_agent.id));
+        v_meeting := amp._meeting_give_turn(v_meeting,
+                                           amp._meeting_next_after(p_meeting, v_agent.id));
     END IF;
-    v_meeting := amp.meeting_check_ready(v_meeting);
-    PERFORM amp.meeting_record_event(v_meeting, 'agent_left', v_agent.id, '{}');
+    v_meeting := amp._meeting_check_ready(v_meeting);
+    PERFORM amp._meeting_record_event(v_meeting, 'agent_left', v_agent.id, '{}');
 END;
 $$;
 
@@ -441,11 +441,11 @@ DECLARE
     v_host    amp.agents;
     v_meeting amp.meetings;
 BEGIN
-    v_locked := amp.meeting_lock_as_host(p_host, p_meeting, 'end');
+    v_locked := amp._meeting_lock_as_host(p_host, p_meeting, 'end');
     v_host := v_locked.host;
     v_meeting := v_locked.meeting;
     IF v_meeting.status = 'ended' THEN
-        PERFORM amp.raise_error('AM043', format('meeting %s has already ended', p_meeting));
+        PERFORM amp._raise_error('AM043', format('meeting %s has already ended', p_meeting));
     END IF;
     UPDATE amp.meeting_participants SET status = 'waiting'
     WHERE meeting_id = p_meeting AND status = 'speaking';
@@ -454,9 +454,9 @@ BEGIN
         turn_started_at = NULL, turn_deadline = NULL
     WHERE id = p_meeting
     RETURNING * INTO v_meeting;
-    PERFORM amp.meeting_system_message(p_meeting, 'meeting_ended', v_host.id,
+    PERFORM amp._meeting_system_message(p_meeting, 'meeting_ended', v_host.id,
         format('%s ended the meeting', v_host.external_id));
-    PERFORM amp.meeting_record_event(v_meeting, 'meeting_ended', v_host.id, '{}');
+    PERFORM amp._meeting_record_event(v_meeting, 'meeting_ended', v_host.id, '{}');
 END;
 $$;
 
@@ -476,7 +476,7 @@ BEGIN
         ORDER BY turn_deadline
         FOR UPDATE SKIP LOCKED
     LOOP
-        PERFORM amp.meeting_expire(v_meeting);
+        PERFORM amp._meeting_expire(v_meeting);
         v_count := v_count + 1;
     END LOOP;
     RETURN v_count;
@@ -506,10 +506,10 @@ CREATE OR REPLACE FUNCTION amp.get_meeting(p_meeting uuid)
 RETURNS SETOF amp.meetings
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    PERFORM amp.require_meeting_reader(p_meeting);
+    PERFORM amp._require_meeting_reader(p_meeting);
     RETURN QUERY SELECT * FROM amp.meetings WHERE id = p_meeting;
     IF NOT FOUND THEN
-        PERFORM amp.raise_error('AM040', format('meeting %s not found', p_meeting));
+        PERFORM amp._raise_error('AM040', format('meeting %s not found', p_meeting));
     END IF;
 END;
 $$;
@@ -523,7 +523,7 @@ RETURNS TABLE (
     turn_started_at timestamptz, metadata jsonb)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    PERFORM amp.require_meeting_reader(p_meeting);
+    PERFORM amp._require_meeting_reader(p_meeting);
     RETURN QUERY
     SELECT m.id, m.status, h.external_id, s.external_id,
            extract(epoch FROM m.turn_duration)::double precision, m.turn_deadline,
@@ -536,7 +536,7 @@ BEGIN
     LEFT JOIN amp.agents s ON s.id = m.current_speaker_id
     WHERE m.id = p_meeting;
     IF NOT FOUND THEN
-        PERFORM amp.raise_error('AM040', format('meeting %s not found', p_meeting));
+        PERFORM amp._raise_error('AM040', format('meeting %s not found', p_meeting));
     END IF;
 END;
 $$;
@@ -551,7 +551,7 @@ LANGUAGE sql STABLE AS $$
     FROM amp.meeting_participants p
     JOIN amp.meetings m ON m.id = p.meeting_id
     JOIN amp.agents a ON a.id = p.agent_id
-    WHERE p.meeting_id = p_meeting AND amp.require_meeting_reader(p_meeting)
+    WHERE p.meeting_id = p_meeting AND amp._require_meeting_reader(p_meeting)
     ORDER BY p.join_order
 $$;
 
@@ -565,9 +565,9 @@ RETURNS TABLE (
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM amp.meetings WHERE id = p_meeting) THEN
-        PERFORM amp.raise_error('AM040', format('meeting %s not found', p_meeting));
+        PERFORM amp._raise_error('AM040', format('meeting %s not found', p_meeting));
     END IF;
-    PERFORM amp.require_meeting_reader(p_meeting);
+    PERFORM amp._require_meeting_reader(p_meeting);
     RETURN QUERY
     SELECT m.seq, m.id, m.message_type, a.external_id, m.content, m.is_late, m.created_at
     FROM amp.messages m
@@ -589,7 +589,7 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_agent amp.agents;
 BEGIN
-    v_agent := amp.acting_agent(p_agent);
+    v_agent := amp._acting_agent(p_agent);
     RETURN QUERY
     SELECT v_agent.id, m.status, p.status, s.external_id,
            m.status = 'active' AND m.current_speaker_id = v_agent.id,
@@ -600,7 +600,7 @@ BEGIN
     LEFT JOIN amp.agents s ON s.id = m.current_speaker_id
     WHERE m.id = p_meeting;
     IF NOT FOUND THEN
-        PERFORM amp.raise_error('AM040', format('meeting %s not found', p_meeting));
+        PERFORM amp._raise_error('AM040', format('meeting %s not found', p_meeting));
     END IF;
 END;
 $$;
@@ -621,7 +621,7 @@ LANGUAGE sql STABLE AS $$
     LEFT JOIN amp.agents a ON a.id = e.agent_id
     LEFT JOIN amp.messages m ON m.id = (e.data ->> 'message_id')::uuid
     WHERE e.seq > p_after_seq
-      AND ((SELECT amp.is_admin()) OR amp.may_read_meeting(e.meeting_id))
+      AND ((SELECT amp._is_admin()) OR amp.may_read_meeting(e.meeting_id))
     ORDER BY e.seq
     LIMIT p_limit
 $$;

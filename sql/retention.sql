@@ -45,7 +45,7 @@ DECLARE
     v_older_than interval := coalesce(p_older_than, amp.retention());
 BEGIN
     IF v_older_than < interval '0' THEN
-        PERFORM amp.raise_error('AM001', format(
+        PERFORM amp._raise_error('AM001', format(
             'retention must not be negative, got %s', v_older_than));
     END IF;
     RETURN now() - v_older_than;
@@ -54,7 +54,7 @@ $$;
 
 -- Whether a request must stay because something that answers it (directly or down a
 -- ping-pong chain) stays: it is younger than the horizon, or someone waits on it.
-CREATE OR REPLACE FUNCTION amp.prune_answer_kept(p_request uuid, p_horizon timestamptz)
+CREATE OR REPLACE FUNCTION amp._prune_answer_kept(p_request uuid, p_horizon timestamptz)
 RETURNS boolean
 LANGUAGE sql STABLE AS $$
     WITH RECURSIVE answers AS (
@@ -81,9 +81,9 @@ DECLARE
     v_seen bigint;
     v_reached boolean;
 BEGIN
-    PERFORM amp.require_admin('prune the history');  -- it spans every organization
+    PERFORM amp._require_admin('prune the history');  -- it spans every organization
     IF p_batch_size IS NULL OR p_batch_size < 1 THEN
-        PERFORM amp.raise_error('AM001', 'batch size must be at least 1');
+        PERFORM amp._raise_error('AM001', 'batch size must be at least 1');
     END IF;
     SELECT max(w.seq), count(*), coalesce(bool_or(w.created_at >= p_horizon), false)
     INTO v_last, v_seen, v_reached
@@ -104,7 +104,7 @@ BEGIN
           AND m.delivery_status IS DISTINCT FROM 'pending'
           AND (m.message_type <> 'async' OR m.read_at IS NOT NULL)
           AND NOT EXISTS (SELECT 1 FROM amp.sessions s WHERE s.waiting_for = m.id)
-          AND (m.message_type <> 'sync_request' OR NOT amp.prune_answer_kept(m.id, p_horizon))
+          AND (m.message_type <> 'sync_request' OR NOT amp._prune_answer_kept(m.id, p_horizon))
         FOR UPDATE OF m SKIP LOCKED
     ), doomed AS (
         -- the answers to a request go with it (they may lie past this batch)
@@ -125,7 +125,7 @@ $$;
 CREATE OR REPLACE FUNCTION amp.prune_meetings(p_horizon timestamptz, p_limit integer DEFAULT 20)
 RETURNS bigint
 LANGUAGE sql AS $$
-    SELECT amp.require_admin('prune the history');
+    SELECT amp._require_admin('prune the history');
     WITH doomed AS (
         SELECT mt.id FROM amp.meetings mt
         WHERE mt.status = 'ended' AND mt.ended_at < p_horizon
@@ -145,7 +145,7 @@ $$;
 CREATE OR REPLACE FUNCTION amp.prune_sessions(p_horizon timestamptz, p_limit integer DEFAULT 1000)
 RETURNS bigint
 LANGUAGE sql AS $$
-    SELECT amp.require_admin('prune the history');
+    SELECT amp._require_admin('prune the history');
     WITH doomed AS (
         SELECT s.id FROM amp.sessions s
         WHERE s.status = 'ended' AND s.ended_at < p_horizon

@@ -27,7 +27,7 @@ CREATE INDEX agents_organization_idx ON amp.agents (organization_id);
 
 -- A conversation between two agents. The pair is stored in canonical order
 -- (agent_a_id < agent_b_id) so "the session of a pair" is one index lookup.
--- Sync:  active -> waiting (someone blocks in send_and_wait) <-> active -> ended.
+-- Sync:  active -> waiting (an agent asked and waits) <-> active -> ended.
 -- Async: active -> ended.
 CREATE TABLE amp.sessions (
     id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -36,7 +36,7 @@ CREATE TABLE amp.sessions (
     session_type    text NOT NULL CHECK (session_type IN ('sync', 'async')),
     status          text NOT NULL DEFAULT 'active'
                     CHECK (status IN ('active', 'waiting', 'ended')),
-    -- the agent blocked in send_and_wait, and the request it waits on
+    -- the agent waiting for an answer, and the request it waits on
     locked_agent_id uuid REFERENCES amp.agents (id),
     waiting_for     uuid,
     waiting_since   timestamptz,
@@ -189,7 +189,7 @@ CREATE TABLE amp.deliveries (
 -- leaves each page room for them.)
 CREATE INDEX deliveries_recipient_idx ON amp.deliveries (recipient_id, seq);
 
-CREATE FUNCTION amp.enqueue_delivery() RETURNS trigger
+CREATE FUNCTION amp._enqueue_delivery() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO amp.deliveries (message_id, recipient_id, seq, message_type, attempts,
@@ -202,7 +202,7 @@ $$;
 
 CREATE TRIGGER messages_enqueue_delivery AFTER INSERT ON amp.messages
     FOR EACH ROW WHEN (NEW.delivery_status = 'pending' AND NEW.recipient_id IS NOT NULL)
-    EXECUTE FUNCTION amp.enqueue_delivery();
+    EXECUTE FUNCTION amp._enqueue_delivery();
 
 -- Autovacuum (the defaults wait until 20 % of a table is dead, which for a history
 -- of millions of rows is millions of dead versions that every scan steps over):
@@ -270,7 +270,7 @@ CREATE TABLE amp.agent_channels (
 );
 
 -- updated_at is kept by the database, not by each caller.
-CREATE FUNCTION amp.touch_updated_at() RETURNS trigger
+CREATE FUNCTION amp._touch_updated_at() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     NEW.updated_at := now();
@@ -279,19 +279,19 @@ END;
 $$;
 
 CREATE TRIGGER organizations_touch BEFORE UPDATE ON amp.organizations
-    FOR EACH ROW EXECUTE FUNCTION amp.touch_updated_at();
+    FOR EACH ROW EXECUTE FUNCTION amp._touch_updated_at();
 CREATE TRIGGER agents_touch BEFORE UPDATE ON amp.agents
-    FOR EACH ROW EXECUTE FUNCTION amp.touch_updated_at();
+    FOR EACH ROW EXECUTE FUNCTION amp._touch_updated_at();
 CREATE TRIGGER sessions_touch BEFORE UPDATE ON amp.sessions
-    FOR EACH ROW EXECUTE FUNCTION amp.touch_updated_at();
+    FOR EACH ROW EXECUTE FUNCTION amp._touch_updated_at();
 CREATE TRIGGER meetings_touch BEFORE UPDATE ON amp.meetings
-    FOR EACH ROW EXECUTE FUNCTION amp.touch_updated_at();
+    FOR EACH ROW EXECUTE FUNCTION amp._touch_updated_at();
 CREATE TRIGGER meeting_participants_touch BEFORE UPDATE ON amp.meeting_participants
-    FOR EACH ROW EXECUTE FUNCTION amp.touch_updated_at();
+    FOR EACH ROW EXECUTE FUNCTION amp._touch_updated_at();
 
 -- Every agent gets its channel however its row was made (register_agent, or an
 -- administrator's INSERT), so no notification ever lacks a channel.
-CREATE FUNCTION amp.name_agent_channel() RETURNS trigger
+CREATE FUNCTION amp._name_agent_channel() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO amp.agent_channels (agent_id) VALUES (NEW.id);
@@ -300,13 +300,13 @@ END;
 $$;
 
 CREATE TRIGGER agents_channel AFTER INSERT ON amp.agents
-    FOR EACH ROW EXECUTE FUNCTION amp.name_agent_channel();
+    FOR EACH ROW EXECUTE FUNCTION amp._name_agent_channel();
 
 -- ---------------------------------------------------------------------------
 -- Settings: limits an administrator sets. Only the owner of the schema (the role
 -- that ran the migrations) writes this table; no application role is granted it,
 -- unlike a session setting (SET ...), which any caller could raise. The functions
--- read it through amp.setting(), which falls back to the default (with a WARNING)
+-- read it through amp._setting(), which falls back to the default (with a WARNING)
 -- if a value is malformed; the trigger below refuses malformed values up front.
 -- ---------------------------------------------------------------------------
 
@@ -336,7 +336,7 @@ $$;
 
 -- The effective value of a setting: amp.settings if well-formed and in range, else
 -- the default (a malformed value never breaks a call; it is reported as a WARNING).
-CREATE OR REPLACE FUNCTION amp.setting(p_key text)
+CREATE OR REPLACE FUNCTION amp._setting(p_key text)
 RETURNS bigint
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -365,7 +365,7 @@ END;
 $$;
 
 -- Refuse unknown keys and malformed values when they are written.
-CREATE OR REPLACE FUNCTION amp.settings_check() RETURNS trigger
+CREATE OR REPLACE FUNCTION amp._settings_check() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     v_spec record;
@@ -388,16 +388,16 @@ END;
 $$;
 
 CREATE TRIGGER settings_check BEFORE INSERT OR UPDATE ON amp.settings
-    FOR EACH ROW EXECUTE FUNCTION amp.settings_check();
+    FOR EACH ROW EXECUTE FUNCTION amp._settings_check();
 
 -- Every setting with its effective value and where it comes from.
 CREATE OR REPLACE FUNCTION amp.effective_settings()
 RETURNS TABLE (key text, value bigint, source text, default_value bigint,
                min_value bigint, max_value bigint, description text)
 LANGUAGE sql STABLE AS $$
-    SELECT sp.key, amp.setting(sp.key),
+    SELECT sp.key, amp._setting(sp.key),
            CASE WHEN s.value IS NULL THEN 'default'
-                WHEN amp.setting(sp.key) = sp.default_value
+                WHEN amp._setting(sp.key) = sp.default_value
                      AND btrim(s.value) IS DISTINCT FROM sp.default_value::text
                 THEN 'invalid in amp.settings: default used'
                 ELSE 'amp.settings' END,

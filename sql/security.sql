@@ -8,7 +8,7 @@
 --     planted in another schema (or a temporary one) is never called instead of a
 --     built-in;
 --   - revokes EXECUTE from PUBLIC and grants it to amp_user only for the public API
---     listed in amp.api_functions() (the functions documented in sql/README.md).
+--     listed in amp._api_functions() (the functions documented in sql/README.md).
 -- Tables and views are owned by amp_owner; amp_user may SELECT the views only
 -- (they show each role its own rows, see views.sql) and use the schema.
 --
@@ -16,9 +16,10 @@
 -- checks of access.sql look at session_user, the role the client logged in as.
 
 -- Every amp function, public or internal. A new function goes in one list; a test
--- checks that each function is listed and that the public ones are the documented
--- ones. (Internal names will get a leading underscore in a later, mechanical rename.)
-CREATE OR REPLACE FUNCTION amp.api_functions()
+-- checks that each function is listed, that the public ones are the documented
+-- ones, and that every internal name starts with an underscore (amp._store_message):
+-- the boundary is visible in every call, and EXECUTE on internals is revoked.
+CREATE OR REPLACE FUNCTION amp._api_functions()
 RETURNS TABLE (name text, public boolean)
 LANGUAGE sql IMMUTABLE AS $$
     SELECT name, true FROM unnest(ARRAY[
@@ -55,28 +56,28 @@ LANGUAGE sql IMMUTABLE AS $$
     UNION ALL
     SELECT name, false FROM unnest(ARRAY[
         -- agents.sql, schema.sql
-        'raise_error', 'agent_channel_by_id', 'require_external_id', 'require_name',
-        'touch_updated_at', 'name_agent_channel', 'enqueue_delivery', 'setting', 'settings_check', 'page_size',
+        '_raise_error', '_agent_channel_by_id', '_require_external_id', '_require_name',
+        '_touch_updated_at', '_name_agent_channel', '_enqueue_delivery', '_setting', '_settings_check', '_page_size',
         -- delivery.sql
-        'check_message', 'check_json', 'resolve_pair', 'store_message', 'idempotent_message',
-        'notify_message', 'notify_delivery', 'lease_commit', 'require_worker_arg',
-        'answered_request',
+        '_check_message', '_check_json', '_resolve_pair', '_store_message', '_idempotent_message',
+        '_notify_message', '_notify_delivery', '_lease_commit', '_require_worker_arg',
+        '_answered_request',
         -- retention.sql
-        'prune_answer_kept',
+        '_prune_answer_kept',
         -- inbox.sql, conversations.sql
-        'get_or_create_session', 'lock_sync_session', 'require_sync_session', 'unlock_session',
-        'settle_answered',
+        '_get_or_create_session', '_lock_sync_session', '_require_sync_session', '_unlock_session',
+        '_settle_answered',
         -- meetings.sql
-        'meeting_lock', 'meeting_lock_as_host', 'meeting_member', 'meeting_record_event',
-        'meeting_system_message', 'meeting_next_after', 'meeting_pick_next',
-        'meeting_give_turn', 'meeting_expire', 'meeting_check_ready',
+        '_meeting_lock', '_meeting_lock_as_host', '_meeting_member', '_meeting_record_event',
+        '_meeting_system_message', '_meeting_next_after', '_meeting_pick_next',
+        '_meeting_give_turn', '_meeting_expire', '_meeting_check_ready',
         -- access.sql
-        'is_admin', 'role_may_act_as', 'may_act_as', 'require_actor',
-        'acting_agent', 'require_organization_actor', 'organization_bound', 'require_contact',
-        'require_admin', 'require_worker', 'require_meeting_reader',
-        'may_read_message', 'require_message_reader', 'require_role_exists',
+        '_is_admin', '_role_may_act_as', '_may_act_as', '_require_actor',
+        '_acting_agent', '_require_organization_actor', '_organization_bound', '_require_contact',
+        '_require_admin', '_require_worker', '_require_meeting_reader',
+        '_may_read_message', '_require_message_reader', '_require_role_exists',
         -- this file
-        'api_functions'
+        '_api_functions'
     ]) AS name
 $$;
 
@@ -123,7 +124,7 @@ BEGIN
     -- Functions.
     FOR r IN
         SELECT p.oid::regprocedure AS fn, p.proname::text AS name, p.prokind AS kind,
-               coalesce((SELECT f.public FROM amp.api_functions() f WHERE f.name = p.proname),
+               coalesce((SELECT f.public FROM amp._api_functions() f WHERE f.name = p.proname),
                         false) AS public
         FROM pg_proc p WHERE p.pronamespace = 'amp'::regnamespace
     LOOP

@@ -191,7 +191,7 @@ async def test_status_and_watch_escape_markup_and_control_characters(dsn: str) -
                 for name in HOSTILE[2:]:
                     # a message from an agent with a hostile id, carrying a C1 CSI
                     conn.execute(
-                        "SELECT amp.store_message('async', s.id, r.id, %s::jsonb) "
+                        "SELECT amp._store_message('async', s.id, r.id, %s::jsonb) "
                         "FROM amp.agents s, amp.agents r "
                         "WHERE s.external_id = %s AND r.external_id = 'alice'",
                         ['"x\u009b2Jy"', name],

@@ -619,7 +619,7 @@ async def test_bad_input_is_refused_and_stores_nothing(sdk: SDK) -> None:
     before = await sdk.db.fetch_value("SELECT count(*) AS n FROM amp.messages")
     with pytest.raises(InvalidInputError):  # refused by the SDK
         await sdk.meeting.speak("a", meeting, {"x": "y" * 1_100_000})
-    with pytest.raises(InvalidInputError):  # refused by SQL (amp.check_message)
+    with pytest.raises(InvalidInputError):  # refused by SQL (amp._check_message)
         await speak_sql(sdk, "a", meeting, "y" * 1_100_000)
     with pytest.raises(InvalidInputError):
         await sdk.meeting.speak("a", meeting, {"x": object()})

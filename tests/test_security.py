@@ -204,14 +204,14 @@ def attacks(live: Live) -> list[tuple[str, str, tuple[Any, ...], str]]:
         # internals and tables: no privilege at all
         (
             "mallory",
-            "SELECT amp.store_message('one_way', (amp.get_agent('alice')).id, "
+            "SELECT amp._store_message('one_way', (amp.get_agent('alice')).id, "
             "(amp.get_agent('bob')).id, '\"forged\"', p_push => true)",
             (),
             no_privilege,
         ),
-        ("mallory", "SELECT amp.agent_channel_by_id((amp.get_agent('bob')).id)", (), no_privilege),
-        ("mallory", "SELECT amp.unlock_session(%s)", (m,), no_privilege),
-        ("mallory", "SELECT amp.meeting_give_turn(NULL::amp.meetings, NULL)", (), no_privilege),
+        ("mallory", "SELECT amp._agent_channel_by_id((amp.get_agent('bob')).id)", (), no_privilege),
+        ("mallory", "SELECT amp._unlock_session(%s)", (m,), no_privilege),
+        ("mallory", "SELECT amp._meeting_give_turn(NULL::amp.meetings, NULL)", (), no_privilege),
         ("mallory", "SELECT count(*) FROM amp.messages", (), no_privilege),
         (
             "mallory",
@@ -435,7 +435,7 @@ def test_catalog_boundary(world: World) -> None:
             ).fetchall()
             assert bad == [], (role, bad)
             internal = conn.execute(
-                "SELECT p.proname FROM pg_proc p JOIN amp.api_functions() f ON f.name = p.proname "
+                "SELECT p.proname FROM pg_proc p JOIN amp._api_functions() f ON f.name = p.proname "
                 "WHERE p.pronamespace = 'amp'::regnamespace AND NOT f.public "
                 "AND has_function_privilege(%s, p.oid, 'EXECUTE')",
                 (role,),
@@ -466,9 +466,15 @@ def test_catalog_boundary(world: World) -> None:
         # every function is classified, and only the public ones are executable
         unlisted = conn.execute(
             "SELECT proname FROM pg_proc WHERE pronamespace = 'amp'::regnamespace "
-            "AND proname NOT IN (SELECT name FROM amp.api_functions())"
+            "AND proname NOT IN (SELECT name FROM amp._api_functions())"
         ).fetchall()
         assert unlisted == []
+        # the boundary is visible in the name: internals start with an underscore,
+        # public functions never do
+        misnamed = conn.execute(
+            "SELECT name, public FROM amp._api_functions() WHERE public = starts_with(name, '_')"
+        ).fetchall()
+        assert misnamed == []
         public = {
             r[0]
             for r in conn.execute(

@@ -1,11 +1,5 @@
-"""Faster hot paths: PL/pgSQL instead of SQL-language internals; claims settle expired
-leases and moot requests among their candidates (HOT leases, two indexes fewer)
-leases and moot requests among their candidates (HOT leases, two indexes fewer)
-leases and moot requests among their candidates (HOT leases, two indexes fewer)
-leases and moot requests among their candidates (HOT leases, two indexes fewer)
-leases and moot requests among their candidates (HOT leases, two indexes fewer)
-leases and moot requests among their candidates (HOT leases, two indexes fewer)
-leases and moot requests among their candidates (HOT leases, two indexes fewer)
+"""Faster hot paths (PL/pgSQL internals, HOT leases, index-ordered claims, the reply
+index, answers settle requests) and internals renamed with a leading underscore.
 
 Revision ID: 0101
 Revises: 0100
@@ -29,7 +23,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "11ff8866dff2cc36631b939c1cbf7cf5259350bc5e06a8cfd643edd3bdf65783"
+sql_hash = "37256695ce741d1e83806d016db514087722f4d2d25ea0439f8d8e6df2e863da"
 
 
 def upgrade() -> None:

@@ -111,7 +111,7 @@ class AsyncConversation(Pattern, Generic[T]):
         self, agent_external_id: str, limit: int | None = None
     ) -> list[T]:
         """Take the agent's unread messages, oldest first, marking them read: at
-        most ``limit``, by default one page (``amp.setting('default_page_size')``,
+        most ``limit``, by default one page (``amp._setting('default_page_size')``,
         100 unless an administrator changed it; the largest limit allowed is
         ``max_page_size``, 1000). Call again for the next page.
 

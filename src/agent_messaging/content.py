@@ -14,7 +14,7 @@ it reads integers exactly at any size.
 On the way in, what JSON cannot carry is refused with :class:`InvalidInputError`
 instead of being changed silently: NaN and infinities (pydantic would write ``null``)
 and NUL characters (PostgreSQL cannot store ``\\u0000``). The server checks the rest
-(size, nesting, number range: ``amp.check_message``), for every caller.
+(size, nesting, number range: ``amp._check_message``), for every caller.
 """
 
 from __future__ import annotations

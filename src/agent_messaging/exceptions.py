@@ -307,7 +307,7 @@ SQLSTATE_EXCEPTIONS: dict[str, type[AgentMessagingError]] = {
     if cls.sqlstate is not None
 }
 
-# psqlpy hands over the server's message text but not the SQLSTATE, so amp.raise_error
+# psqlpy hands over the server's message text but not the SQLSTATE, so amp._raise_error
 # repeats the code in the HINT: "...ERROR: <message>\nHINT: amp error AM020". The driver
 # prints the HINT last, so only a text that *ends* with that line carries a code: a
 # message that quotes a caller's value containing "HINT: amp error AM045" cannot.

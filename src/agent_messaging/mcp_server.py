@@ -390,7 +390,7 @@ class AmpMcpServer:
         (roles bound to organizations or agents, the access-control issue), every
         ``amp.*`` function refuses an agent the server's database role may not act
         as, and that refusal reaches the model as a tool error; a check of
-        ``amp.may_act_as`` (or its final name) belongs here once that lands, so a
+        ``amp._may_act_as`` (or its final name) belongs here once that lands, so a
         session is refused when it names the agent rather than on its first call.
         """
         allowed = self.settings.allowed_agents

@@ -47,7 +47,7 @@ T = TypeVar("T")
 log = logging.getLogger("agent_messaging.meeting_manager")
 
 #: the longest turn_duration the SDK sends (seconds, one year): the server's own
-#: limit, ``amp.setting('max_turn_duration_seconds')`` (default one week), is lower
+#: limit, ``amp._setting('max_turn_duration_seconds')`` (default one week), is lower
 MAX_TURN_DURATION = 31_536_000.0
 
 

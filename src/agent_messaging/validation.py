@@ -14,13 +14,13 @@ from typing import Any
 
 from .exceptions import InvalidInputError
 
-#: the longest external id (characters); the same rule as ``amp.require_external_id``
+#: the longest external id (characters); the same rule as ``amp._require_external_id``
 MAX_EXTERNAL_ID_LENGTH = 255
 #: the largest page size a caller may ask for here; the server's own maximum
-#: (``amp.setting('max_page_size')``, default 1000) is checked in SQL
+#: (``amp._setting('max_page_size')``, default 1000) is checked in SQL
 MAX_LIMIT = 2**31 - 1
 
-# the same character classes as amp.require_external_id
+# the same character classes as amp._require_external_id
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _SPACES = " \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 _EDGE_SPACE = re.compile(f"^[{_SPACES}]|[{_SPACES}]$")
@@ -89,7 +89,7 @@ def seconds(name: str, value: Any, *, allow_zero: bool, maximum: float | None = 
 
 def limit(value: Any) -> int | None:
     """A page size: ``None`` (the server's default page) or an ``int`` >= 1. The
-    server refuses one above its maximum (``amp.setting('max_page_size')``)."""
+    server refuses one above its maximum (``amp._setting('max_page_size')``)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
