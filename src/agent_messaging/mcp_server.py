@@ -49,7 +49,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 from . import queries, tasks
 from .client import AgentMessaging
-from .dispatcher import AnyNotification
+from .dispatcher import AnyNotification, Outcome
 from .exceptions import (
     AgentAlreadyExistsError,
     AgentMessagingError,
@@ -886,36 +886,25 @@ class AmpMcpServer:
     async def _next_message(
         self, seat: Seat, sender: str | None, timeout: float
     ) -> dict[str, Any] | None:
-        """listen -> take -> wait for a hint -> take again, until ``timeout``."""
+        """The next message for ``seat`` (from ``sender``, if given), taken; ``None``
+        if none comes within ``timeout``. The dispatcher's one wait: listen, take,
+        wait for a hint (or the poll interval), take again. An error of a take ends
+        the wait (the tool reports it)."""
         sdk = self.sdk
         channel = await sdk.agent_channel(seat.agent)
-        woken = asyncio.Event()
 
-        def hint(_: str, notification: AnyNotification) -> None:
-            if isinstance(notification, MessageStored):
-                woken.set()
+        def wanted(notification: AnyNotification) -> bool:
+            return isinstance(notification, MessageStored)
 
-        async def catch_up() -> None:
-            woken.set()
+        async def check(_remaining: float | None) -> Outcome[dict[str, Any]] | None:
+            items = await seat.take(sender, 1)
+            return Outcome(items[0]) if items else None
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        await sdk.dispatcher.subscribe([channel], hint)
-        sdk.dispatcher.add_catch_up(catch_up)
-        try:
-            while True:
-                woken.clear()
-                items = await seat.take(sender, 1)
-                if items:
-                    return items[0]
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return None
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), min(remaining, sdk.config.poll_interval))
-        finally:
-            sdk.dispatcher.remove_catch_up(catch_up)
-            await sdk.dispatcher.unsubscribe([channel], hint)
+        deadline = asyncio.get_running_loop().time() + timeout
+        outcome = await sdk.dispatcher.wait_until(
+            [channel], check, deadline, sdk.config.poll_interval, wanted=wanted, retried=()
+        )
+        return None if outcome is None else outcome.value
 
     async def _meeting(self, meeting_id: str) -> str:
         try:
