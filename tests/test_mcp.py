@@ -639,3 +639,34 @@ async def test_readme_transcript_example_runs(dsn: str) -> None:
     readme = (REPO / "README.md").read_text()
     for line in lines:  # the README shows this very transcript, ids aside
         assert re.sub(UUID_RE, "<id>", line) in readme, line
+
+
+# -- the wait of wait_for_message, in process --------------------------------------
+
+
+async def test_wait_for_message_waits_with_the_dispatcher(trio: AgentMessaging[Any]) -> None:
+    from agent_messaging.exceptions import AgentNotFoundError
+    from agent_messaging.mcp_server import AmpMcpServer, McpSettings
+
+    server = AmpMcpServer(trio, McpSettings(agent="bob"))
+    seat = await server.seat("bob")
+    channel = await trio.agent_channel("bob")
+    try:
+        # nothing comes: None once the timeout has passed, and nothing stays subscribed
+        assert await server._next_message(seat, None, 0.2) is None
+        assert not trio.dispatcher.subscribed(channel)
+        # a message sent while waiting is taken; one from another sender is left
+        waiting = asyncio.create_task(server._next_message(seat, "alice", WAIT))
+        await trio.async_conversation.send("carol", "bob", "not this one")
+        await trio.one_way.send("alice", "bob", "hello")
+        item = await asyncio.wait_for(waiting, WAIT)
+        assert item is not None
+        assert (item["kind"], item["from"], item["content"]) == ("note", "alice", "hello")
+        assert not trio.dispatcher.subscribed(channel)
+        assert await trio.async_conversation.get_unread_messages("bob") == ["not this one"]
+        # an error of a take ends the wait (the tool reports it)
+        with pytest.raises(AgentNotFoundError):
+            await server._next_message(seat, "nobody", WAIT)
+        assert not trio.dispatcher.subscribed(channel)
+    finally:
+        await server.close()

@@ -20,7 +20,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
-from . import content, validation
+from . import content, queries, validation
 from .context import Pattern
 from .database import Row
 from .dispatcher import AnyNotification, Outcome
@@ -39,22 +39,6 @@ log = logging.getLogger("agent_messaging.async_conversation")
 READ_LEASE_SECONDS = 30.0
 #: seconds ``resume_agent_handler`` holds a message while its handler runs
 RESUME_LEASE_SECONDS = 600.0
-
-_COLUMNS = (
-    "id, seq, content::text AS content, metadata::text AS metadata, session_id, "
-    "sender_external_id, sender_name, created_at"
-)
-_READ = (
-    f"SELECT {_COLUMNS}, receipt FROM amp.read_unread($1, $2, $3::integer, "
-    "make_interval(secs => $4::float8))"
-)
-_CONFIRM = "SELECT amp.confirm_read($1, $2::text::uuid, $3::text[]::uuid[]) AS id"
-_REJECT = "SELECT 1 AS done FROM amp.reject_unread($1, $2::text::uuid, $3)"
-_PEEK = f"SELECT {_COLUMNS} FROM amp.peek_unread($1, $2, $3::integer)"
-_INBOX = (
-    f"SELECT {_COLUMNS}, read_at, delivery_status, last_error "
-    "FROM amp.inbox_messages($1, $2, $3::bigint, $4::integer)"
-)
 
 
 class InboxMessage(BaseModel, Generic[T]):
@@ -97,7 +81,7 @@ class AsyncConversation(Pattern, Generic[T]):
         """
         sdk = self._sdk
         value = await self._db.fetch_value(
-            "SELECT amp.async_send($1, $2, $3::text::jsonb, $4::text::jsonb, $5)",
+            queries.ASYNC_SEND,
             [
                 *sdk.codec.message_args(
                     sender_external_id, recipient_external_id, message, metadata
@@ -140,7 +124,9 @@ class AsyncConversation(Pattern, Generic[T]):
         if mark_read:
             taken = await self._take(recipient_external_id, sender_external_id, page)
             return [message for _, message in taken]
-        rows = await self._sdk.db.fetch(_PEEK, [recipient_external_id, sender_external_id, page])
+        rows = await self._sdk.db.fetch(
+            queries.PEEK_UNREAD, [recipient_external_id, sender_external_id, page]
+        )
         looked: list[T] = []
         for row in rows:
             try:
@@ -166,7 +152,8 @@ class AsyncConversation(Pattern, Generic[T]):
         validation.optional_external_id("sender external id", sender_external_id)
         after = validation.sequence_number("after_seq", after_seq)
         rows = await self._sdk.db.fetch(
-            _INBOX, [agent_external_id, sender_external_id, after, validation.limit(limit)]
+            queries.INBOX_MESSAGES,
+            [agent_external_id, sender_external_id, after, validation.limit(limit)],
         )
         page: list[InboxMessage[T]] = []
         for row in rows:
@@ -251,7 +238,9 @@ class AsyncConversation(Pattern, Generic[T]):
             raise HandlerNotRegisteredError(f"no handler registered for {agent_external_id!r}")
         handled = 0
         while True:
-            rows = await sdk.db.fetch(_READ, [agent_external_id, None, 1, RESUME_LEASE_SECONDS])
+            rows = await sdk.db.fetch(
+                queries.READ_UNREAD, [agent_external_id, None, 1, RESUME_LEASE_SECONDS]
+            )
             if not rows:
                 return handled
             row = rows[0]
@@ -273,11 +262,15 @@ class AsyncConversation(Pattern, Generic[T]):
                 await handler(message, context)
             except Exception as exc:
                 # release the receipt without confirming: the message is unread again
-                await sdk.db.fetch(_CONFIRM, [agent_external_id, str(row["receipt"]), []])
+                await sdk.db.fetch(
+                    queries.CONFIRM_READ, [agent_external_id, str(row["receipt"]), []]
+                )
                 raise HandlerExecutionError(
                     f"handler of {agent_external_id!r} failed on message {row['id']}: {exc}"
                 ) from exc
-            await sdk.db.fetch(_CONFIRM, [agent_external_id, str(row["receipt"]), [str(row["id"])]])
+            await sdk.db.fetch(
+                queries.CONFIRM_READ, [agent_external_id, str(row["receipt"]), [str(row["id"])]]
+            )
             handled += 1
 
     async def _take(
@@ -286,12 +279,15 @@ class AsyncConversation(Pattern, Generic[T]):
         """Read under a receipt, decode row by row, dead-letter what cannot be
         decoded, confirm the rest; returns the confirmed rows with their content."""
         db = self._db
-        rows = await db.fetch(_READ, [agent, sender, limit, READ_LEASE_SECONDS], timeout=timeout)
+        rows = await db.fetch(
+            queries.READ_UNREAD, [agent, sender, limit, READ_LEASE_SECONDS], timeout=timeout
+        )
         if not rows:
             return []
         decoded = await self._decode_or_reject(agent, rows)
         confirmed = await db.fetch(
-            _CONFIRM, [agent, str(rows[0]["receipt"]), [str(row["id"]) for row, _ in decoded]]
+            queries.CONFIRM_READ,
+            [agent, str(rows[0]["receipt"]), [str(row["id"]) for row, _ in decoded]],
         )
         ids = {str(r["id"]) for r in confirmed}
         if len(ids) < len(decoded):
@@ -308,7 +304,7 @@ class AsyncConversation(Pattern, Generic[T]):
             except content.UndecodableContent as exc:
                 reason = f"inbox read: {exc}"
                 log.warning("dead-lettering message %s of %s: %s", row["id"], agent, reason)
-                await self._db.fetch(_REJECT, [agent, str(row["id"]), reason[:2000]])
+                await self._db.fetch(queries.REJECT_UNREAD, [agent, str(row["id"]), reason[:2000]])
         return decoded
 
     def _decode(self, row: Row) -> T:

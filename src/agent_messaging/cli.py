@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import typer
 from rich.console import Console
 
+from . import queries
 from .config import Config
 from .database import Database
 from .exceptions import AgentMessagingError
@@ -57,7 +58,7 @@ async def _probe(dsn: str, *, migrated: bool) -> None:
     surfaces here, before anything starts (listeners, child processes)."""
     db = Database.connect(dsn, 2)
     try:
-        found = await db.fetch_value("SELECT to_regclass('amp.messages') IS NOT NULL AS found")
+        found = await db.fetch_value(queries.SCHEMA_PRESENT)
         if migrated and not found:
             raise NotMigrated("the amp schema is not there")
     finally:

@@ -25,7 +25,7 @@ from uuid import UUID
 
 from pydantic import TypeAdapter
 
-from . import hub, migrations, retention
+from . import hub, migrations, queries, retention
 from .agents import Directory
 from .async_conversation import AsyncConversation
 from .config import Config
@@ -447,7 +447,7 @@ class AgentMessaging(Generic[T]):
         Raises :class:`SessionNotFoundError`, :class:`AgentNotFoundError`.
         """
         row = await self.db.fetch_one(
-            "SELECT * FROM amp.get_session($1, $2, $3)",
+            queries.GET_SESSION,
             [agent_external_id, other_external_id, str(SessionType(session_type))],
         )
         return Session.model_validate(row)
@@ -456,7 +456,7 @@ class AgentMessaging(Generic[T]):
         """One stored message; its ``content`` decoded as ``T`` (or as the protocol's
         own type for invitations and system messages). Raises
         :class:`InvalidInputError` if there is none with that id."""
-        row = await self.db.fetch_one("SELECT * FROM amp.get_message($1)", [message_id])
+        row = await self.db.fetch_one(queries.GET_MESSAGE, [message_id])
         return Message[T].model_validate(
             row | {"content": self.decode_content(row["message_type"], row["content"])}
         )

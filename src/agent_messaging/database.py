@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import psqlpy
 
+from . import queries
 from .config import Config
 from .exceptions import (
     AgentMessagingError,
@@ -916,19 +917,19 @@ class Listener:
 
     async def listen(self, channels: list[str], timeout: float) -> None:
         """LISTEN on ``channels`` (``amp.listen``)."""
-        await self.execute("SELECT amp.listen($1)", [channels], timeout)
+        await self.execute(queries.LISTEN, [channels], timeout)
 
     async def unlisten(self, channels: list[str], timeout: float) -> None:
         """UNLISTEN ``channels`` (``amp.unlisten``)."""
-        await self.execute("SELECT amp.unlisten($1)", [channels], timeout)
+        await self.execute(queries.UNLISTEN, [channels], timeout)
 
     async def notify(self, channel: str, payload: str, timeout: float) -> None:
         """NOTIFY over the listener's own connection (the health check's echo)."""
-        await self.execute("SELECT pg_notify($1, $2)", [channel, payload], timeout)
+        await self.execute(queries.NOTIFY, [channel, payload], timeout)
 
     async def backend_pid(self, timeout: float) -> int:
         """The server process id of the LISTEN connection."""
-        rows = await self.execute("SELECT pg_backend_pid() AS pid", None, timeout, rows=True)
+        rows = await self.execute(queries.LISTENER_BACKEND_PID, None, timeout, rows=True)
         return int(rows[0]["pid"])
 
     async def notifications(self) -> AsyncIterator[tuple[str, str]]:
@@ -967,12 +968,10 @@ async def create_database_if_missing(admin_dsn: str, name: str) -> None:
     """CREATE DATABASE ``name`` unless it exists; safe when processes race."""
     db = Database(admin_dsn, max_pool_size=2)
     try:
-        rows = await db.fetch("SELECT 1 FROM pg_database WHERE datname = $1", [name])
+        rows = await db.fetch(queries.DATABASE_EXISTS, [name])
         if not rows:
             # CREATE DATABASE takes an identifier; format('%I') quotes it server-side.
-            stmt = await db.fetch_value(
-                "SELECT format('CREATE DATABASE %I', $1::text) AS s", [name]
-            )
+            stmt = await db.fetch_value(queries.CREATE_DATABASE, [name])
             try:
                 await db.execute(stmt)
             except DatabaseError as exc:

@@ -38,7 +38,7 @@ from uuid import UUID
 
 from pydantic import TypeAdapter, ValidationError
 
-from . import content, tasks
+from . import content, queries, tasks
 from .config import Config
 from .database import Database, Row
 from .dispatcher import AnyNotification, Dispatcher
@@ -154,7 +154,7 @@ class DeliveryWorker:
                 return
             if self.worker_id is None:
                 row = await self._db.fetch_one(
-                    "SELECT amp.register_worker($1, $2) AS id", [socket.gethostname(), os.getpid()]
+                    queries.REGISTER_WORKER, [socket.gethostname(), os.getpid()]
                 )
                 self.worker_id = UUID(str(row["id"]))
                 self._dispatcher.add_catch_up(self._catch_up)
@@ -166,10 +166,8 @@ class DeliveryWorker:
                 ]
                 self._keeper = asyncio.create_task(self._keep_leases(), name="amp-leases")
                 self._tasks.append(self._keeper)
-            await self._db.fetch("SELECT amp.serve_agents($1, $2)", [self.worker_id, fresh])
-            rows = await self._db.fetch(
-                "SELECT amp.agent_channel(a) AS channel FROM unnest($1::text[]) AS a", [fresh]
-            )
+            await self._db.fetch(queries.SERVE_AGENTS, [self.worker_id, fresh])
+            rows = await self._db.fetch(queries.AGENT_CHANNELS_OF, [fresh])
             channels = [r["channel"] for r in rows]
             # LISTEN before the first claim: nothing sent from now on is missed
             await self._dispatcher.subscribe(channels, self._on_notification)
@@ -240,7 +238,7 @@ class DeliveryWorker:
         self._dispatcher.remove_catch_up(self._catch_up)
         if self.worker_id is not None:
             with contextlib.suppress(Exception):
-                await self._db.execute("SELECT amp.unregister_worker($1)", [self.worker_id])
+                await self._db.execute(queries.UNREGISTER_WORKER, [self.worker_id])
             self.worker_id = None
 
     @property
@@ -281,10 +279,7 @@ class DeliveryWorker:
                 rows = await self._db.fetch(
                     # content as text, decoded row by row below: one value psqlpy cannot
                     # decode must not fail the whole batch
-                    "SELECT id, seq, message_type, content::text AS content, "
-                    "metadata::text AS metadata, session_id, meeting_id, attempts, "
-                    "sender_external_id, sender_name, recipient_external_id, recipient_name "
-                    "FROM amp.claim_deliveries($1, $2, make_interval(secs => $3), $4)",
+                    queries.CLAIM_DELIVERIES,
                     [
                         self.worker_id,
                         limit,
@@ -322,7 +317,7 @@ class DeliveryWorker:
                 continue
             try:
                 rows = await self._db.fetch(
-                    "SELECT amp.extend_leases($1, $2, make_interval(secs => $3)) AS id",
+                    queries.EXTEND_LEASES,
                     [self.worker_id, held, self._config.delivery_lease],
                 )
             except Exception as exc:
@@ -347,9 +342,7 @@ class DeliveryWorker:
         """Seconds until the next retry or lease expiry, clamped to the poll interval."""
         poll = self._config.poll_interval
         try:
-            row = await self._db.fetch_one(
-                "SELECT amp.next_delivery_at($1) AS at, now() AS now", [self.worker_id]
-            )
+            row = await self._db.fetch_one(queries.NEXT_DELIVERY_AT, [self.worker_id])
         except Exception:
             return poll
         at: datetime | None = row["at"]
@@ -366,7 +359,7 @@ class DeliveryWorker:
         while True:
             await asyncio.sleep(self._config.heartbeat_interval)
             try:
-                await self._db.execute("SELECT amp.heartbeat($1)", [self.worker_id])
+                await self._db.execute(queries.HEARTBEAT, [self.worker_id])
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
 
@@ -451,9 +444,7 @@ class DeliveryWorker:
         delay = 0.05
         while True:
             try:
-                return await self._db.fetch(
-                    "SELECT amp.ack_deliveries($1, $2) AS id", [self.worker_id, batch]
-                )
+                return await self._db.fetch(queries.ACK_DELIVERIES, [self.worker_id, batch])
             except TRANSIENT_ERRORS as exc:
                 if loop.time() + delay >= give_up_at or self._closing:
                     log.warning("acknowledging %d deliveries failed: %s", len(batch), exc)
@@ -486,7 +477,7 @@ class DeliveryWorker:
         while True:
             try:
                 status = await self._db.fetch_value(
-                    "SELECT amp.fail_delivery($1, $2, $3, make_interval(secs => $4), $5)",
+                    queries.FAIL_DELIVERY,
                     [self.worker_id, claimed.id, error[:2000], retry_in, max_attempts],
                     timeout=max(0.001, give_up_at - loop.time()),
                 )

@@ -47,9 +47,9 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("amp mcp needs the MCP SDK: pip install 'agent-messaging[mcp]'") from exc
 
-from . import tasks
+from . import queries, tasks
 from .client import AgentMessaging
-from .dispatcher import AnyNotification
+from .dispatcher import AnyNotification, Outcome
 from .exceptions import (
     AgentAlreadyExistsError,
     AgentMessagingError,
@@ -233,18 +233,16 @@ class Seat:
 
     async def open(self) -> None:
         db = self.sdk.db
-        row = await db.fetch_one(
-            "SELECT amp.register_worker($1, $2) AS id", [socket.gethostname(), os.getpid()]
-        )
+        row = await db.fetch_one(queries.REGISTER_WORKER, [socket.gethostname(), os.getpid()])
         self.worker = UUID(str(row["id"]))
-        await db.fetch("SELECT amp.serve_agents($1, $2) AS id", [self.worker, [self.agent]])
+        await db.fetch(queries.SERVE_AGENTS, [self.worker, [self.agent]])
         self._beat = asyncio.create_task(self._heartbeat(), name=f"amp-mcp-beat-{self.agent}")
 
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.sdk.config.heartbeat_interval)
             try:
-                await self.sdk.db.execute("SELECT amp.heartbeat($1)", [self.worker])
+                await self.sdk.db.execute(queries.HEARTBEAT, [self.worker])
             except Exception as exc:
                 log.warning("heartbeat of %s failed: %s", self.agent, exc)
 
@@ -253,7 +251,7 @@ class Seat:
         self._beat = None
         if self.worker is not None:
             with contextlib.suppress(Exception):
-                await self.sdk.db.execute("SELECT amp.unregister_worker($1)", [self.worker])
+                await self.sdk.db.execute(queries.UNREGISTER_WORKER, [self.worker])
             self.worker = None
 
     async def take(self, sender: str | None, limit: int) -> list[dict[str, Any]]:
@@ -265,21 +263,19 @@ class Seat:
         # pushed: leased with a lease that is already over, so whatever is not in
         # this answer is claimable again at once (by this check or a real handler)
         claimed = await db.fetch(
-            "SELECT id, seq, message_type, content, meeting_id, sender_external_id "
-            "FROM amp.claim_deliveries($1, $2, make_interval(), $3)",
+            queries.MCP_CLAIM_INBOX,
             [self.worker, _CLAIM_BATCH, _NO_ATTEMPT_LIMIT],
         )
         pushed = [r for r in claimed if sender is None or r["sender_external_id"] == sender]
         unread = await db.fetch(
-            "SELECT id, seq, content, sender_external_id, created_at "
-            "FROM amp.read_unread($1, $2, $3)",
+            queries.MCP_READ_INBOX,
             [self.agent, sender, limit],
         )
         chosen = pushed[: max(0, limit - len(unread))]
         acked: set[str] = set()
         if chosen:
             rows = await db.fetch(
-                "SELECT amp.ack_deliveries($1, $2) AS id",
+                queries.ACK_DELIVERIES,
                 [self.worker, [UUID(str(r["id"])) for r in chosen]],
             )
             acked = {str(r["id"]) for r in rows}
@@ -296,20 +292,8 @@ class Seat:
         db = self.sdk.db
         if sender is not None:
             await self.sdk.get_agent(sender)
-        unread = await db.fetch(
-            "SELECT id, seq, content, sender_external_id, created_at FROM amp.peek_unread($1, $2)",
-            [self.agent, sender],
-        )
-        pushed = await db.fetch(
-            "SELECT m.id, m.seq, m.message_type, m.content, m.created_at, "
-            "s.external_id AS sender_external_id "
-            "FROM amp.messages m JOIN amp.agents r ON r.id = m.recipient_id "
-            "LEFT JOIN amp.agents s ON s.id = m.sender_id "
-            "WHERE r.external_id = $1 AND m.delivery_status = 'pending' "
-            "AND ($2::text IS NULL OR s.external_id = $2::text) "
-            "ORDER BY m.seq LIMIT $3",
-            [self.agent, sender, limit],
-        )
+        unread = await db.fetch(queries.MCP_PEEK_INBOX, [self.agent, sender])
+        pushed = await db.fetch(queries.MCP_PENDING_PUSHED, [self.agent, sender, limit])
         items = [_inbox_item("async", r) for r in unread]
         items += [_inbox_item(_PUSHED_KINDS.get(r["message_type"], "note"), r) for r in pushed]
         return sorted(items, key=lambda item: int(item["seq"]))[:limit]
@@ -523,9 +507,7 @@ class AmpMcpServer:
         async def whoami(ctx: Context[Any, Any, Any]) -> CallToolResult:
             me = await self.me(ctx)
             agent = await sdk.get_agent(me)
-            org = await sdk.db.fetch_value(
-                "SELECT external_id FROM amp.organizations WHERE id = $1", [agent.organization_id]
-            )
+            org = await sdk.db.fetch_value(queries.MCP_ORGANIZATION_OF, [agent.organization_id])
             data = {"agent": me, "name": agent.name, "organization": org}
             return _result(f"You are {me} ({agent.name}) of organization {org}.", data)
 
@@ -545,14 +527,7 @@ class AmpMcpServer:
             limit: Annotated[int, Field(ge=1, le=1000, description="At most this many.")] = 200,
         ) -> CallToolResult:
             me = await self.me(ctx)
-            rows = await sdk.db.fetch(
-                "SELECT a.external_id AS agent, a.name, o.external_id AS organization, "
-                "EXISTS (SELECT 1 FROM amp.online_agents w WHERE w.agent = a.external_id) "
-                "AS online FROM amp.agents a JOIN amp.organizations o "
-                "ON o.id = a.organization_id WHERE $1::text IS NULL OR o.external_id = $1::text "
-                "ORDER BY a.external_id LIMIT $2",
-                [organization, limit],
-            )
+            rows = await sdk.db.fetch(queries.MCP_LIST_AGENTS, [organization, limit])
             agents = [dict(r) | {"you": r["agent"] == me} for r in rows]
             lines = [
                 f"- {a['agent']} ({a['name']}, {a['organization']})"
@@ -637,11 +612,7 @@ class AmpMcpServer:
         @guarded
         async def pending_questions(ctx: Context[Any, Any, Any]) -> CallToolResult:
             me = await self.me(ctx)
-            rows = await sdk.db.fetch(
-                "SELECT sender_external_id, content, waiting_since, request_id "
-                "FROM amp.awaiting_reply($1)",
-                [me],
-            )
+            rows = await sdk.db.fetch(queries.MCP_PENDING_QUESTIONS, [me])
             questions = [
                 {
                     "from": r["sender_external_id"],
@@ -882,18 +853,7 @@ class AmpMcpServer:
             ] = False,
         ) -> CallToolResult:
             me = await self.me(ctx)
-            rows = await sdk.db.fetch(
-                "SELECT m.id AS meeting_id, m.status, h.external_id AS host, "
-                "s.external_id AS current_speaker, p.status AS your_status, m.created_at "
-                "FROM amp.meeting_participants p "
-                "JOIN amp.agents a ON a.id = p.agent_id "
-                "JOIN amp.meetings m ON m.id = p.meeting_id "
-                "JOIN amp.agents h ON h.id = m.host_id "
-                "LEFT JOIN amp.agents s ON s.id = m.current_speaker_id "
-                "WHERE a.external_id = $1 AND ($2 OR m.status <> 'ended') "
-                "ORDER BY m.created_at DESC LIMIT 100",
-                [me, include_ended],
-            )
+            rows = await sdk.db.fetch(queries.MCP_MY_MEETINGS, [me, include_ended])
             meetings = [
                 {
                     "meeting_id": str(r["meeting_id"]),
@@ -917,48 +877,34 @@ class AmpMcpServer:
 
     async def _cancel_ask(self, me: str, to: str) -> None:
         """Withdraw ``me``'s question to ``to`` (a cancelled ask), as a timeout does."""
-        rows = await self.sdk.db.fetch(
-            "SELECT request_id FROM amp.awaiting_reply($1) WHERE sender_external_id = $2",
-            [to, me],
-        )
+        rows = await self.sdk.db.fetch(queries.MCP_QUESTIONS_FROM, [to, me])
         for row in rows:
             await self.sdk.db.fetch_value(
-                "SELECT amp.cancel_wait($1, $2, $3)", [me, to, UUID(str(row["request_id"]))]
+                queries.CANCEL_WAIT, [me, to, UUID(str(row["request_id"]))]
             )
 
     async def _next_message(
         self, seat: Seat, sender: str | None, timeout: float
     ) -> dict[str, Any] | None:
-        """listen -> take -> wait for a hint -> take again, until ``timeout``."""
+        """The next message for ``seat`` (from ``sender``, if given), taken; ``None``
+        if none comes within ``timeout``. The dispatcher's one wait: listen, take,
+        wait for a hint (or the poll interval), take again. An error of a take ends
+        the wait (the tool reports it)."""
         sdk = self.sdk
         channel = await sdk.agent_channel(seat.agent)
-        woken = asyncio.Event()
 
-        def hint(_: str, notification: AnyNotification) -> None:
-            if isinstance(notification, MessageStored):
-                woken.set()
+        def wanted(notification: AnyNotification) -> bool:
+            return isinstance(notification, MessageStored)
 
-        async def catch_up() -> None:
-            woken.set()
+        async def check(_remaining: float | None) -> Outcome[dict[str, Any]] | None:
+            items = await seat.take(sender, 1)
+            return Outcome(items[0]) if items else None
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        await sdk.dispatcher.subscribe([channel], hint)
-        sdk.dispatcher.add_catch_up(catch_up)
-        try:
-            while True:
-                woken.clear()
-                items = await seat.take(sender, 1)
-                if items:
-                    return items[0]
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return None
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), min(remaining, sdk.config.poll_interval))
-        finally:
-            sdk.dispatcher.remove_catch_up(catch_up)
-            await sdk.dispatcher.unsubscribe([channel], hint)
+        deadline = asyncio.get_running_loop().time() + timeout
+        outcome = await sdk.dispatcher.wait_until(
+            [channel], check, deadline, sdk.config.poll_interval, wanted=wanted, retried=()
+        )
+        return None if outcome is None else outcome.value
 
     async def _meeting(self, meeting_id: str) -> str:
         try:
@@ -977,9 +923,7 @@ class AmpMcpServer:
             raise ToolRefusal(
                 f"You are not invited to meeting {meeting}. Call my_meetings to see yours."
             )
-        await self.sdk.db.fetch_value(
-            "SELECT amp.attend_meeting($1::text, $2::text::uuid) AS status", [me, str(meeting)]
-        )
+        await self.sdk.db.fetch_value(queries.ATTEND_MEETING, [me, str(meeting)])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if status.host_external_id == me and status.status in ("created", "ready"):

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
-from . import content, tasks
+from . import content, queries, tasks
 from .database import Database
 from .dispatcher import AnyNotification, Dispatcher
 from .models import MeetingEvent
@@ -61,7 +61,7 @@ class EventRelay:
             return
         await self._dispatcher.subscribe([EVENTS_CHANNEL], self._on_notify)
         self._dispatcher.add_catch_up(self._catch_up)
-        self._low = int(await self._db.fetch_value("SELECT amp.meeting_events_max_seq() AS s"))
+        self._low = int(await self._db.fetch_value(queries.MEETING_EVENTS_MAX_SEQ))
         self._task = asyncio.create_task(self._run(), name="amp-meeting-events")
 
     async def close(self) -> None:
@@ -96,8 +96,7 @@ class EventRelay:
         rows = await self._db.fetch(
             # data as text, decoded per event in _dispatch: one value psqlpy cannot
             # decode must not stop the relay
-            "SELECT seq, meeting_id, event_type, agent_external_id, data::text AS data, "
-            "created_at FROM amp.meeting_events_after($1::bigint, $2::integer)",
+            queries.MEETING_EVENTS_AFTER,
             [self._low, limit],
         )
         for row in rows:

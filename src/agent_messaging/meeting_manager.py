@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
-from . import content, validation
+from . import content, queries, validation
 from .database import Row
 from .dispatcher import AnyNotification, Check, Outcome, Wanted
 from .exceptions import (
@@ -132,16 +132,14 @@ class MeetingManager(Generic[T]):
         rows = await self._sdk.db.fetch(
             # content as text, decoded row by row: one undecodable message must not
             # break the history (or every participant's turn wait)
-            "SELECT seq, message_id, message_type, sender_external_id, "
-            "content::text AS content, is_late, created_at "
-            "FROM amp.meeting_history($1::text::uuid, $2::bigint)",
+            queries.MEETING_HISTORY,
             [meeting, after_seq],
         )
         return [self._message(row) for row in rows]
 
     async def expire_turns(self) -> int:
         """Expire every meeting turn whose deadline passed (any process may call it)."""
-        return int(await self._sdk.db.fetch_value("SELECT amp.expire_turns() AS n"))
+        return int(await self._sdk.db.fetch_value(queries.EXPIRE_TURNS))
 
     # -- transitions -----------------------------------------------------------
 
@@ -184,8 +182,7 @@ class MeetingManager(Generic[T]):
                 raise InvalidMeetingError(str(exc)) from None
         await sdk.events_ready()
         value = await sdk.db.fetch_value(
-            "SELECT amp.create_meeting($1::text, $2::text[], "
-            "make_interval(secs => $3::float8)) AS id",
+            queries.CREATE_MEETING,
             [host_external_id, list(agent_external_ids), duration],
         )
         meeting_id = UUID(str(value))
@@ -207,7 +204,7 @@ class MeetingManager(Generic[T]):
         await self._sdk.events_ready()
         meeting = _meeting_id(meeting_id)
         await self._sdk.db.fetch_value(
-            "SELECT amp.attend_meeting($1::text, $2::text::uuid) AS status",
+            queries.ATTEND_MEETING,
             [agent_external_id, meeting],
         )
         return await self.wait_for_turn(agent_external_id, meeting_id, timeout)
@@ -237,12 +234,9 @@ class MeetingManager(Generic[T]):
         await sdk.events_ready()
         meeting = _meeting_id(meeting_id)
         args = [host_external_id, meeting, self._dump(initial_message), next_speaker_external_id]
-        query = (
-            "SELECT amp.start_meeting($1::text, $2::text::uuid, $3::text::jsonb, $4::text) AS id"
-        )
         await self._watch(UUID(meeting))
         try:
-            await sdk.db.fetch_value(query, args)
+            await sdk.db.fetch_value(queries.START_MEETING, args)
             return
         except InvalidMeetingStateError:
             wait = sdk.config.start_meeting_wait
@@ -260,7 +254,7 @@ class MeetingManager(Generic[T]):
                 f"meeting {meeting} is not ready: not every invitee attended within "
                 f"{wait} s (config.start_meeting_wait)"
             ) from None
-        await sdk.db.fetch_value(query, args)
+        await sdk.db.fetch_value(queries.START_MEETING, args)
 
     async def speak(
         self,
@@ -284,7 +278,7 @@ class MeetingManager(Generic[T]):
         timeout = validation.timeout("timeout", timeout)
         await self._sdk.events_ready()
         await self._sdk.db.fetch_value(
-            "SELECT amp.speak($1::text, $2::text::uuid, $3::text::jsonb, $4::text) AS id",
+            queries.SPEAK,
             [
                 speaker_external_id,
                 _meeting_id(meeting_id),
@@ -303,7 +297,7 @@ class MeetingManager(Generic[T]):
         validation.external_id("agent external id", agent_external_id)
         await self._sdk.events_ready()
         await self._sdk.db.execute(
-            "SELECT amp.leave_meeting($1::text, $2::text::uuid)",
+            queries.LEAVE_MEETING,
             [agent_external_id, _meeting_id(meeting_id)],
         )
 
@@ -314,9 +308,7 @@ class MeetingManager(Generic[T]):
         validation.external_id("host external id", host_external_id)
         await self._sdk.events_ready()
         meeting = _meeting_id(meeting_id)
-        await self._sdk.db.execute(
-            "SELECT amp.end_meeting($1::text, $2::text::uuid)", [host_external_id, meeting]
-        )
+        await self._sdk.db.execute(queries.END_MEETING, [host_external_id, meeting])
         await self._unwatch(UUID(meeting))
 
     # -- reading -------------------------------------------------------------
@@ -324,12 +316,8 @@ class MeetingManager(Generic[T]):
     async def get_meeting_status(self, meeting_id: UUID) -> MeetingStatusResponse:
         """The meeting's state and participants. Raises :class:`MeetingNotFoundError`."""
         meeting = _meeting_id(meeting_id)
-        row = await self._sdk.db.fetch_one(
-            "SELECT * FROM amp.meeting_status($1::text::uuid)", [meeting]
-        )
-        parts = await self._sdk.db.fetch(
-            "SELECT * FROM amp.meeting_participant_list($1::text::uuid)", [meeting]
-        )
+        row = await self._sdk.db.fetch_one(queries.MEETING_STATUS, [meeting])
+        parts = await self._sdk.db.fetch(queries.MEETING_PARTICIPANT_LIST, [meeting])
         return MeetingStatusResponse(
             meeting_id=row["meeting_id"],
             status=row["status"],
@@ -349,8 +337,7 @@ class MeetingManager(Generic[T]):
         """The meeting's row (the planning's ``Meeting``). Raises
         :class:`MeetingNotFoundError`."""
         row = await self._sdk.db.fetch_one(
-            "SELECT *, extract(epoch FROM turn_duration)::float8 AS seconds "
-            "FROM amp.get_meeting($1::text::uuid)",
+            queries.GET_MEETING,
             [_meeting_id(meeting_id)],
         )
         return Meeting.model_validate(row | {"turn_duration": row["seconds"]})
@@ -392,7 +379,7 @@ class MeetingManager(Generic[T]):
 
         async def check(remaining: float | None) -> Outcome[Row] | None:
             row = await self._sdk.db.fetch_one(
-                "SELECT * FROM amp.meeting_turn($1::text, $2::text::uuid)",
+                queries.MEETING_TURN,
                 [agent_external_id, meeting],
                 timeout=remaining,
             )
@@ -432,9 +419,7 @@ class MeetingManager(Generic[T]):
         meeting = _meeting_id(meeting_id)
 
         async def check(remaining: float | None) -> Outcome[Row] | None:
-            row = await self._sdk.db.fetch_one(
-                "SELECT * FROM amp.meeting_status($1::text::uuid)", [meeting], timeout=remaining
-            )
+            row = await self._sdk.db.fetch_one(queries.MEETING_STATUS, [meeting], timeout=remaining)
             return Outcome(row) if row["status"] != "created" else None
 
         await self._wait(meeting, None, check, timeout, "the meeting to be ready")

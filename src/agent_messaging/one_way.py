@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
-from . import content
+from . import content, queries
 from .context import Pattern
 from .dispatcher import AnyNotification, Outcome
 from .exceptions import DeliveryTimeoutError, HandlerExecutionError, InvalidInputError
@@ -49,7 +49,7 @@ class OneWayMessenger(Pattern, Generic[T]):
         """
         sdk = self._sdk
         value = await self._db.fetch_value(
-            "SELECT amp.send_one_way($1, $2, $3::text::jsonb, $4::text::jsonb, $5)",
+            queries.SEND_ONE_WAY,
             [
                 *sdk.codec.message_args(
                     sender_external_id, recipient_external_id, message, metadata
@@ -116,7 +116,7 @@ class OneWayMessenger(Pattern, Generic[T]):
         metadata: dict[str, Any] | None,
     ) -> list[UUID]:
         rows = await self._db.fetch(
-            "SELECT amp.send_one_way_many($1, $2, $3::text[]::jsonb[], $4::text::jsonb) AS id",
+            queries.SEND_ONE_WAY_MANY,
             [sender, recipients, bodies, content.encode_metadata(metadata)],
         )
         for recipient in dict.fromkeys(recipients):
@@ -141,15 +141,14 @@ class OneWayMessenger(Pattern, Generic[T]):
         limit = loop.time() + (
             sdk.config.default_conversation_timeout if timeout is None else timeout
         )
-        query = "SELECT * FROM amp.delivery_outcome($1)"
-        row = await sdk.db.fetch_one(query, [message_id])
+        row = await sdk.db.fetch_one(queries.DELIVERY_OUTCOME, [message_id])
         channel = row["sender_channel"]
 
         def wanted(notification: AnyNotification) -> bool:
             return isinstance(notification, DeliveryFinished)
 
         async def check(_remaining: float | None) -> Outcome[None] | None:
-            row = await sdk.db.fetch_one(query, [message_id])
+            row = await sdk.db.fetch_one(queries.DELIVERY_OUTCOME, [message_id])
             status = row["delivery_status"]
             if status == "delivered":
                 return Outcome(None)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from . import queries
 from .database import Database
 
 #: Rows looked at (messages) or deleted (sessions) per batch; meetings go by fifty times fewer.
@@ -58,9 +59,7 @@ async def prune(
     called after every batch with the running totals.
     """
     seconds = None if older_than is None else older_than.total_seconds()
-    horizon: datetime = await db.fetch_value(
-        "SELECT amp.prune_horizon(make_interval(secs => $1::float8)) AS h", [seconds]
-    )
+    horizon: datetime = await db.fetch_value(queries.PRUNE_HORIZON, [seconds])
     result = PruneResult(horizon=horizon)
 
     def batch_done() -> None:
@@ -70,11 +69,7 @@ async def prune(
 
     meetings_per_batch = max(1, batch_size // 50)
     while True:
-        n = int(
-            await db.fetch_value(
-                "SELECT amp.prune_meetings($1, $2) AS n", [horizon, meetings_per_batch]
-            )
-        )
+        n = int(await db.fetch_value(queries.PRUNE_MEETINGS, [horizon, meetings_per_batch]))
         result.meetings += n
         batch_done()
         if n == 0:
@@ -82,16 +77,14 @@ async def prune(
     after: int | None = 0
     while after is not None:
         row = await db.fetch_one(
-            "SELECT removed, next_seq FROM amp.prune_messages($1, $2, $3)",
+            queries.PRUNE_MESSAGES,
             [horizon, batch_size, after],
         )
         result.messages += int(row["removed"])
         after = row["next_seq"]
         batch_done()
     while True:
-        n = int(
-            await db.fetch_value("SELECT amp.prune_sessions($1, $2) AS n", [horizon, batch_size])
-        )
+        n = int(await db.fetch_value(queries.PRUNE_SESSIONS, [horizon, batch_size]))
         result.sessions += n
         batch_done()
         if n == 0:

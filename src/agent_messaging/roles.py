@@ -9,7 +9,7 @@ by the server (``format('%I')``), never pasted into SQL here.
 
 from __future__ import annotations
 
-from . import migrations
+from . import migrations, queries
 from .database import Database, Row
 
 ROLES = ("amp_owner", "amp_user", "amp_admin")
@@ -29,15 +29,13 @@ async def create_roles(db: Database) -> None:
 
 async def _run_formatted(db: Database, template: str, *values: str) -> None:
     """Run a statement whose identifiers (and literals) the server quotes with ``format``."""
-    statement = await db.fetch_value(
-        "SELECT format($1::text, VARIADIC $2::text[])", [template, list(values)]
-    )
+    statement = await db.fetch_value(queries.FORMAT_STATEMENT, [template, list(values)])
     await db.execute(str(statement))
 
 
 async def role_exists(db: Database, role: str) -> bool:
     """Whether a role of that name exists on the server."""
-    return bool(await db.fetch_value("SELECT count(*) FROM pg_roles WHERE rolname = $1", [role]))
+    return bool(await db.fetch_value(queries.ROLE_EXISTS, [role]))
 
 
 async def ensure_group(db: Database, role: str) -> None:
@@ -52,9 +50,9 @@ async def bind(db: Database, target: str, role: str, *, agent: bool, create: boo
     if create:
         await ensure_group(db, role)
     if agent:
-        await db.execute("SELECT amp.bind_agent($1, $2::text::name)", [target, role])
+        await db.execute(queries.BIND_AGENT, [target, role])
     else:
-        await db.execute("SELECT amp.bind_organization($1, $2::text::name)", [target, role])
+        await db.execute(queries.BIND_ORGANIZATION, [target, role])
 
 
 async def grant(db: Database, login: str, role: str, *, create: bool, password: str | None) -> None:
@@ -70,27 +68,21 @@ async def grant(db: Database, login: str, role: str, *, create: bool, password: 
 
 async def allow(db: Database, first: str, second: str, *, both_ways: bool) -> None:
     """``amp.allow_contact``."""
-    await db.execute("SELECT amp.allow_contact($1, $2, $3)", [first, second, both_ways])
+    await db.execute(queries.ALLOW_CONTACT, [first, second, both_ways])
 
 
 async def revoke(db: Database, first: str, second: str, *, both_ways: bool) -> None:
     """``amp.revoke_contact``."""
-    await db.execute("SELECT amp.revoke_contact($1, $2, $3)", [first, second, both_ways])
+    await db.execute(queries.REVOKE_CONTACT, [first, second, both_ways])
 
 
 async def show(db: Database) -> dict[str, list[Row]]:
     """Who may act as whom (``amp.role_map``), and, for an admin, the contacts."""
     from .exceptions import AccessDeniedError
 
-    agents = await db.fetch(
-        "SELECT organization_external_id AS organization, agent_external_id AS agent, "
-        "bound_role::text AS bound_role, bound_by, "
-        "array_to_string(login_roles, ', ') AS login_roles FROM amp.role_map()"
-    )
+    agents = await db.fetch(queries.ROLE_MAP)
     try:
-        contacts = await db.fetch(
-            "SELECT from_organization, to_organization FROM amp.contact_list()"
-        )
+        contacts = await db.fetch(queries.CONTACT_LIST)
     except AccessDeniedError:
         contacts = []
     return {"agents": agents, "contacts": contacts}

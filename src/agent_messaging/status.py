@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from . import queries
 from .database import Database, Row
 from .dispatcher import AnyNotification, Dispatcher
 from .notifications import (
@@ -33,22 +34,11 @@ from .notifications import (
 
 #: section name -> query over the inspection views
 SECTIONS: dict[str, str] = {
-    "conversations": (
-        "SELECT session_type, status, agent_a, agent_b, waiting_agent, waiting_on, "
-        "waiting_since, messages FROM amp.active_conversations ORDER BY created_at"
-    ),
-    "meetings": (
-        "SELECT meeting_id, status, host, current_speaker, turn_deadline, participants, "
-        "messages FROM amp.active_meetings ORDER BY created_at"
-    ),
-    "inboxes": "SELECT agent, unread, oldest_unread_at FROM amp.agent_inbox ORDER BY agent",
-    "online": (
-        "SELECT agent, hostname, pid, heartbeat_at FROM amp.online_agents ORDER BY agent, pid"
-    ),
-    "failed_deliveries": (
-        "SELECT message_id, message_type, sender, recipient, attempts, last_error "
-        "FROM amp.failed_deliveries ORDER BY created_at"
-    ),
+    "conversations": queries.STATUS_CONVERSATIONS,
+    "meetings": queries.STATUS_MEETINGS,
+    "inboxes": queries.STATUS_INBOXES,
+    "online": queries.STATUS_ONLINE,
+    "failed_deliveries": queries.STATUS_FAILED_DELIVERIES,
 }
 
 
@@ -122,7 +112,7 @@ class Watcher:
 
     async def refresh_agents(self) -> None:
         """LISTEN on the channels of agents registered since the last refresh."""
-        rows = await self._db.fetch("SELECT channel AS c FROM amp.agent_channels()")
+        rows = await self._db.fetch(queries.AGENT_CHANNELS)
         fresh = [r["c"] for r in rows if r["c"] not in self._channels]
         if fresh:
             await self._dispatcher.subscribe(fresh, self._hint)
@@ -150,12 +140,7 @@ class Watcher:
 
     async def _show(self, n: AnyNotification) -> None:
         if isinstance(n, MessageStored):
-            row = await self._db.fetch_one(
-                "SELECT message_type, sender_external_id AS sender, "
-                "recipient_external_id AS recipient, content::text AS content "
-                "FROM amp.get_message($1)",
-                [n.message_id],
-            )
+            row = await self._db.fetch_one(queries.WATCH_MESSAGE, [n.message_id])
             self._out(
                 f"message  {row['message_type']:<18} {safe(row['sender'] or 'system')} -> "
                 f"{safe(row['recipient'])}: {_clip(row['content'])}"
@@ -166,13 +151,7 @@ class Watcher:
         elif isinstance(n, SessionChanged):
             self._out(f"session  {n.status:<18} {n.session_id}")
         elif isinstance(n, MeetingEventRecorded):
-            row = await self._db.fetch_one(
-                "SELECT e.event_type, e.agent_external_id AS agent, "
-                "CASE WHEN e.data ? 'message_id' THEN (SELECT g.content::text "
-                "FROM amp.get_message((e.data ->> 'message_id')::uuid) g) END "
-                "AS content FROM amp.meeting_events_after($1::bigint - 1, 1) e WHERE e.seq = $1",
-                [n.seq],
-            )
+            row = await self._db.fetch_one(queries.WATCH_MEETING_EVENT, [n.seq])
             said = f": {_clip(row['content'])}" if row["content"] is not None else ""
             self._out(
                 f"meeting  {row['event_type']:<18} {safe(row['agent'] or '-')} "

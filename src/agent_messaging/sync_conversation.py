@@ -7,7 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
-from . import content, tasks, validation
+from . import content, queries, tasks, validation
 from .context import Pattern
 from .dispatcher import AnyNotification, Outcome
 from .exceptions import (
@@ -94,8 +94,7 @@ class SyncConversation(Pattern, Generic[T]):
         async with sdk.dispatcher.waiting([channel], wanted) as wait:
             sending = asyncio.ensure_future(
                 sdk.db.fetch_one(
-                    "SELECT request_id FROM amp.sync_send($1, $2, $3::text::jsonb, "
-                    "$4::text::jsonb, $5, make_interval(secs => $6::float8))",
+                    queries.SYNC_SEND,
                     [*args, idempotency_key, timeout],
                     timeout=max(0.001, deadline - loop.time()),
                 )
@@ -152,7 +151,7 @@ class SyncConversation(Pattern, Generic[T]):
         )
         try:
             cancelled = await sdk.db.fetch_value(
-                "SELECT amp.cancel_wait($1, $2, $3)",
+                queries.CANCEL_WAIT,
                 [sender, recipient, request],
                 timeout=_GIVE_UP_BUDGET * 2 / 3,
             )
@@ -194,7 +193,7 @@ class SyncConversation(Pattern, Generic[T]):
             while True:
                 try:
                     await self._sdk.db.fetch_value(
-                        "SELECT amp.cancel_wait($1, $2, $3)", [sender, recipient, request]
+                        queries.CANCEL_WAIT, [sender, recipient, request]
                     )
                     return
                 except TRANSIENT_ERRORS as exc:
@@ -221,7 +220,7 @@ class SyncConversation(Pattern, Generic[T]):
     async def _outcome(self, request: UUID, timeout: float | None = None) -> Outcome[T] | None:
         """The reply if there is one; raises if the wait is over without one."""
         row = await self._sdk.db.fetch_one(
-            "SELECT status, content::text AS content FROM amp.sync_result($1)",
+            queries.SYNC_RESULT,
             [request],
             timeout=timeout,
             read_only=True,
@@ -262,7 +261,7 @@ class SyncConversation(Pattern, Generic[T]):
         sdk = self._sdk
         db = self._db
         value = await db.fetch_value(
-            "SELECT amp.sync_reply($1, $2, $3::text::jsonb, $4::text::jsonb, $5)",
+            queries.SYNC_REPLY,
             [*sdk.codec.message_args(sender, recipient, message, metadata), request],
         )
         return UUID(str(value))
@@ -292,5 +291,5 @@ class SyncConversation(Pattern, Generic[T]):
         :class:`ConversationEndedError`. Raises :class:`SessionNotFoundError` if
         they have no live conversation."""
         await self._sdk.db.fetch_value(
-            "SELECT amp.end_conversation($1, $2)", [requester_external_id, other_external_id]
+            queries.END_CONVERSATION, [requester_external_id, other_external_id]
         )

@@ -16,7 +16,7 @@ import logging
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from . import tasks
+from . import queries, tasks
 from .dispatcher import AnyNotification
 from .meeting_manager import meeting_channel
 from .notifications import MeetingChanged
@@ -104,7 +104,7 @@ class TurnSweeper:
         db = self._sdk.db
         while True:
             try:
-                self.note(await db.fetch_value("SELECT amp.next_turn_deadline() AS s"))
+                self.note(await db.fetch_value(queries.NEXT_TURN_DEADLINE))
             except Exception as exc:
                 log.warning("reading the next turn deadline failed: %s", exc)
             poll_at = loop.time() + self._sdk.config.poll_interval
@@ -119,7 +119,7 @@ class TurnSweeper:
             if self._due is not None and loop.time() >= self._due:
                 self._due = None
                 try:
-                    if await db.fetch_value("SELECT amp.expire_turns() AS n"):
+                    if await db.fetch_value(queries.EXPIRE_TURNS):
                         self.expired += 1
                 except Exception as exc:
                     log.warning("expiring turns failed: %s", exc)
