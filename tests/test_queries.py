@@ -116,9 +116,13 @@ def test_every_statement_is_used_by_the_sdk() -> None:
 
 def test_the_casting_convention_holds() -> None:
     for name, statement in queries.QUERIES.items():
-        # JSON in: bound text cast by the server
+        # JSON in: bound text cast by the server; JSON the server builds (json_agg of
+        # json_build_object) goes out as text, like every other JSON value
         rest = re.sub(r"\$\d+::text::jsonb|\$\d+::text\[\]::jsonb\[\]", "", statement)
-        assert "json" not in rest, name
+        built = re.sub(r"json_agg\(json_build_object\(", "", rest)
+        assert "json" not in built, name
+        if built != rest:
+            assert re.search(r"'\[\]'\)::text", rest), name
         # durations: seconds
         for call in re.finditer(r"make_interval\(([^)]*)\)", statement):
             assert re.fullmatch(r"(secs => \$\d+)?", call.group(1)), (name, call.group(0))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
@@ -136,6 +137,11 @@ class MeetingManager(Generic[T]):
             [meeting, after_seq],
         )
         return [self._message(row) for row in rows]
+
+    def _turn_history(self, row: dict[str, Any]) -> list[MeetingMessage[T]]:
+        """The history that came with a turn (``queries.MEETING_TURN``): a JSON array
+        built by the server, each message's content JSON text of its own."""
+        return [self._message(item) for item in json.loads(row["history"] or "[]")]
 
     async def expire_turns(self) -> int:
         """Expire every meeting turn whose deadline passed (any process may call it)."""
@@ -404,9 +410,7 @@ class MeetingManager(Generic[T]):
             meeting_ended=bool(row["meeting_ended"]),
             current_speaker_external_id=row["current_speaker_external_id"],
             messages=[
-                m
-                for m in await self._history(meeting, int(row["last_spoke_seq"]))
-                if m.sender_external_id != agent_external_id
+                m for m in self._turn_history(row) if m.sender_external_id != agent_external_id
             ],
         )
 

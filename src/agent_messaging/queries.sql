@@ -13,7 +13,9 @@
 --     for an array of documents); psqlpy binds only dicts and lists as jsonb;
 --   * JSON comes back as text (content::text AS content) and is decoded row by row in
 --     Python (content.loads): psqlpy decodes a result set as a whole and fails it as
---     a whole on one value it cannot convert;
+--     a whole on one value it cannot convert; rows the server gathers into one value
+--     (json_agg of json_build_object, content inside as JSON text) come back as text
+--     too, and each element's content is decoded on its own;
 --   * a duration goes in as seconds: make_interval(secs => $n).
 -- Kept as they were, because changing them would change what a caller sees for a
 -- value psqlpy cannot decode: the whole-row reads of one object, which let the driver
@@ -283,8 +285,20 @@ FROM amp.get_meeting($1::text::uuid)
 
 -- name: meeting_turn
 -- Where a participant stands: whose turn it is, whether the meeting ended, what the
--- participant last said.
-SELECT * FROM amp.meeting_turn($1::text, $2::text::uuid)
+-- participant last said; and, once it is its turn or the meeting ended, what was
+-- said since (amp.meeting_history after last_spoke_seq) in the same round trip, as a
+-- JSON array whose content fields are JSON text, each decoded on its own.
+SELECT t.*,
+       CASE WHEN t.your_turn OR t.meeting_ended THEN (
+           SELECT coalesce(json_agg(json_build_object(
+                      'seq', h.seq, 'message_id', h.message_id,
+                      'message_type', h.message_type,
+                      'sender_external_id', h.sender_external_id,
+                      'content', h.content::text, 'is_late', h.is_late,
+                      'created_at', h.created_at) ORDER BY h.seq), '[]')::text
+           FROM amp.meeting_history($2::text::uuid, t.last_spoke_seq) h)
+       END AS history
+FROM amp.meeting_turn($1::text, $2::text::uuid) t
 
 -- name: meeting_history
 -- What was said in a meeting after seq $2, system messages included, in order.
