@@ -9,6 +9,10 @@ checks the role; and the server time of one send (many sends in one statement, s
 the client and the network are not in it). The rounds alternate (open, bound, open,
 bound, ...) and the best round of each counts, which keeps some of the noise of a
 shared machine out of the ratio.
+
+Also the cost of the boundary itself: the server time of one send, run by the
+migrating (super)user, on the open database and on a copy whose functions are made
+plain (``SECURITY INVOKER``, no pinned ``search_path``), in the same rounds.
 """
 
 from __future__ import annotations
@@ -101,12 +105,29 @@ def server_send_us(dsn: str, n: int) -> float:
         return (time.perf_counter() - start) * 1e6 / n
 
 
+#: every amp function made plain: no SECURITY DEFINER, no pinned search_path (run by
+#: a superuser, who needs neither to reach the tables)
+PLAIN_FUNCTIONS = """
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid FROM pg_proc p
+             WHERE p.pronamespace = 'amp'::regnamespace AND p.prokind = 'f' LOOP
+        EXECUTE format('ALTER FUNCTION %s SECURITY INVOKER RESET ALL', f);
+    END LOOP;
+END
+$$
+"""
+
+
 async def run(server: str, quick: bool, rounds: int) -> dict[str, Any]:
     n_oneway = 300 if quick else 2000
     n_sync = 100 if quick else 500
     tag = uuid.uuid4().hex[:8]
     group, login = f"bench_org_{tag}", f"bench_app_{tag}"
     databases = {"open": f"amp_bench_open_{tag}", "bound": f"amp_bench_bound_{tag}"}
+    plain = f"amp_bench_plain_{tag}"
     with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(group)))
         admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(login)))
@@ -129,6 +150,15 @@ async def run(server: str, quick: bool, rounds: int) -> dict[str, Any]:
                 conn.execute("SELECT amp.register_agent('bench_sender', 'bench')")
                 if mode == "bound":
                     conn.execute("SELECT amp.bind_organization('bench', %s)", (group,))
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(plain), sql.Identifier(databases["open"])
+                )
+            )
+        with psycopg.connect(with_database(server, plain), autocommit=True) as conn:
+            conn.execute(PLAIN_FUNCTIONS)
+        pin_cost: dict[str, list[float]] = {"pinned": [], "plain": []}
         for _ in range(rounds):
             for mode, name in databases.items():
                 admin_dsn = with_database(server, name)
@@ -141,9 +171,14 @@ async def run(server: str, quick: bool, rounds: int) -> dict[str, Any]:
                 results[mode]["server_us_per_send"].append(round(cost, 1))
                 results[mode]["oneway_msgs_per_s"].append(round(rate, 1))
                 results[mode]["sync_p50_ms"].append(round(p50, 3))
+            n_server = 500 if quick else 5000
+            for kind, name in (("pinned", databases["open"]), ("plain", plain)):
+                target = with_database(server, name)
+                cost = await asyncio.to_thread(server_send_us, target, n_server)
+                pin_cost[kind].append(round(cost, 1))
     finally:
         with psycopg.connect(server, autocommit=True) as admin:
-            for name in databases.values():
+            for name in [*databases.values(), plain]:
                 admin.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
                 )
@@ -161,6 +196,10 @@ async def run(server: str, quick: bool, rounds: int) -> dict[str, Any]:
         "quick": quick,
         "rounds": results,
         "best": best,
+        "pin_cost": {
+            "server_us_per_send": pin_cost,
+            "pinned_vs_plain": round(min(pin_cost["pinned"]) / min(pin_cost["plain"]), 3),
+        },
         "bound_vs_open": {
             "oneway_throughput": round(
                 best["bound"]["oneway_msgs_per_s"] / best["open"]["oneway_msgs_per_s"], 3

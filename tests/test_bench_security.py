@@ -26,3 +26,7 @@ def test_bench_security_quick_reports_both_modes(dsn: str) -> None:
         assert result["best"][mode]["oneway_msgs_per_s"] > 0
         assert result["best"][mode]["sync_p50_ms"] > 0
     assert set(result["bound_vs_open"]) == {"oneway_throughput", "sync_p50", "server_time_per_send"}
+    # the boundary's own cost: the same send on the shipped functions and on plain ones
+    pins = result["pin_cost"]
+    assert all(v > 0 for kind in ("pinned", "plain") for v in pins["server_us_per_send"][kind])
+    assert pins["pinned_vs_plain"] > 0
