@@ -285,3 +285,51 @@ async def test_one_way_sent_from_psql_reaches_a_handler_process(pair: SDK, dsn: 
     assert event["content"] == {"from": "psql"}
     assert event["context"]["sender_external_id"] == "alice"
     assert event["context"]["metadata"] == {"via": "sql"}
+
+
+@pytest.mark.parametrize("prefetch", [0, 3])
+async def test_prefetch_bounds_what_runs_and_what_is_leased(dsn: str, prefetch: int) -> None:
+    """handler_concurrency bounds the handlers running at once; delivery_prefetch how
+    many more claimed messages wait in the process (leased, so no other process
+    takes them). Released handlers let the waiting ones run, oldest first."""
+    config = make_config(dsn, handler_concurrency=2, delivery_prefetch=prefetch)
+    async with AgentMessaging[Any](config) as sdk:
+        await sdk.register_organization("org1")
+        for name in ("alice", "bob"):
+            await sdk.register_agent(name, "org1", name)
+        release = asyncio.Event()
+        two_running = asyncio.Event()
+        all_started = asyncio.Event()
+        started: list[int] = []
+        running = 0
+        most = 0
+
+        @sdk.register_handler("bob")
+        async def bob(message: Any, context: MessageContext) -> None:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            started.append(message["i"])
+            if running == 2:
+                two_running.set()
+            if len(started) == 10:
+                all_started.set()
+            try:
+                await release.wait()
+            finally:
+                running -= 1
+
+        for i in range(10):  # all pending before the worker's first claim
+            await sdk.one_way.send("alice", "bob", {"i": i})
+        await sdk.serve_handlers()
+        await asyncio.wait_for(two_running.wait(), 30)
+        with psycopg.connect(dsn) as conn:
+            leased = conn.execute(
+                "SELECT count(*) FROM amp.deliveries WHERE claimed_by IS NOT NULL"
+            ).fetchone()
+        assert leased == (2 + prefetch,)
+        assert most == 2 and started == [0, 1]
+        release.set()
+        await asyncio.wait_for(all_started.wait(), 30)
+        assert most == 2
+        assert started == list(range(10))

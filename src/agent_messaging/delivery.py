@@ -130,7 +130,11 @@ class DeliveryWorker:
         #: handlers running at once; claimed messages beyond that wait for a slot
         self._slots = asyncio.Semaphore(config.handler_concurrency)
         self._capacity = config.handler_concurrency + config.delivery_prefetch
-        self._refill_at = self._capacity // 2
+        # claim again once the prefetched messages have all started (half the room
+        # is free); without prefetch, as soon as a slot is free
+        self._refill_at = max(
+            self._capacity - max(1, config.delivery_prefetch), self._capacity // 2
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._serve_lock = asyncio.Lock()
         self._acks: list[UUID] = []
@@ -332,8 +336,8 @@ class DeliveryWorker:
         before = len(self._inflight)
         self._inflight.discard(task)
         if before > self._refill_at >= len(self._inflight):
-            # half the room is free again: claim for it in one go (waking on every
-            # finished handler would claim one message at a time). New work
+            # room for a batch again: claim for it in one go (waking on every finished
+            # handler would claim one message at a time). New work
             # otherwise announces itself by NOTIFY, and a failed delivery wakes the
             # loop itself (to time its retry)
             self._wake.set()
