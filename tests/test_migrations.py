@@ -3,6 +3,7 @@ the revision template works, downgrades undo, the runner is safe to race."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,31 @@ def test_released_revisions_are_unchanged_since_their_tag() -> None:
                 compared += 1
     if not compared:
         pytest.skip("no release tag in this checkout")
+
+
+def test_released_revisions_match_their_recorded_hashes() -> None:
+    """The same guard without the tag (a checkout may lack it): every file of every
+    released revision is listed in alembic/versions/RELEASED.sha256 with its hash."""
+    chain = migrations.revision_chain()
+    versions = chain[0].path.parent
+    recorded: dict[str, str] = {}
+    for line in (versions / "RELEASED.sha256").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            digest, name = line.split(maxsplit=1)
+            recorded[name.strip()] = digest
+    names = [r.revision for r in chain]
+    for head in migrations.RELEASES.values():
+        for rev in chain[: names.index(head) + 1]:
+            frozen = migrations.frozen_sql_dir(rev.path.parent)
+            for path in (
+                rev.path,
+                frozen / f"{rev.stem}.upgrade.sql",
+                frozen / f"{rev.stem}.downgrade.sql",
+            ):
+                name = path.relative_to(versions).as_posix()
+                assert name in recorded, f"{name} is released but has no recorded hash"
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                assert digest == recorded[name], f"{name} was edited after its release"
 
 
 def test_migrations_from_zero_equal_sql_dir(empty_dsn: str, dsn: str) -> None:
