@@ -134,7 +134,9 @@ async def test_without_a_usable_socket_directory_each_listens_alone(
     async with AgentMessaging[Any](config) as sdk:
         await setup(sdk, "alice", "bob")
         waiting = asyncio.create_task(sdk.async_conversation.wait_for_message("bob", None, 30))
-        await until(lambda: len(listeners(sql)) == 1)
+        # the connection shows in pg_stat_activity before its LISTEN is done and the
+        # dispatcher holds it: wait for both, then look at how it listens
+        await until(lambda: len(listeners(sql)) == 1 and sdk.dispatcher.listener_role != "")
         assert sdk.dispatcher.listener_role == "own"
         await sdk.async_conversation.send("alice", "bob", "still works")
         assert await asyncio.wait_for(waiting, 30) == "still works"
