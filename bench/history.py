@@ -33,6 +33,7 @@ from bench.meetings import run_meeting
 
 HOT_TABLES = (
     "messages",
+    "deliveries",
     "sessions",
     "meetings",
     "meeting_participants",
@@ -251,8 +252,19 @@ async def history_bench(
     with psycopg.connect(server, autocommit=True) as admin:
         for name in names.values():
             admin.execute(f'CREATE DATABASE "{name}"')
+        # what the soak's dead-tuple figures depend on (a server with autovacuum off
+        # never vacuums; the figures then say nothing about the schema's settings)
+        settings = {
+            name: admin.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
+            for name in ("server_version", "autovacuum", "autovacuum_naptime")
+        }
     dsns = {k: with_database(server, v) for k, v in names.items()}
-    result: dict[str, Any] = {"history_size": size, "n": n, "rounds": rounds}
+    result: dict[str, Any] = {
+        "history_size": size,
+        "n": n,
+        "rounds": rounds,
+        "server": settings,
+    }
     try:
         sdks: dict[str, AgentMessaging[Any]] = {}
         for kind, dsn in dsns.items():
