@@ -235,6 +235,7 @@ class Database(_OneRow):
         self.application_name = application_name or dsn_application_name(dsn) or "amp"
         self._idle: list[_Slot] = []  # the most recently used last
         self._size = 0  # connections open or being opened
+        self._opening = 0  # of which being opened
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
         self._epoch = 0
@@ -360,17 +361,27 @@ class Database(_OneRow):
                 return slot
             if self._size < self.max_pool_size and not patient:
                 self._size += 1
+                self._opening += 1
                 try:
                     return await self._open(deadline - loop.time())
                 except BaseException:
                     self._size -= 1
                     self._wake_one()
                     raise
+                finally:
+                    self._opening -= 1
+                    self._wake_one()  # whoever waited for it to open looks again
             remaining = pool_deadline - loop.time()
             if patient:
-                # at the minimum size: wait a moment for the busy one before growing
-                remaining = min(remaining, GROW_AFTER)
-                patient = False
+                # at the minimum size: wait a moment for the busy one before growing;
+                # while it is still being opened (a process starting, whose first
+                # calls come at once), wait until it is open, then that moment more:
+                # it is free as soon as its first statement is done
+                if self._opening > 0:
+                    remaining = min(remaining, self.connect_timeout)
+                else:
+                    remaining = min(remaining, GROW_AFTER)
+                    patient = False
             elif remaining <= 0:
                 raise DatabaseUnavailableError(
                     f"no free connection to {self.server} within "

@@ -162,14 +162,6 @@ class DeliveryWorker:
                 )
                 self.worker_id = UUID(str(row["id"]))
                 self._dispatcher.add_catch_up(self._catch_up)
-                self._ack_task = asyncio.create_task(self._ack_loop(), name="amp-acks")
-                self._tasks = [
-                    asyncio.create_task(self._loop(), name="amp-delivery"),
-                    self._ack_task,
-                    asyncio.create_task(self._heartbeat(), name="amp-heartbeat"),
-                ]
-                self._keeper = asyncio.create_task(self._keep_leases(), name="amp-leases")
-                self._tasks.append(self._keeper)
             await self._db.fetch(queries.SERVE_AGENTS, [self.worker_id, fresh])
             rows = await self._db.fetch(queries.AGENT_CHANNELS_OF, [fresh])
             channels = [r["channel"] for r in rows]
@@ -177,7 +169,21 @@ class DeliveryWorker:
             await self._dispatcher.subscribe(channels, self._on_notification)
             self._channels += channels
             self._served.update(fresh)
+            if not self._tasks:
+                # started only now: the first claim does not race the calls above for
+                # a connection (a starting process then needs one, not two)
+                self._start_tasks()
             self._wake.set()
+
+    def _start_tasks(self) -> None:
+        self._ack_task = asyncio.create_task(self._ack_loop(), name="amp-acks")
+        self._keeper = asyncio.create_task(self._keep_leases(), name="amp-leases")
+        self._tasks = [
+            asyncio.create_task(self._loop(), name="amp-delivery"),
+            self._ack_task,
+            asyncio.create_task(self._heartbeat(), name="amp-heartbeat"),
+            self._keeper,
+        ]
 
     def poke(self) -> None:
         """Look for work now: something was just stored for an agent served here."""
