@@ -404,6 +404,13 @@ async def check_compatible(db: Database) -> Assessment:
         if found.breaking:
             raise IncompatibleSchemaError(found.newer_message())
         log.warning("%s", found.newer_message())
+    elif found.verdict == "prerelease":
+        log.warning(
+            "the amp schema cannot be used by this agent-messaging %s: %s; run `amp "
+            "migrate` (`amp migrate --drop-prerelease` if it holds data you can drop)",
+            sdk_version(),
+            found.reason,
+        )
     elif found.verdict != "current":
         log.warning(
             "the amp schema is at revision %s, this agent-messaging %s expects %s: run "
