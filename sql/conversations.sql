@@ -78,13 +78,13 @@ BEGIN
     FOR v_settled IN
         WITH gone AS (
             DELETE FROM amp.deliveries d WHERE d.message_id = p_request
-            RETURNING d.message_id, d.attempts, d.last_error
+            RETURNING d.seq, d.attempts, d.last_error
         )
         UPDATE amp.messages m
         SET delivery_status = 'delivered', delivered_at = now(), attempts = g.attempts,
             last_error = g.last_error
         FROM gone g
-        WHERE m.id = g.message_id
+        WHERE m.seq = g.seq
         RETURNING m.*
     LOOP
         PERFORM amp._notify_delivery(v_settled);

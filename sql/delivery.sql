@@ -422,7 +422,7 @@ BEGIN
             SET delivery_status = 'failed', attempts = g.attempts,
                 last_error = coalesce(g.last_error, 'lease expired: the handler process stopped')
             FROM gone g
-            WHERE m.id = g.message_id
+            WHERE m.seq = g.seq
             RETURNING m.*
         LOOP
             PERFORM amp._notify_delivery(v_settled);
@@ -438,7 +438,7 @@ BEGIN
             SET delivery_status = 'delivered', delivered_at = now(), attempts = g.attempts,
                 last_error = 'not handled: no longer awaited'
             FROM gone g
-            WHERE m.id = g.message_id
+            WHERE m.seq = g.seq
             RETURNING m.*
         LOOP
             PERFORM amp._notify_delivery(v_settled);
@@ -448,18 +448,20 @@ BEGIN
         RETURN;
     END IF;
 
-    -- the lease by primary key (no indexed column changes: a HOT update)
+    -- the lease by primary key (no indexed column changes: a HOT update), then each
+    -- message by seq: recent seqs sit together at the end of messages_seq_key, where
+    -- the random uuids of messages_pkey are spread over the whole history
     RETURN QUERY
     WITH claimed AS (
         UPDATE amp.deliveries d
         SET claimed_by = p_worker, claim_expires_at = now() + p_lease, attempts = d.attempts + 1
         WHERE d.message_id = ANY (v_ids)
-        RETURNING d.message_id, d.attempts
+        RETURNING d.seq, d.attempts
     )
     SELECT m.id, m.seq, m.message_type, m.content, m.metadata, m.session_id, m.meeting_id,
            c.attempts, s.external_id, s.name, r.external_id, r.name
     FROM claimed c
-    JOIN amp.messages m ON m.id = c.message_id
+    JOIN amp.messages m ON m.seq = c.seq
     LEFT JOIN amp.agents s ON s.id = m.sender_id
     JOIN amp.agents r ON r.id = m.recipient_id
     ORDER BY m.seq;
@@ -491,13 +493,13 @@ BEGIN
     WITH gone AS (
         DELETE FROM amp.deliveries d
         WHERE d.message_id = p_message_id AND d.claimed_by = p_worker
-        RETURNING d.message_id, d.attempts, d.last_error
+        RETURNING d.seq, d.attempts, d.last_error
     )
     UPDATE amp.messages m
     SET delivery_status = 'delivered', delivered_at = now(), attempts = g.attempts,
         last_error = g.last_error
     FROM gone g
-    WHERE m.id = g.message_id
+    WHERE m.seq = g.seq
     RETURNING m.* INTO v_message;
     IF v_message.id IS NULL THEN
         IF amp._answered_request(p_message_id) THEN
@@ -521,27 +523,30 @@ RETURNS SETOF uuid
 LANGUAGE plpgsql AS $$
 DECLARE
     v_acked uuid[];
+    v_senders uuid[];
     v_sender record;
 BEGIN
     PERFORM amp._require_worker(p_worker);
     PERFORM amp._lease_commit();
+    -- the history rows by seq (see amp.claim_deliveries)
     WITH gone AS (
         DELETE FROM amp.deliveries d
         WHERE d.message_id = ANY (p_message_ids) AND d.claimed_by = p_worker
-        RETURNING d.message_id, d.attempts, d.last_error
+        RETURNING d.seq, d.attempts, d.last_error
     ), acked AS (
         UPDATE amp.messages m
         SET delivery_status = 'delivered', delivered_at = now(), attempts = g.attempts,
             last_error = g.last_error
         FROM gone g
-        WHERE m.id = g.message_id
-        RETURNING m.id
+        WHERE m.seq = g.seq
+        RETURNING m.id, m.sender_id
     )
-    SELECT coalesce(array_agg(id), '{}') INTO v_acked FROM acked;
+    SELECT coalesce(array_agg(id), '{}'), coalesce(array_agg(sender_id), '{}')
+    INTO v_acked, v_senders FROM acked;
     FOR v_sender IN
-        SELECT sender_id, count(*) AS n FROM amp.messages
-        WHERE id = ANY (v_acked) AND sender_id IS NOT NULL
-        GROUP BY sender_id
+        SELECT x.sender_id, count(*) AS n FROM unnest(v_senders) AS x(sender_id)
+        WHERE x.sender_id IS NOT NULL
+        GROUP BY x.sender_id
     LOOP
         PERFORM pg_notify(amp._agent_channel_by_id(v_sender.sender_id), json_build_object(
             'kind', 'delivery', 'status', 'delivered', 'count', v_sender.n)::text);

@@ -23,7 +23,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "37256695ce741d1e83806d016db514087722f4d2d25ea0439f8d8e6df2e863da"
+sql_hash = "22026b16b4bd3a38c5a21ac82809ad59879e2edb75a56f651b891d10f2e531d1"
 
 
 def upgrade() -> None:
