@@ -66,32 +66,6 @@ BEGIN
 END;
 $$;
 
--- A sync request was answered: its push delivery is over ('delivered'). The
--- handler that holds it has just replied, or the answer came another way before
--- any handler ran (then none will). Nothing happens if it was settled already.
-CREATE OR REPLACE FUNCTION amp._settle_answered(p_request uuid)
-RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_settled amp.messages;
-BEGIN
-    FOR v_settled IN
-        WITH gone AS (
-            DELETE FROM amp.deliveries d WHERE d.message_id = p_request
-            RETURNING d.seq, d.attempts, d.last_error
-        )
-        UPDATE amp.messages m
-        SET delivery_status = 'delivered', delivered_at = now(), attempts = g.attempts,
-            last_error = g.last_error
-        FROM gone g
-        WHERE m.seq = g.seq
-        RETURNING m.*
-    LOOP
-        PERFORM amp._notify_delivery(v_settled);
-    END LOOP;
-END;
-$$;
-
 -- Ask: store the request and mark the sender as waiting for the answer.
 -- If the recipient is itself waiting on the sender, this message is the reply to
 -- it (the conversation is a ping-pong) and is not pushed to a handler; either
@@ -142,7 +116,8 @@ BEGIN
         waiting_for = v_message.id, waiting_since = now(), wait_deadline = now() + p_timeout
     WHERE id = v_session.id;
     IF v_answers IS NOT NULL THEN
-        PERFORM amp._settle_answered(v_answers);
+        -- answered: its push delivery is over (no handler will run for it now)
+        PERFORM amp._settle_deliveries(ARRAY[v_answers], 'delivered');
     END IF;
     session_id := v_session.id;
     request_id := v_message.id;
@@ -175,7 +150,7 @@ BEGIN
                                  p_content, p_metadata, p_session_id => (v.session).id,
                                  p_reply_to => (v.session).waiting_for);
     -- answering is handling: the handler that replied needs no acknowledgement
-    PERFORM amp._settle_answered((v.session).waiting_for);
+    PERFORM amp._settle_deliveries(ARRAY[(v.session).waiting_for], 'delivered');
     RETURN v_reply.id;
 END;
 $$;

@@ -340,6 +340,37 @@ BEGIN
 END;
 $$;
 
+-- The final outcome of pushed messages: their hot rows go, each history row gets
+-- p_status, its attempts and its last error, and each sender hears of it. The last
+-- error is the hot row's, else p_error; a message delivered without a handler
+-- (p_status 'delivered' with p_error) says why instead.
+CREATE OR REPLACE FUNCTION amp._settle_deliveries(
+    p_ids uuid[], p_status text, p_error text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_settled amp.messages;
+BEGIN
+    FOR v_settled IN
+        WITH gone AS (
+            DELETE FROM amp.deliveries d WHERE d.message_id = ANY (p_ids)
+            RETURNING d.seq, d.attempts, d.last_error
+        )
+        UPDATE amp.messages m
+        SET delivery_status = p_status,
+            delivered_at = CASE WHEN p_status = 'delivered' THEN now() END,
+            attempts = g.attempts,
+            last_error = CASE WHEN p_status = 'delivered' AND p_error IS NOT NULL THEN p_error
+                              ELSE coalesce(g.last_error, p_error) END
+        FROM gone g
+        WHERE m.seq = g.seq  -- by seq: see amp.claim_deliveries
+        RETURNING m.*
+    LOOP
+        PERFORM amp._notify_delivery(v_settled);
+    END LOOP;
+END;
+$$;
+
 -- Lease up to p_limit deliverable messages of the agents this worker serves,
 -- oldest first. Among them, a message whose lease expired after its last allowed
 -- attempt (its worker died every time) is marked failed instead, and a sync
@@ -360,7 +391,6 @@ DECLARE
     v_ids uuid[] := '{}';      -- to lease
     v_expired uuid[] := '{}';  -- lease expired, attempts used up: failed
     v_moot uuid[] := '{}';     -- sync requests no longer awaited
-    v_settled amp.messages;
 BEGIN
     PERFORM amp._require_worker(p_worker, true);
     PERFORM amp._lease_commit();
@@ -413,36 +443,11 @@ BEGIN
     END LOOP;
 
     IF cardinality(v_expired) > 0 THEN
-        FOR v_settled IN
-            WITH gone AS (
-                DELETE FROM amp.deliveries d WHERE d.message_id = ANY (v_expired)
-                RETURNING d.*
-            )
-            UPDATE amp.messages m
-            SET delivery_status = 'failed', attempts = g.attempts,
-                last_error = coalesce(g.last_error, 'lease expired: the handler process stopped')
-            FROM gone g
-            WHERE m.seq = g.seq
-            RETURNING m.*
-        LOOP
-            PERFORM amp._notify_delivery(v_settled);
-        END LOOP;
+        PERFORM amp._settle_deliveries(v_expired, 'failed',
+                                       'lease expired: the handler process stopped');
     END IF;
     IF cardinality(v_moot) > 0 THEN
-        FOR v_settled IN
-            WITH gone AS (
-                DELETE FROM amp.deliveries d WHERE d.message_id = ANY (v_moot)
-                RETURNING d.*
-            )
-            UPDATE amp.messages m
-            SET delivery_status = 'delivered', delivered_at = now(), attempts = g.attempts,
-                last_error = 'not handled: no longer awaited'
-            FROM gone g
-            WHERE m.seq = g.seq
-            RETURNING m.*
-        LOOP
-            PERFORM amp._notify_delivery(v_settled);
-        END LOOP;
+        PERFORM amp._settle_deliveries(v_moot, 'delivered', 'not handled: no longer awaited');
     END IF;
     IF cardinality(v_ids) = 0 THEN
         RETURN;

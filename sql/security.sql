@@ -61,12 +61,11 @@ LANGUAGE sql IMMUTABLE AS $$
         -- delivery.sql
         '_check_message', '_check_json', '_resolve_pair', '_store_message', '_idempotent_message',
         '_notify_message', '_notify_delivery', '_lease_commit', '_require_worker_arg',
-        '_answered_request',
+        '_answered_request', '_settle_deliveries',
         -- retention.sql
         '_prune_answer_kept',
         -- inbox.sql, conversations.sql
         '_get_or_create_session', '_lock_sync_session', '_require_sync_session', '_unlock_session',
-        '_settle_answered',
         -- meetings.sql
         '_meeting_lock', '_meeting_lock_as_host', '_meeting_member', '_meeting_record_event',
         '_meeting_system_message', '_meeting_next_after', '_meeting_pick_next',

@@ -23,7 +23,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "22026b16b4bd3a38c5a21ac82809ad59879e2edb75a56f651b891d10f2e531d1"
+sql_hash = "bf807706bd02892dcb78f54e3425e2478160bfe1a1511b3f38166a4919d954a7"
 
 
 def upgrade() -> None:

@@ -58,7 +58,7 @@ DROP FUNCTION amp._resolve_pair(text,text) CASCADE;
 DROP FUNCTION amp._role_may_act_as(name,amp.agents) CASCADE;
 DROP FUNCTION amp._setting(text) CASCADE;
 DROP FUNCTION amp._settings_check() CASCADE;
-DROP FUNCTION amp._settle_answered(uuid) CASCADE;
+DROP FUNCTION amp._settle_deliveries(uuid[],text,text) CASCADE;
 DROP FUNCTION amp._store_message(text,uuid,uuid,jsonb,jsonb,uuid,uuid,uuid,boolean,boolean,text) CASCADE;
 DROP FUNCTION amp._touch_updated_at() CASCADE;
 DROP FUNCTION amp._unlock_session(uuid,text) CASCADE;

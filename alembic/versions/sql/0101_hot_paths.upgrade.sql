@@ -1092,6 +1092,33 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION amp._settle_deliveries(
+    p_ids uuid[], p_status text, p_error text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_settled amp.messages;
+BEGIN
+    FOR v_settled IN
+        WITH gone AS (
+            DELETE FROM amp.deliveries d WHERE d.message_id = ANY (p_ids)
+            RETURNING d.seq, d.attempts, d.last_error
+        )
+        UPDATE amp.messages m
+        SET delivery_status = p_status,
+            delivered_at = CASE WHEN p_status = 'delivered' THEN now() END,
+            attempts = g.attempts,
+            last_error = CASE WHEN p_status = 'delivered' AND p_error IS NOT NULL THEN p_error
+                              ELSE coalesce(g.last_error, p_error) END
+        FROM gone g
+        WHERE m.seq = g.seq  -- by seq: see amp.claim_deliveries
+        RETURNING m.*
+    LOOP
+        PERFORM amp._notify_delivery(v_settled);
+    END LOOP;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION amp.claim_deliveries(
     p_worker uuid, p_limit integer, p_lease interval, p_max_attempts integer)
 RETURNS TABLE (
@@ -1106,7 +1133,6 @@ DECLARE
     v_ids uuid[] := '{}';      -- to lease
     v_expired uuid[] := '{}';  -- lease expired, attempts used up: failed
     v_moot uuid[] := '{}';     -- sync requests no longer awaited
-    v_settled amp.messages;
 BEGIN
     PERFORM amp._require_worker(p_worker, true);
     PERFORM amp._lease_commit();
@@ -1159,36 +1185,11 @@ BEGIN
     END LOOP;
 
     IF cardinality(v_expired) > 0 THEN
-        FOR v_settled IN
-            WITH gone AS (
-                DELETE FROM amp.deliveries d WHERE d.message_id = ANY (v_expired)
-                RETURNING d.*
-            )
-            UPDATE amp.messages m
-            SET delivery_status = 'failed', attempts = g.attempts,
-                last_error = coalesce(g.last_error, 'lease expired: the handler process stopped')
-            FROM gone g
-            WHERE m.seq = g.seq
-            RETURNING m.*
-        LOOP
-            PERFORM amp._notify_delivery(v_settled);
-        END LOOP;
+        PERFORM amp._settle_deliveries(v_expired, 'failed',
+                                       'lease expired: the handler process stopped');
     END IF;
     IF cardinality(v_moot) > 0 THEN
-        FOR v_settled IN
-            WITH gone AS (
-                DELETE FROM amp.deliveries d WHERE d.message_id = ANY (v_moot)
-                RETURNING d.*
-            )
-            UPDATE amp.messages m
-            SET delivery_status = 'delivered', delivered_at = now(), attempts = g.attempts,
-                last_error = 'not handled: no longer awaited'
-            FROM gone g
-            WHERE m.seq = g.seq
-            RETURNING m.*
-        LOOP
-            PERFORM amp._notify_delivery(v_settled);
-        END LOOP;
+        PERFORM amp._settle_deliveries(v_moot, 'delivered', 'not handled: no longer awaited');
     END IF;
     IF cardinality(v_ids) = 0 THEN
         RETURN;
@@ -1702,29 +1703,6 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION amp._settle_answered(p_request uuid)
-RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_settled amp.messages;
-BEGIN
-    FOR v_settled IN
-        WITH gone AS (
-            DELETE FROM amp.deliveries d WHERE d.message_id = p_request
-            RETURNING d.seq, d.attempts, d.last_error
-        )
-        UPDATE amp.messages m
-        SET delivery_status = 'delivered', delivered_at = now(), attempts = g.attempts,
-            last_error = g.last_error
-        FROM gone g
-        WHERE m.seq = g.seq
-        RETURNING m.*
-    LOOP
-        PERFORM amp._notify_delivery(v_settled);
-    END LOOP;
-END;
-$$;
-
 CREATE OR REPLACE FUNCTION amp.sync_send(
     p_sender text, p_recipient text, p_content jsonb, p_metadata jsonb DEFAULT '{}'::jsonb,
     p_idempotency_key text DEFAULT NULL, p_timeout interval DEFAULT NULL,
@@ -1769,7 +1747,8 @@ BEGIN
         waiting_for = v_message.id, waiting_since = now(), wait_deadline = now() + p_timeout
     WHERE id = v_session.id;
     IF v_answers IS NOT NULL THEN
-        PERFORM amp._settle_answered(v_answers);
+        -- answered: its push delivery is over (no handler will run for it now)
+        PERFORM amp._settle_deliveries(ARRAY[v_answers], 'delivered');
     END IF;
     session_id := v_session.id;
     request_id := v_message.id;
@@ -1797,7 +1776,7 @@ BEGIN
                                  p_content, p_metadata, p_session_id => (v.session).id,
                                  p_reply_to => (v.session).waiting_for);
     -- answering is handling: the handler that replied needs no acknowledgement
-    PERFORM amp._settle_answered((v.session).waiting_for);
+    PERFORM amp._settle_deliveries(ARRAY[(v.session).waiting_for], 'delivered');
     RETURN v_reply.id;
 END;
 $$;
@@ -2699,12 +2678,11 @@ LANGUAGE sql IMMUTABLE AS $$
         -- delivery.sql
         '_check_message', '_check_json', '_resolve_pair', '_store_message', '_idempotent_message',
         '_notify_message', '_notify_delivery', '_lease_commit', '_require_worker_arg',
-        '_answered_request',
+        '_answered_request', '_settle_deliveries',
         -- retention.sql
         '_prune_answer_kept',
         -- inbox.sql, conversations.sql
         '_get_or_create_session', '_lock_sync_session', '_require_sync_session', '_unlock_session',
-        '_settle_answered',
         -- meetings.sql
         '_meeting_lock', '_meeting_lock_as_host', '_meeting_member', '_meeting_record_event',
         '_meeting_system_message', '_meeting_next_after', '_meeting_pick_next',
