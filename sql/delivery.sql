@@ -328,6 +328,13 @@ $$;
 -- Claim, acknowledge, fail
 -- ---------------------------------------------------------------------------
 
+-- The functions of this section pin plan_cache_mode = force_generic_plan. Their
+-- statements are keyed by arrays of message ids and a limit: the plan cache
+-- estimated a generic plan for ten array elements, a custom one for the one or two
+-- at hand, found the generic dearer, and so planned every statement again at every
+-- call (a claim of one message spent more time planning than claiming). Their
+-- generic plans are the index plans (tests/test_hot_paths.py).
+--
 -- Leases and acknowledgements are bookkeeping whose loss only means delivering
 -- again (at least once): their transactions commit without waiting for the WAL
 -- flush, which takes a disk flush off the critical path of every delivery. The
@@ -384,7 +391,8 @@ RETURNS TABLE (
     session_id uuid, meeting_id uuid, attempts integer,
     sender_external_id text, sender_name text,
     recipient_external_id text, recipient_name text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_candidates uuid[];
     v_candidate record;
@@ -433,8 +441,11 @@ BEGIN
         IF v_candidate.claim_expires_at IS NOT NULL AND v_candidate.attempts >= p_max_attempts THEN
             v_expired := v_expired || v_candidate.message_id;
         ELSIF v_candidate.message_type = 'sync_request' AND NOT EXISTS (
-                SELECT 1 FROM amp.messages m JOIN amp.sessions s ON s.id = m.session_id
-                WHERE m.id = v_candidate.message_id AND s.waiting_for = m.id
+                -- the request's conversation still waits on it (by sessions_waiting_for_idx;
+                -- joining the history instead let a planner with stale statistics walk
+                -- every message of a long conversation)
+                SELECT 1 FROM amp.sessions s
+                WHERE s.waiting_for = v_candidate.message_id
                   AND (s.wait_deadline IS NULL OR s.wait_deadline > now())) THEN
             v_moot := v_moot || v_candidate.message_id;
         ELSE
@@ -490,7 +501,8 @@ $$;
 -- sync request its answer settled is acknowledged already, see above).
 CREATE OR REPLACE FUNCTION amp.ack_delivery(p_worker uuid, p_message_id uuid)
 RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_message amp.messages;
 BEGIN
@@ -525,7 +537,8 @@ $$;
 -- the throughput of a busy stream; whoever waits re-reads the rows anyway.
 CREATE OR REPLACE FUNCTION amp.ack_deliveries(p_worker uuid, p_message_ids uuid[])
 RETURNS SETOF uuid
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_acked uuid[];
     v_senders uuid[];
@@ -572,7 +585,8 @@ CREATE OR REPLACE FUNCTION amp.fail_delivery(
     p_worker uuid, p_message_id uuid, p_error text, p_retry_in interval,
     p_max_attempts integer)
 RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_delivery amp.deliveries;
     v_message amp.messages;
@@ -702,7 +716,8 @@ $$;
 -- dies stops extending, so its leases expire as before.
 CREATE OR REPLACE FUNCTION amp.extend_leases(p_worker uuid, p_message_ids uuid[], p_lease interval)
 RETURNS SETOF uuid
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
     PERFORM amp._require_worker_arg(p_worker);
     PERFORM amp._require_worker(p_worker);

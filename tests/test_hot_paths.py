@@ -7,6 +7,8 @@
 - The reply lookup of ``amp.sync_result`` is one index probe, not a walk of the
   history in ``seq`` order.
 - A claim checks every agent its worker serves against the bindings in one query.
+- A claim asks whether a sync request is still awaited of the conversation, not of
+  the conversation's history.
 """
 
 from __future__ import annotations
@@ -133,6 +135,49 @@ def test_the_reply_lookup_does_not_walk_the_history(dsn: str) -> None:
             r[0] for r in conn.execute("EXPLAIN EXECUTE lookup(gen_random_uuid())").fetchall()
         )
         assert "messages_reply_to_idx" in plan, plan
+
+
+def test_claiming_a_request_does_not_read_the_conversations_history(dsn: str) -> None:
+    """A long conversation whose statistics lag behind (the pair's thousands of
+    messages arrived since the last ANALYZE): the claim of its next request reads
+    one history row, the request. Its moot check (is the request still awaited?)
+    used to join the history on the request's id and the conversation, which such a
+    planner ran as a walk of every message of the conversation."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        worker = setup(conn)
+        conn.execute("ALTER TABLE amp.messages SET (autovacuum_enabled = off)")
+        ids = conn.execute(
+            "SELECT (SELECT id FROM amp.agents WHERE external_id = 'asker'), "
+            "(SELECT id FROM amp.agents WHERE external_id = 'helper')"
+        ).fetchone()
+        # last analysed when no message belonged to a conversation yet
+        conn.execute(
+            "INSERT INTO amp.messages (message_type, sender_id, recipient_id, content) "
+            "SELECT 'one_way', %s, %s, '{}' FROM generate_series(1, 1000)",
+            ids,
+        )
+        conn.execute("ANALYZE amp.messages")
+        conn.execute("SELECT amp.sync_send('asker', 'helper', '{}')")
+        conn.execute("SELECT amp.sync_reply('helper', 'asker', '{}')")
+        session = conn.execute("SELECT id FROM amp.sessions").fetchone()[0]
+        conn.execute(
+            "INSERT INTO amp.messages (message_type, sender_id, recipient_id, content, "
+            "session_id) SELECT 'async', %s, %s, jsonb_build_object('n', n), %s "
+            "FROM generate_series(1, 20000) n",
+            (*ids, session),
+        )
+        request = conn.execute("SELECT request_id FROM amp.sync_send('asker', 'helper', '{}')")
+        request_id = request.fetchone()[0]
+        with conn.transaction():
+            claimed = conn.execute(
+                "SELECT id FROM amp.claim_deliveries(%s, 16, '30 seconds', 5)", (worker,)
+            ).fetchall()
+            read = conn.execute(
+                "SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables "
+                "WHERE relid = 'amp.messages'::regclass"
+            ).fetchone()[0]
+        assert [r[0] for r in claimed] == [request_id]
+        assert read <= 10, f"the claim read {read} history rows"
 
 
 def test_a_claim_checks_every_served_agent_against_the_bindings(dsn: str, roles: Roles) -> None:

@@ -23,7 +23,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "bf807706bd02892dcb78f54e3425e2478160bfe1a1511b3f38166a4919d954a7"
+sql_hash = "f397cc1a73080e999a3377bb5e71fcd73146f2428e9707a4e6660ec8be4cea3b"
 
 
 def upgrade() -> None:

@@ -1126,7 +1126,8 @@ RETURNS TABLE (
     session_id uuid, meeting_id uuid, attempts integer,
     sender_external_id text, sender_name text,
     recipient_external_id text, recipient_name text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_candidates uuid[];
     v_candidate record;
@@ -1175,8 +1176,11 @@ BEGIN
         IF v_candidate.claim_expires_at IS NOT NULL AND v_candidate.attempts >= p_max_attempts THEN
             v_expired := v_expired || v_candidate.message_id;
         ELSIF v_candidate.message_type = 'sync_request' AND NOT EXISTS (
-                SELECT 1 FROM amp.messages m JOIN amp.sessions s ON s.id = m.session_id
-                WHERE m.id = v_candidate.message_id AND s.waiting_for = m.id
+                -- the request's conversation still waits on it (by sessions_waiting_for_idx;
+                -- joining the history instead let a planner with stale statistics walk
+                -- every message of a long conversation)
+                SELECT 1 FROM amp.sessions s
+                WHERE s.waiting_for = v_candidate.message_id
                   AND (s.wait_deadline IS NULL OR s.wait_deadline > now())) THEN
             v_moot := v_moot || v_candidate.message_id;
         ELSE
@@ -1227,7 +1231,8 @@ $$;
 
 CREATE OR REPLACE FUNCTION amp.ack_delivery(p_worker uuid, p_message_id uuid)
 RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_message amp.messages;
 BEGIN
@@ -1256,7 +1261,8 @@ $$;
 
 CREATE OR REPLACE FUNCTION amp.ack_deliveries(p_worker uuid, p_message_ids uuid[])
 RETURNS SETOF uuid
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_acked uuid[];
     v_senders uuid[];
@@ -1301,7 +1307,8 @@ CREATE OR REPLACE FUNCTION amp.fail_delivery(
     p_worker uuid, p_message_id uuid, p_error text, p_retry_in interval,
     p_max_attempts integer)
 RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_delivery amp.deliveries;
     v_message amp.messages;
@@ -1417,7 +1424,8 @@ $$;
 
 CREATE OR REPLACE FUNCTION amp.extend_leases(p_worker uuid, p_message_ids uuid[], p_lease interval)
 RETURNS SETOF uuid
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
     PERFORM amp._require_worker_arg(p_worker);
     PERFORM amp._require_worker(p_worker);
