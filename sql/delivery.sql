@@ -354,7 +354,8 @@ $$;
 CREATE OR REPLACE FUNCTION amp._settle_deliveries(
     p_ids uuid[], p_status text, p_error text DEFAULT NULL)
 RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_settled amp.messages;
 BEGIN

@@ -23,7 +23,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "f397cc1a73080e999a3377bb5e71fcd73146f2428e9707a4e6660ec8be4cea3b"
+sql_hash = "7585638fcd900550171691beb78e6908a0c7402e660839b51cf0be26e8cbfdb5"
 
 
 def upgrade() -> None:
