@@ -1,5 +1,7 @@
 """Faster hot paths (PL/pgSQL internals, HOT leases, index-ordered claims, the reply
-index, answers settle requests) and internals renamed with a leading underscore.
+index, answers settle requests), internals renamed with a leading underscore, and
+public reads for the MCP server (agent_organization, agent_list, peek_deliveries,
+agent_meetings).
 
 Revision ID: 0101
 Revises: 0100
@@ -23,7 +25,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "bf807706bd02892dcb78f54e3425e2478160bfe1a1511b3f38166a4919d954a7"
+sql_hash = "60f2749f1d756c6fcd13d051a00d729e28acfb1fbf9f0c80fccd21e8a81ea013"
 
 
 def upgrade() -> None:
