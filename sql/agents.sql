@@ -215,6 +215,72 @@ BEGIN
 END;
 $$;
 
+-- The organization an agent belongs to, by the agent's external id (what "who am
+-- I" answers). Open to every amp_user, as amp.get_agent and amp.get_organization
+-- are: looking up an id one already knows shows nothing secret.
+CREATE OR REPLACE FUNCTION amp.agent_organization(p_agent text)
+RETURNS amp.organizations
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_org amp.organizations;
+BEGIN
+    SELECT * INTO v_org FROM amp.organizations o
+    WHERE o.id = (amp.get_agent(p_agent)).organization_id;
+    RETURN v_org;
+END;
+$$;
+
+-- The directory: the agents this connection can reach, by external id, with their
+-- organization and, for its own agents, whether a live worker serves them. Listed
+-- are the agents the caller may act as and those it may contact from an agent it
+-- acts as, by the organizations' contact policy (amp._require_contact: the same
+-- organization, either one bound to no role, or amp.allow_contact); everything for
+-- an admin. So one tenant does not enumerate another's agents (amp.get_agent still
+-- finds an agent whose id one knows); an organization that may only answer inside
+-- conversations the other side started (one-way contact) is not shown that side's
+-- agents. Presence is what amp.online_agents shows the caller: `online` is NULL for
+-- an agent it may not act as. Only agents of p_organization if given (AM010 if
+-- unknown); in external id order after p_after (pass the last agent of a page for
+-- the next); at most p_limit (NULL: the default page size).
+CREATE OR REPLACE FUNCTION amp.agent_list(
+    p_organization text DEFAULT NULL, p_after text DEFAULT NULL, p_limit integer DEFAULT NULL)
+RETURNS TABLE (
+    agent_external_id text, name text, organization_external_id text, online boolean)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_org_id uuid := CASE WHEN p_organization IS NULL THEN NULL
+                          ELSE (amp.get_organization(p_organization)).id END;
+    v_limit  integer := amp._page_size(p_limit);
+    v_admin  boolean := amp._is_admin();
+BEGIN
+    RETURN QUERY
+    WITH acting AS MATERIALIZED (   -- the organizations of the agents the caller acts as
+        SELECT DISTINCT a.organization_id AS id,
+               amp._organization_bound(a.organization_id) AS bound
+        FROM amp.agents a
+        WHERE NOT v_admin AND amp._may_act_as(a)
+    )
+    SELECT a.external_id, a.name, o.external_id,
+           CASE WHEN me.mine THEN EXISTS (
+               SELECT 1 FROM amp.online_agents w WHERE w.agent = a.external_id) END
+    FROM amp.agents a
+    JOIN amp.organizations o ON o.id = a.organization_id
+    CROSS JOIN LATERAL (SELECT v_admin OR amp._may_act_as(a) AS mine) me
+    WHERE (v_org_id IS NULL OR a.organization_id = v_org_id)
+      AND (p_after IS NULL OR a.external_id > p_after)
+      AND (me.mine OR EXISTS (
+          SELECT 1 FROM acting x
+          WHERE x.id = a.organization_id
+             OR NOT x.bound
+             OR NOT amp._organization_bound(a.organization_id)
+             OR EXISTS (SELECT 1 FROM amp.contacts c
+                        WHERE c.from_organization_id = x.id
+                          AND c.to_organization_id = a.organization_id)))
+    ORDER BY a.external_id
+    LIMIT v_limit;
+END;
+$$;
+
 -- An agent's channel by external id, for clients in any language; only for a
 -- connection that may act as the agent (AM060 otherwise).
 CREATE OR REPLACE FUNCTION amp.agent_channel(p_external_id text)

@@ -759,3 +759,34 @@ BEGIN
 END;
 $$;
 
+-- The pushed messages (one-way notes, sync requests, meeting invitations) still
+-- waiting for an agent, oldest first, leased to a worker or not: what a client that
+-- runs no handler (an MCP server, a dashboard) shows before it claims them. Only
+-- from p_sender if given; at most p_limit (NULL: the default page size). Claims
+-- nothing and changes nothing. For a role that may act as the agent (AM060), like
+-- amp.peek_unread for the inbox.
+CREATE OR REPLACE FUNCTION amp.peek_deliveries(
+    p_agent text, p_sender text DEFAULT NULL, p_limit integer DEFAULT NULL)
+RETURNS TABLE (
+    id uuid, seq bigint, message_type text, content jsonb, metadata jsonb,
+    session_id uuid, meeting_id uuid, attempts integer, sender_external_id text,
+    sender_name text, created_at timestamptz)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_agent amp.agents := amp._acting_agent(p_agent);
+    v_sender_id uuid := CASE WHEN p_sender IS NULL THEN NULL ELSE (amp.get_agent(p_sender)).id END;
+    v_limit integer := amp._page_size(p_limit);
+BEGIN
+    -- pending means a row in amp.deliveries (its hot state); the history row has the rest
+    RETURN QUERY
+    SELECT m.id, m.seq, m.message_type, m.content, m.metadata, m.session_id, m.meeting_id,
+           d.attempts, s.external_id, s.name, m.created_at
+    FROM amp.deliveries d
+    JOIN amp.messages m ON m.seq = d.seq  -- by seq: see amp.claim_deliveries
+    LEFT JOIN amp.agents s ON s.id = m.sender_id
+    WHERE d.recipient_id = v_agent.id
+      AND (v_sender_id IS NULL OR m.sender_id = v_sender_id)
+    ORDER BY d.seq
+    LIMIT v_limit;
+END;
+$$;

@@ -605,6 +605,38 @@ BEGIN
 END;
 $$;
 
+-- The meetings an agent is in (invited, attending, speaking or waiting, or left),
+-- newest first, with whose turn it is and the agent's own status; ended ones too
+-- if p_include_ended. At most p_limit (NULL: the default page size). For a role
+-- that may act as the agent (AM060), which may therefore read every one of them
+-- (amp.may_read_meeting).
+CREATE OR REPLACE FUNCTION amp.agent_meetings(
+    p_agent text, p_include_ended boolean DEFAULT false, p_limit integer DEFAULT NULL)
+RETURNS TABLE (
+    meeting_id uuid, status text, host_external_id text,
+    current_speaker_external_id text, participant_status text, created_at timestamptz,
+    started_at timestamptz, ended_at timestamptz)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_agent amp.agents := amp._acting_agent(p_agent);
+    v_limit integer := amp._page_size(p_limit);
+BEGIN
+    IF p_include_ended IS NULL THEN
+        PERFORM amp._raise_error('AM001', 'include_ended (p_include_ended) must not be null');
+    END IF;
+    RETURN QUERY
+    SELECT m.id, m.status, h.external_id, s.external_id, p.status, m.created_at,
+           m.started_at, m.ended_at
+    FROM amp.meeting_participants p
+    JOIN amp.meetings m ON m.id = p.meeting_id
+    JOIN amp.agents h ON h.id = m.host_id
+    LEFT JOIN amp.agents s ON s.id = m.current_speaker_id
+    WHERE p.agent_id = v_agent.id AND (p_include_ended OR m.status <> 'ended')
+    ORDER BY m.created_at DESC, m.id
+    LIMIT v_limit;
+END;
+$$;
+
 -- Events after a seq, for observers (SDK event handlers, `amp watch`). An
 -- agent_spoke event carries the spoken content as data.message.
 CREATE OR REPLACE FUNCTION amp.meeting_events_after(p_after_seq bigint, p_limit integer DEFAULT 1000)

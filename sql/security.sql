@@ -27,10 +27,11 @@ LANGUAGE sql IMMUTABLE AS $$
         'error_codes', 'agent_channel', 'meeting_channel', 'listen', 'unlisten',
         -- organizations and agents
         'register_organization', 'get_organization', 'register_agent', 'get_agent',
+        'agent_organization', 'agent_list',
         -- one-way and push delivery (workers)
         'send_one_way', 'send_one_way_many', 'delivery_outcome', 'register_worker', 'serve_agents', 'heartbeat', 'claim_deliveries',
         'ack_delivery', 'ack_deliveries', 'fail_delivery', 'next_delivery_at',
-        'unregister_worker', 'extend_leases',
+        'unregister_worker', 'extend_leases', 'peek_deliveries',
         -- asynchronous conversations
         'async_send', 'read_unread', 'confirm_read', 'reject_unread', 'peek_unread',
         'inbox_messages', 'mark_unread',
@@ -41,7 +42,7 @@ LANGUAGE sql IMMUTABLE AS $$
         'create_meeting', 'attend_meeting', 'start_meeting', 'speak', 'leave_meeting',
         'end_meeting', 'expire_turns', 'meeting_status', 'meeting_participant_list',
         'meeting_history', 'meeting_turn', 'meeting_events_after', 'meeting_events_max_seq',
-        'get_meeting', 'next_turn_deadline',
+        'get_meeting', 'next_turn_deadline', 'agent_meetings',
         -- retention (amp.prune is a procedure: CALL amp.prune(...))
         'prune', 'retention', 'prune_horizon', 'prune_messages', 'prune_meetings', 'prune_sessions',
         -- limits (amp.settings, written by the schema owner only)

@@ -24,9 +24,10 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from agent_messaging import AgentMessaging
+from agent_messaging import AccessDeniedError, AgentMessaging
 
-from .helpers import REPO, AgentProcess, PsqlSession, wait_for_notification
+from .helpers import REPO, AgentProcess, PsqlSession, make_config, wait_for_notification
+from .roles import Roles, as_role
 
 mcp = pytest.importorskip("mcp")
 
@@ -615,6 +616,87 @@ async def test_http_server_serves_many_agents(
             assert "may not act as agent 'carol'" in error
         async with http_agent(url, "alice") as alice:
             assert (await alice.ok("whoami"))["agent"] == "alice"
+
+
+# -- a server logged in as an organization's role (the security model) -----------
+
+
+async def test_server_on_an_organization_role_reads_through_the_api(dsn: str, roles: Roles) -> None:
+    """``amp mcp`` logged in as the login role of a bound organization, which has no
+    privilege on any table: whoami, list_agents, check_inbox(peek) and the inbox
+    resource (pending pushed messages) and my_meetings work, and show only what the
+    role may see."""
+    acme_role, acme_login = roles.organization("acme")
+    globex_role, globex_login = roles.organization("globex")
+    acme, globex = as_role(dsn, acme_login), as_role(dsn, globex_login)
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        for org, role, agents in (
+            ("acme", acme_role, ("alice", "carol")),
+            ("globex", globex_role, ("bob", "dave")),
+        ):
+            admin.execute("SELECT amp.register_organization(%s)", (org,))
+            for agent in agents:
+                admin.execute("SELECT amp.register_agent(%s, %s, %s)", (agent, org, agent.title()))
+            admin.execute("SELECT amp.bind_organization(%s, %s)", (org, role))
+    with psycopg.connect(acme, autocommit=True) as conn:
+        conn.execute("SELECT amp.send_one_way('carol', 'alice', '\"hello alice\"')")
+        row = conn.execute("SELECT amp.create_meeting('carol', ARRAY['carol', 'alice'])").fetchone()
+        assert row is not None
+        meeting = str(row[0])
+    with psycopg.connect(globex, autocommit=True) as conn:
+        # bob has a pending note, and a live worker: neither is acme's to see
+        conn.execute("SELECT amp.send_one_way('dave', 'bob', '\"globex only\"')")
+        worker = conn.execute("SELECT amp.register_worker('globex-host', 1)").fetchone()
+        assert worker is not None
+        conn.execute("SELECT amp.serve_agents(%s, ARRAY['bob'])", (worker[0],))
+
+    async with stdio_agent(acme, "alice") as alice:
+        assert (await alice.ok("whoami")) == {
+            "agent": "alice",
+            "name": "Alice",
+            "organization": "acme",
+        }
+        # the directory: the agents alice can reach (no contact with globex yet)
+        listed = (await alice.ok("list_agents"))["agents"]
+        assert [(a["agent"], a["organization"], a["online"]) for a in listed] == [
+            ("alice", "acme", True),
+            ("carol", "acme", False),
+        ]
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("SELECT amp.allow_contact('acme', 'globex')")
+        # now globex's agents are listed; their presence is not acme's to see
+        listed = (await alice.ok("list_agents", organization="globex"))["agents"]
+        assert [(a["agent"], a["name"], a["online"]) for a in listed] == [
+            ("bob", "Bob", None),
+            ("dave", "Dave", None),
+        ]
+        assert [a["agent"] for a in (await alice.ok("list_agents", limit=3))["agents"]] == [
+            "alice",
+            "bob",
+            "carol",
+        ]
+        # pending pushed messages: the note and the invitation, left where they are
+        peeked = (await alice.ok("check_inbox", peek=True))["messages"]
+        assert [(m["kind"], m["from"]) for m in peeked] == [
+            ("note", "carol"),
+            ("invitation", "carol"),
+        ]
+        resource = await alice.session.read_resource("amp://inbox")  # type: ignore[arg-type]
+        shown = json.loads(getattr(resource.contents[0], "text", ""))
+        assert [m["kind"] for m in shown["messages"]] == ["note", "invitation"]
+        mine = (await alice.ok("my_meetings"))["meetings"]
+        assert [(m["meeting_id"], m["host"], m["your_status"]) for m in mine] == [
+            (meeting, "carol", "invited")
+        ]
+        taken = (await alice.ok("check_inbox"))["messages"]
+        assert [m["kind"] for m in taken] == ["note", "invitation"]
+
+    # another organization's agent: the same read of its pending messages is refused
+    from agent_messaging.mcp_server import Seat
+
+    async with AgentMessaging[Any](make_config(acme)) as sdk:
+        with pytest.raises(AccessDeniedError, match="is not allowed to act as agent 'bob'"):
+            await Seat(sdk, "bob").peek(None, 10)
 
 
 # -- the README's transcript -----------------------------------------------------

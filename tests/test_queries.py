@@ -177,6 +177,25 @@ def test_the_grep_finds_an_inline_statement(tmp_path: Path) -> None:
     assert [line for line, _ in _inline_statements(module)] == [2, 3]
 
 
+def test_no_statement_reads_a_table(sql: psycopg.Connection[Any]) -> None:
+    """The SDK runs as an application role, which may read no amp table (only the
+    views, and the tables through the public functions): no statement names one."""
+    tables = {
+        str(r[0])
+        for r in sql.execute(
+            "SELECT relname FROM pg_class "
+            "WHERE relnamespace = 'amp'::regnamespace AND relkind IN ('r', 'p')"
+        )
+    }
+    assert "messages" in tables
+    named = []
+    for name, statement in queries.QUERIES.items():
+        code = re.sub(r"'[^']*'", "''", statement)  # a string literal names nothing
+        named += [(name, ref) for ref in re.findall(r"\bamp\.(\w+)\b(?!\s*\()", code)]
+    assert [(name, ref) for name, ref in named if ref in tables] == []
+    assert ("status_online", "online_agents") in named  # views are found, and allowed
+
+
 def test_the_server_accepts_every_statement(sql: psycopg.Connection[Any]) -> None:
     """Each statement is prepared (parsed and planned against the migrated schema):
     no parameter is jsonb, and only the listed statements return jsonb."""

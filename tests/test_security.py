@@ -158,6 +158,11 @@ def attacks(live: Live) -> list[tuple[str, str, tuple[Any, ...], str]]:
         ("mallory", "SELECT * FROM amp.read_unread('bob')", (), denied),
         ("acme", "SELECT * FROM amp.read_unread('bob')", (), denied),
         ("mallory", "SELECT * FROM amp.peek_unread('bob')", (), denied),
+        # the pushed messages waiting for bob, bob's meetings
+        ("mallory", "SELECT * FROM amp.peek_deliveries('bob')", (), denied),
+        ("acme", "SELECT * FROM amp.peek_deliveries('bob')", (), denied),
+        ("mallory", "SELECT * FROM amp.agent_meetings('bob')", (), denied),
+        ("acme", "SELECT * FROM amp.agent_meetings('bob', true)", (), denied),
         ("mallory", "SELECT amp.mark_unread('bob', %s)", (msg,), denied),
         # answering alice's request as bob, ending their conversation
         ("mallory", "SELECT amp.sync_reply('bob', 'alice', '\"5\"')", (), denied),
@@ -251,6 +256,7 @@ def test_every_attack_fails_and_changes_no_row(world: World) -> None:
             assert row.fetchone() == (0,), view
         assert conn.execute("SELECT count(*) FROM amp.agent_channels()").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM amp.role_map()").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM amp.agent_list()").fetchone() == (0,)
 
 
 def test_access_error_names_the_role_and_the_agent(world: World) -> None:
@@ -272,6 +278,15 @@ def test_the_entitled_roles_do_the_same(world: World) -> None:
         ]
         assert len(globex.execute("SELECT * FROM amp.read_unread('bob')").fetchall()) == 1
         globex.execute("SELECT amp.heartbeat(%s)", (live.bob_worker,))
+        # what waits for bob's handler (the one-way is leased, still pending), bob's meeting
+        pending = globex.execute(
+            "SELECT id, message_type, sender_external_id FROM amp.peek_deliveries('bob')"
+        ).fetchall()
+        assert (live.one_way, "one_way", "alice") in pending
+        assert {r[1] for r in pending} == {"one_way", "sync_request", "meeting_invitation"}
+        assert globex.execute(
+            "SELECT meeting_id, host_external_id, participant_status FROM amp.agent_meetings('bob')"
+        ).fetchall() == [(m, "alice", "speaking")]
         globex.execute("SELECT amp.ack_delivery(%s, %s)", (live.bob_worker, live.one_way))
         globex.execute("SELECT amp.next_delivery_at(%s)", (live.bob_worker,))
         assert globex.execute("SELECT amp.agent_channel('bob')").fetchone() == (
@@ -421,6 +436,64 @@ def test_views_show_each_role_its_own_rows(world: World) -> None:
     # a filter of the caller's own cannot see past the barrier
     leak = "SELECT count(*) FROM amp.agent_inbox WHERE agent = 'bob'"
     assert rows("acme", leak) == [(0,)]
+
+
+def test_directory_lists_the_agents_a_role_can_reach(world: World) -> None:
+    """amp.agent_list: the agents a role may act as or contact (the contact policy),
+    presence only for its own; a lookup by id stays open to every role."""
+
+    def listed(who: str, organization: str | None = None) -> list[tuple[Any, ...]]:
+        with world.connect(who) as conn:
+            return conn.execute(
+                "SELECT agent_external_id, organization_external_id, online "
+                "FROM amp.agent_list(%s)",
+                (organization,),
+            ).fetchall()
+
+    worker = world.one("globex", "SELECT amp.register_worker('globex-host', 1)")
+    world.one("globex", "SELECT amp.serve_agents(%s, ARRAY['bob'])", (worker,))
+    # no contact between the two: each organization sees its own agents only
+    assert listed("acme") == [("alice", "acme", False), ("carol", "acme", False)]
+    assert listed("globex") == [("bob", "globex", True), ("dave", "globex", False)]
+    assert listed("acme", "globex") == []
+    assert listed("mallory") == []
+    assert [r[0] for r in listed("admin")] == ["alice", "bob", "carol", "dave"]
+    assert ("bob", "globex", True) in listed("admin")
+    # the organization of an agent one names is no secret (as amp.get_agent)
+    assert world.one("acme", "SELECT external_id FROM amp.agent_organization('bob')") == "globex"
+
+    # one way: acme may contact globex's agents (listed, presence not shown); globex's
+    # may only answer inside conversations acme started (not listed to it)
+    with psycopg.connect(world.admin, autocommit=True) as admin:
+        admin.execute("SELECT amp.allow_contact('acme', 'globex', false)")
+    assert listed("acme", "globex") == [("bob", "globex", None), ("dave", "globex", None)]
+    assert [r[0] for r in listed("acme")] == ["alice", "bob", "carol", "dave"]
+    assert [r[0] for r in listed("globex")] == ["bob", "dave"]
+    # an organization bound to no role may contact anyone, and anyone it: its agents are
+    # every role's to act as, so through them a role reaches every agent
+    with psycopg.connect(world.admin, autocommit=True) as admin:
+        admin.execute("SELECT amp.register_organization('freelancers')")
+        admin.execute("SELECT amp.register_agent('frank', 'freelancers')")
+    assert ("frank", "freelancers", False) in listed("globex")
+    assert [r[0] for r in listed("mallory")] == ["alice", "bob", "carol", "dave", "frank"]
+    assert ("alice", "acme", None) in listed("mallory")
+    # pages, and the arguments
+    with world.connect("acme") as conn:
+        page = conn.execute(
+            "SELECT agent_external_id FROM amp.agent_list(NULL, 'bob', 2)"
+        ).fetchall()
+        assert page == [("carol",), ("dave",)]
+        for statement, code in (
+            ("SELECT * FROM amp.agent_list('nope')", "AM010"),
+            ("SELECT * FROM amp.agent_list(NULL, NULL, 0)", "AM001"),
+            ("SELECT * FROM amp.agent_organization(NULL)", "AM001"),
+            ("SELECT * FROM amp.peek_deliveries('alice', NULL, 100000)", "AM001"),
+            ("SELECT * FROM amp.peek_deliveries('alice', 'nobody')", "AM020"),
+            ("SELECT * FROM amp.agent_meetings('alice', NULL)", "AM001"),
+        ):
+            with pytest.raises(psycopg.Error) as caught:
+                conn.execute(statement)
+            assert caught.value.sqlstate == code, statement
 
 
 def test_catalog_boundary(world: World) -> None:

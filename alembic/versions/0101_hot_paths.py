@@ -1,5 +1,7 @@
 """Faster hot paths (PL/pgSQL internals, HOT leases, index-ordered claims, the reply
-index, answers settle requests) and internals renamed with a leading underscore.
+index, answers settle requests), internals renamed with a leading underscore, and
+public reads for the MCP server (agent_organization, agent_list, peek_deliveries,
+agent_meetings).
 
 Revision ID: 0101
 Revises: 0100
@@ -23,7 +25,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "7585638fcd900550171691beb78e6908a0c7402e660839b51cf0be26e8cbfdb5"
+sql_hash = "02ff256d81433d4e0b42d7aefde655790b7337c8b78835a324bb5145a98dbc60"
 
 
 def upgrade() -> None:

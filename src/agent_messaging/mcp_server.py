@@ -166,6 +166,13 @@ def _hint(exc: AgentMessagingError) -> str:
     return f"{text}."
 
 
+def _presence(online: bool | None) -> str:
+    """How list_agents shows an agent's presence (``None``: not this role's to see)."""
+    if online is None:
+        return "presence not shown"
+    return "online" if online else "offline"
+
+
 def _result(text: str, data: dict[str, Any], *, error: bool = False) -> CallToolResult:
     return CallToolResult(
         content=[TextContent(type="text", text=text)],
@@ -507,15 +514,16 @@ class AmpMcpServer:
         async def whoami(ctx: Context[Any, Any, Any]) -> CallToolResult:
             me = await self.me(ctx)
             agent = await sdk.get_agent(me)
-            org = await sdk.db.fetch_value(queries.MCP_ORGANIZATION_OF, [agent.organization_id])
+            org = await sdk.db.fetch_value(queries.MCP_AGENT_ORGANIZATION, [me])
             data = {"agent": me, "name": agent.name, "organization": org}
             return _result(f"You are {me} ({agent.name}) of organization {org}.", data)
 
         @tool(
             description=(
                 "List the registered agents you can talk to, with their organization and "
-                "whether a process is serving them right now (online). Offline agents "
-                "still receive messages; they read them when they come back."
+                "whether a process is serving them right now (online; null for an agent this "
+                "server's database role may not act as: its presence is not shown). "
+                "Offline agents still receive messages; they read them when they come back."
             )
         )
         @guarded
@@ -530,8 +538,8 @@ class AmpMcpServer:
             rows = await sdk.db.fetch(queries.MCP_LIST_AGENTS, [organization, limit])
             agents = [dict(r) | {"you": r["agent"] == me} for r in rows]
             lines = [
-                f"- {a['agent']} ({a['name']}, {a['organization']})"
-                f"{' online' if a['online'] else ' offline'}{' <- you' if a['you'] else ''}"
+                f"- {a['agent']} ({a['name']}, {a['organization']}) {_presence(a['online'])}"
+                f"{' <- you' if a['you'] else ''}"
                 for a in agents
             ]
             return _result("\n".join(lines) or "No agents.", {"agents": agents})

@@ -429,7 +429,9 @@ FROM amp.meeting_events_after($1::bigint - 1, 1) e WHERE e.seq = $1
 
 
 -- ---------------------------------------------------------------------------
--- `amp mcp` (mcp_server.py): the MCP server's own reads
+-- `amp mcp` (mcp_server.py): the MCP server's own reads. Like every statement here,
+-- each goes through public functions: the server runs as an application role,
+-- which may read no table (tests/test_queries.py checks that none is named).
 
 -- name: mcp_claim_inbox
 -- Claim up to $2 pushed messages with a lease that is already over (whatever is not
@@ -448,26 +450,18 @@ SELECT id, seq, content, sender_external_id, created_at FROM amp.peek_unread($1,
 -- name: mcp_pending_pushed
 -- Up to $3 pushed messages to agent $1 not delivered yet (from sender $2, any if
 -- null), oldest first.
-SELECT m.id, m.seq, m.message_type, m.content, m.created_at,
-       s.external_id AS sender_external_id
-FROM amp.messages m
-JOIN amp.agents r ON r.id = m.recipient_id
-LEFT JOIN amp.agents s ON s.id = m.sender_id
-WHERE r.external_id = $1 AND m.delivery_status = 'pending'
-  AND ($2::text IS NULL OR s.external_id = $2::text)
-ORDER BY m.seq LIMIT $3
+SELECT id, seq, message_type, content, created_at, sender_external_id
+FROM amp.peek_deliveries($1, $2, $3)
 
--- name: mcp_organization_of
--- The external id of the organization with that id.
-SELECT external_id FROM amp.organizations WHERE id = $1
+-- name: mcp_agent_organization
+-- The external id of agent $1's organization.
+SELECT external_id FROM amp.agent_organization($1)
 
 -- name: mcp_list_agents
--- Up to $2 agents (of organization $1, any if null) and whether they are online.
-SELECT a.external_id AS agent, a.name, o.external_id AS organization,
-       EXISTS (SELECT 1 FROM amp.online_agents w WHERE w.agent = a.external_id) AS online
-FROM amp.agents a JOIN amp.organizations o ON o.id = a.organization_id
-WHERE $1::text IS NULL OR o.external_id = $1::text
-ORDER BY a.external_id LIMIT $2
+-- Up to $2 agents the connection can reach (of organization $1, any if null) and,
+-- for those it may act as, whether they are online (null for the others).
+SELECT agent_external_id AS agent, name, organization_external_id AS organization, online
+FROM amp.agent_list($1, NULL, $2)
 
 -- name: mcp_pending_questions
 -- Who waits for agent $1's answer, with the question.
@@ -479,12 +473,7 @@ SELECT request_id FROM amp.awaiting_reply($1) WHERE sender_external_id = $2
 
 -- name: mcp_my_meetings
 -- The meetings agent $1 is in (ended ones too if $2), newest first.
-SELECT m.id AS meeting_id, m.status, h.external_id AS host,
-       s.external_id AS current_speaker, p.status AS your_status, m.created_at
-FROM amp.meeting_participants p
-JOIN amp.agents a ON a.id = p.agent_id
-JOIN amp.meetings m ON m.id = p.meeting_id
-JOIN amp.agents h ON h.id = m.host_id
-LEFT JOIN amp.agents s ON s.id = m.current_speaker_id
-WHERE a.external_id = $1 AND ($2 OR m.status <> 'ended')
-ORDER BY m.created_at DESC LIMIT 100
+SELECT meeting_id, status, host_external_id AS host,
+       current_speaker_external_id AS current_speaker, participant_status AS your_status,
+       created_at
+FROM amp.agent_meetings($1, $2)

@@ -62,6 +62,10 @@ DROP FUNCTION amp._settle_deliveries(uuid[],text,text) CASCADE;
 DROP FUNCTION amp._store_message(text,uuid,uuid,jsonb,jsonb,uuid,uuid,uuid,boolean,boolean,text) CASCADE;
 DROP FUNCTION amp._touch_updated_at() CASCADE;
 DROP FUNCTION amp._unlock_session(uuid,text) CASCADE;
+DROP FUNCTION amp.agent_list(text,text,integer) CASCADE;
+DROP FUNCTION amp.agent_meetings(text,boolean,integer) CASCADE;
+DROP FUNCTION amp.agent_organization(text) CASCADE;
+DROP FUNCTION amp.peek_deliveries(text,text,integer) CASCADE;
 
 CREATE OR REPLACE FUNCTION amp.enqueue_delivery() RETURNS trigger
 LANGUAGE plpgsql AS $$

@@ -13,6 +13,10 @@
 --   of a few agents reads each agent's backlog in index order and stops at the limit.
 -- * The agents a worker serves are checked against the bindings in one query per
 --   claim (it was one PL/pgSQL identity check per agent).
+-- * The claim, the acknowledgements, the leases and the settling of deliveries pin
+--   plan_cache_mode = force_generic_plan: keyed by arrays of ids, their statements
+--   were planned again at every call. A claim asks whether a sync request is still
+--   awaited of the conversation (sessions_waiting_for_idx), not of its history.
 -- * amp.sync_reply (and amp.sync_send answering a waiting request) settles the
 --   answered request's push delivery: the handler that replied needs no separate
 --   acknowledgement; an acknowledgement after the reply (as 0.1.0 clients send) is
@@ -20,6 +24,10 @@
 -- * Internal functions are renamed with a leading underscore (amp._store_message):
 --   the old names are dropped (with the triggers on internal trigger functions) and
 --   every function is created again from this revision's sql/.
+-- * New public reads, so that a client logged in as an application role (which may
+--   read no table) needs no statement on a table: amp.agent_organization,
+--   amp.agent_list (the directory, scoped by the contact policy),
+--   amp.peek_deliveries (an agent's pending pushed messages) and amp.agent_meetings.
 -- Not breaking: no public function changed its signature; clients of 0.1.0 call
 -- only public functions. Frozen once released: never edit it after the release tag.
 
@@ -378,6 +386,57 @@ BEGIN
         PERFORM amp._raise_error('AM020', format('agent %L not found', p_external_id));
     END IF;
     RETURN v_agent;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION amp.agent_organization(p_agent text)
+RETURNS amp.organizations
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_org amp.organizations;
+BEGIN
+    SELECT * INTO v_org FROM amp.organizations o
+    WHERE o.id = (amp.get_agent(p_agent)).organization_id;
+    RETURN v_org;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION amp.agent_list(
+    p_organization text DEFAULT NULL, p_after text DEFAULT NULL, p_limit integer DEFAULT NULL)
+RETURNS TABLE (
+    agent_external_id text, name text, organization_external_id text, online boolean)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_org_id uuid := CASE WHEN p_organization IS NULL THEN NULL
+                          ELSE (amp.get_organization(p_organization)).id END;
+    v_limit  integer := amp._page_size(p_limit);
+    v_admin  boolean := amp._is_admin();
+BEGIN
+    RETURN QUERY
+    WITH acting AS MATERIALIZED (   -- the organizations of the agents the caller acts as
+        SELECT DISTINCT a.organization_id AS id,
+               amp._organization_bound(a.organization_id) AS bound
+        FROM amp.agents a
+        WHERE NOT v_admin AND amp._may_act_as(a)
+    )
+    SELECT a.external_id, a.name, o.external_id,
+           CASE WHEN me.mine THEN EXISTS (
+               SELECT 1 FROM amp.online_agents w WHERE w.agent = a.external_id) END
+    FROM amp.agents a
+    JOIN amp.organizations o ON o.id = a.organization_id
+    CROSS JOIN LATERAL (SELECT v_admin OR amp._may_act_as(a) AS mine) me
+    WHERE (v_org_id IS NULL OR a.organization_id = v_org_id)
+      AND (p_after IS NULL OR a.external_id > p_after)
+      AND (me.mine OR EXISTS (
+          SELECT 1 FROM acting x
+          WHERE x.id = a.organization_id
+             OR NOT x.bound
+             OR NOT amp._organization_bound(a.organization_id)
+             OR EXISTS (SELECT 1 FROM amp.contacts c
+                        WHERE c.from_organization_id = x.id
+                          AND c.to_organization_id = a.organization_id)))
+    ORDER BY a.external_id
+    LIMIT v_limit;
 END;
 $$;
 
@@ -1464,6 +1523,32 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION amp.peek_deliveries(
+    p_agent text, p_sender text DEFAULT NULL, p_limit integer DEFAULT NULL)
+RETURNS TABLE (
+    id uuid, seq bigint, message_type text, content jsonb, metadata jsonb,
+    session_id uuid, meeting_id uuid, attempts integer, sender_external_id text,
+    sender_name text, created_at timestamptz)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_agent amp.agents := amp._acting_agent(p_agent);
+    v_sender_id uuid := CASE WHEN p_sender IS NULL THEN NULL ELSE (amp.get_agent(p_sender)).id END;
+    v_limit integer := amp._page_size(p_limit);
+BEGIN
+    -- pending means a row in amp.deliveries (its hot state); the history row has the rest
+    RETURN QUERY
+    SELECT m.id, m.seq, m.message_type, m.content, m.metadata, m.session_id, m.meeting_id,
+           d.attempts, s.external_id, s.name, m.created_at
+    FROM amp.deliveries d
+    JOIN amp.messages m ON m.seq = d.seq  -- by seq: see amp.claim_deliveries
+    LEFT JOIN amp.agents s ON s.id = m.sender_id
+    WHERE d.recipient_id = v_agent.id
+      AND (v_sender_id IS NULL OR m.sender_id = v_sender_id)
+    ORDER BY d.seq
+    LIMIT v_limit;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION amp._get_or_create_session(
     p_agent_1 uuid, p_agent_2 uuid, p_type text)
 RETURNS amp.sessions
@@ -2422,6 +2507,33 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION amp.agent_meetings(
+    p_agent text, p_include_ended boolean DEFAULT false, p_limit integer DEFAULT NULL)
+RETURNS TABLE (
+    meeting_id uuid, status text, host_external_id text,
+    current_speaker_external_id text, participant_status text, created_at timestamptz,
+    started_at timestamptz, ended_at timestamptz)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_agent amp.agents := amp._acting_agent(p_agent);
+    v_limit integer := amp._page_size(p_limit);
+BEGIN
+    IF p_include_ended IS NULL THEN
+        PERFORM amp._raise_error('AM001', 'include_ended (p_include_ended) must not be null');
+    END IF;
+    RETURN QUERY
+    SELECT m.id, m.status, h.external_id, s.external_id, p.status, m.created_at,
+           m.started_at, m.ended_at
+    FROM amp.meeting_participants p
+    JOIN amp.meetings m ON m.id = p.meeting_id
+    JOIN amp.agents h ON h.id = m.host_id
+    LEFT JOIN amp.agents s ON s.id = m.current_speaker_id
+    WHERE p.agent_id = v_agent.id AND (p_include_ended OR m.status <> 'ended')
+    ORDER BY m.created_at DESC, m.id
+    LIMIT v_limit;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION amp.meeting_events_after(p_after_seq bigint, p_limit integer DEFAULT 1000)
 RETURNS TABLE (
     seq bigint, meeting_id uuid, event_type text, agent_external_id text, data jsonb,
@@ -2653,10 +2765,11 @@ LANGUAGE sql IMMUTABLE AS $$
         'error_codes', 'agent_channel', 'meeting_channel', 'listen', 'unlisten',
         -- organizations and agents
         'register_organization', 'get_organization', 'register_agent', 'get_agent',
+        'agent_organization', 'agent_list',
         -- one-way and push delivery (workers)
         'send_one_way', 'send_one_way_many', 'delivery_outcome', 'register_worker', 'serve_agents', 'heartbeat', 'claim_deliveries',
         'ack_delivery', 'ack_deliveries', 'fail_delivery', 'next_delivery_at',
-        'unregister_worker', 'extend_leases',
+        'unregister_worker', 'extend_leases', 'peek_deliveries',
         -- asynchronous conversations
         'async_send', 'read_unread', 'confirm_read', 'reject_unread', 'peek_unread',
         'inbox_messages', 'mark_unread',
@@ -2667,7 +2780,7 @@ LANGUAGE sql IMMUTABLE AS $$
         'create_meeting', 'attend_meeting', 'start_meeting', 'speak', 'leave_meeting',
         'end_meeting', 'expire_turns', 'meeting_status', 'meeting_participant_list',
         'meeting_history', 'meeting_turn', 'meeting_events_after', 'meeting_events_max_seq',
-        'get_meeting', 'next_turn_deadline',
+        'get_meeting', 'next_turn_deadline', 'agent_meetings',
         -- retention (amp.prune is a procedure: CALL amp.prune(...))
         'prune', 'retention', 'prune_horizon', 'prune_messages', 'prune_meetings', 'prune_sessions',
         -- limits (amp.settings, written by the schema owner only)
