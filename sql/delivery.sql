@@ -348,7 +348,8 @@ END;
 $$;
 
 -- The final outcome of pushed messages: their hot rows go, each history row gets
--- p_status, its attempts and its last error, and each sender hears of it. The last
+-- p_status, its attempts and its last error, and each sender hears of it (but
+-- the asker of a sync request, which hears its answer). The last
 -- error is the hot row's, else p_error; a message delivered without a handler
 -- (p_status 'delivered' with p_error) says why instead.
 CREATE OR REPLACE FUNCTION amp._settle_deliveries(
@@ -374,7 +375,11 @@ BEGIN
         WHERE m.seq = g.seq  -- by seq: see amp.claim_deliveries
         RETURNING m.*
     LOOP
-        PERFORM amp._notify_delivery(v_settled);
+        -- a sync request settled as delivered was answered (or is awaited no more):
+        -- its asker hears the answer itself, and a second hint would only wake it
+        IF NOT (v_settled.message_type = 'sync_request' AND p_status = 'delivered') THEN
+            PERFORM amp._notify_delivery(v_settled);
+        END IF;
     END LOOP;
 END;
 $$;

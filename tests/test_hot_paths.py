@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
@@ -52,8 +53,13 @@ def test_the_answer_settles_the_request_and_a_late_ack_is_a_no_op(dsn: str) -> N
         assert [r[0] for r in claimed] == [request]
         assert delivery_of(conn, request) == ("pending", True)
 
+        channel = conn.execute("SELECT amp.agent_channel('asker')").fetchone()[0]
+        conn.execute("SELECT amp.listen(ARRAY[%s])", (channel,))
         conn.execute("SELECT amp.sync_reply('helper', 'asker', '{\"a\": 1}', '{}', %s)", (request,))
         assert delivery_of(conn, request) == ("delivered", False)
+        # the asker hears the answer, and no second hint about its request's delivery
+        kinds = [json.loads(n.payload)["kind"] for n in conn.notifies(timeout=0.2)]
+        assert kinds == ["message"], kinds
         # the 0.1.0 sequence: reply, then acknowledge
         conn.execute("SELECT amp.ack_delivery(%s, %s)", (worker, request))
         acked = conn.execute("SELECT amp.ack_deliveries(%s, %s)", (worker, [request])).fetchall()

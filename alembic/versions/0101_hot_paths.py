@@ -25,7 +25,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "02ff256d81433d4e0b42d7aefde655790b7337c8b78835a324bb5145a98dbc60"
+sql_hash = "56068638a6a6f059ebd9bc6680ee9971ce69cee761e9e0da6b85cf0e41422e4c"
 
 
 def upgrade() -> None:

@@ -1174,7 +1174,11 @@ BEGIN
         WHERE m.seq = g.seq  -- by seq: see amp.claim_deliveries
         RETURNING m.*
     LOOP
-        PERFORM amp._notify_delivery(v_settled);
+        -- a sync request settled as delivered was answered (or is awaited no more):
+        -- its asker hears the answer itself, and a second hint would only wake it
+        IF NOT (v_settled.message_type = 'sync_request' AND p_status = 'delivered') THEN
+            PERFORM amp._notify_delivery(v_settled);
+        END IF;
     END LOOP;
 END;
 $$;
