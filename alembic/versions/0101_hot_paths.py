@@ -25,7 +25,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "56068638a6a6f059ebd9bc6680ee9971ce69cee761e9e0da6b85cf0e41422e4c"
+sql_hash = "5b5110a6231bc7afff55ad6eb56c7fa4a71e57ac4a5be0bebd6c4ede602d52a5"
 
 
 def upgrade() -> None:

@@ -1623,7 +1623,7 @@ BEGIN
     END IF;
     RETURN QUERY
     WITH unread AS (
-        SELECT m.id FROM amp.messages m
+        SELECT m.seq FROM amp.messages m
         WHERE m.recipient_id = v_agent.id AND m.read_at IS NULL AND m.message_type = 'async'
           AND (v_sender_id IS NULL OR m.sender_id = v_sender_id)
           AND (m.read_lease_until IS NULL OR m.read_lease_until < now())
@@ -1636,7 +1636,7 @@ BEGIN
         SET read_at = CASE WHEN p_lease IS NULL THEN now() END,
             read_receipt = v_receipt,
             read_lease_until = now() + p_lease
-        FROM unread u WHERE m.id = u.id
+        FROM unread u WHERE m.seq = u.seq  -- by seq: see amp.claim_deliveries
         RETURNING m.*
     )
     SELECT t.id, t.seq, t.content, t.metadata, t.session_id, s.external_id, s.name,
