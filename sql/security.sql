@@ -59,6 +59,7 @@ LANGUAGE sql IMMUTABLE AS $$
         -- agents.sql, schema.sql
         '_raise_error', '_agent_channel_by_id', '_require_external_id', '_require_name',
         '_touch_updated_at', '_name_agent_channel', '_enqueue_delivery', '_setting', '_settings_check', '_page_size',
+        '_time_ordered_uuid',
         -- delivery.sql
         '_check_message', '_check_json', '_resolve_pair', '_store_message', '_idempotent_message',
         '_notify_message', '_notify_delivery', '_lease_commit', '_require_worker_arg',

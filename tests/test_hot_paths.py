@@ -9,6 +9,8 @@
 - A claim checks every agent its worker serves against the bindings in one query.
 - A claim asks whether a sync request is still awaited of the conversation, not of
   the conversation's history.
+- Message ids are time-ordered UUIDs (version 7): inserts stay at the right edge of
+  the history's primary key.
 """
 
 from __future__ import annotations
@@ -218,3 +220,26 @@ def test_a_claim_checks_every_served_agent_against_the_bindings(dsn: str, roles:
             with psycopg.connect(dsn, autocommit=True) as owner:
                 owner.execute("SELECT amp.bind_organization('acme', %s)", (group,))
             assert conn.execute(claim, (worker,)).fetchall() == []
+
+
+def test_message_ids_are_time_ordered(dsn: str) -> None:
+    """Every message id is a version-7 UUID whose first 48 bits are the Unix
+    milliseconds of its insert (so new ids sort after old ones, to the millisecond)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        setup(conn)
+        ids = [
+            conn.execute("SELECT amp.send_one_way('asker', 'helper', '{}')").fetchone()[0],
+            conn.execute("SELECT amp.async_send('asker', 'helper', '{}')").fetchone()[0],
+            conn.execute(
+                "SELECT request_id FROM amp.sync_send('asker', 'helper', '{}')"
+            ).fetchone()[0],
+        ]
+        now_ms = conn.execute(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+        ).fetchone()[0]
+    for message_id in ids:
+        assert message_id.version == 7, message_id
+        assert message_id.variant == "specified in RFC 4122"
+        stamp = message_id.int >> 80
+        assert now_ms - 60_000 < stamp <= now_ms, (message_id, stamp, now_ms)
+    assert [i.int >> 80 for i in ids] == sorted(i.int >> 80 for i in ids)

@@ -25,7 +25,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "5b5110a6231bc7afff55ad6eb56c7fa4a71e57ac4a5be0bebd6c4ede602d52a5"
+sql_hash = "c4ba27025c0507d6016b1249db1dce8b7dd7ac193fa821f1f44a21222f66b9b0"
 
 
 def upgrade() -> None:

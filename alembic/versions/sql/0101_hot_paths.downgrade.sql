@@ -2,6 +2,7 @@
 -- indexes, triggers and storage settings back.
 -- Frozen once released: never edit it after the release tag.
 
+ALTER TABLE amp.messages ALTER COLUMN id SET DEFAULT gen_random_uuid();
 ALTER TABLE amp.deliveries RESET (fillfactor);
 DROP INDEX amp.messages_reply_to_idx;
 CREATE INDEX messages_reply_to_idx ON amp.messages (reply_to) WHERE reply_to IS NOT NULL;
@@ -60,6 +61,7 @@ DROP FUNCTION amp._setting(text) CASCADE;
 DROP FUNCTION amp._settings_check() CASCADE;
 DROP FUNCTION amp._settle_deliveries(uuid[],text,text) CASCADE;
 DROP FUNCTION amp._store_message(text,uuid,uuid,jsonb,jsonb,uuid,uuid,uuid,boolean,boolean,text) CASCADE;
+DROP FUNCTION amp._time_ordered_uuid() CASCADE;
 DROP FUNCTION amp._touch_updated_at() CASCADE;
 DROP FUNCTION amp._unlock_session(uuid,text) CASCADE;
 DROP FUNCTION amp.agent_list(text,text,integer) CASCADE;

@@ -24,6 +24,9 @@
 -- * Internal functions are renamed with a leading underscore (amp._store_message):
 --   the old names are dropped (with the triggers on internal trigger functions) and
 --   every function is created again from this revision's sql/.
+-- * Message ids are UUIDs of version 7 (time-ordered): inserts into messages_pkey and
+--   deliveries_pkey stay at the right edge of the index, cached however long the
+--   history grows.
 -- * New public reads, so that a client logged in as an application role (which may
 --   read no table) needs no statement on a table: amp.agent_organization,
 --   amp.agent_list (the directory, scoped by the contact policy),
@@ -88,6 +91,20 @@ DROP FUNCTION amp.settings_check() CASCADE;
 DROP FUNCTION amp.store_message(text,uuid,uuid,jsonb,jsonb,uuid,uuid,uuid,boolean,boolean,text) CASCADE;
 DROP FUNCTION amp.touch_updated_at() CASCADE;
 DROP FUNCTION amp.unlock_session(uuid,text) CASCADE;
+
+CREATE OR REPLACE FUNCTION amp._time_ordered_uuid()
+RETURNS uuid
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    -- the timestamp over the first 6 bytes, then the version bits 0100 -> 0111
+    RETURN encode(set_bit(set_bit(
+        overlay(uuid_send(gen_random_uuid())
+                PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+                                  FROM 3)
+                FROM 1 FOR 6),
+        52, 1), 53, 1), 'hex')::uuid;
+END;
+$$;
 
 CREATE OR REPLACE FUNCTION amp._enqueue_delivery() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -2736,6 +2753,8 @@ CREATE TRIGGER agents_channel AFTER INSERT ON amp.agents
     FOR EACH ROW EXECUTE FUNCTION amp._name_agent_channel();
 CREATE TRIGGER settings_check BEFORE INSERT OR UPDATE ON amp.settings
     FOR EACH ROW EXECUTE FUNCTION amp._settings_check();
+-- message ids in time order (amp._time_ordered_uuid, created above)
+ALTER TABLE amp.messages ALTER COLUMN id SET DEFAULT amp._time_ordered_uuid();
 
 -- CREATE OR REPLACE resets SECURITY DEFINER and SET search_path, and new functions
 -- have neither: the security file of this revision (a frozen copy of
@@ -2801,6 +2820,7 @@ LANGUAGE sql IMMUTABLE AS $$
         -- agents.sql, schema.sql
         '_raise_error', '_agent_channel_by_id', '_require_external_id', '_require_name',
         '_touch_updated_at', '_name_agent_channel', '_enqueue_delivery', '_setting', '_settings_check', '_page_size',
+        '_time_ordered_uuid',
         -- delivery.sql
         '_check_message', '_check_json', '_resolve_pair', '_store_message', '_idempotent_message',
         '_notify_message', '_notify_delivery', '_lease_commit', '_require_worker_arg',
