@@ -32,6 +32,18 @@ def setup(conn: psycopg.Connection[Any]) -> str:
     return str(worker)
 
 
+def history_writer(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
+    """Stop autovacuum (and so autoanalyze) on the history, as a busy server's
+    statistics lag behind; the ids of asker and helper, to write history with."""
+    conn.execute("ALTER TABLE amp.messages SET (autovacuum_enabled = off)")
+    row = conn.execute(
+        "SELECT (SELECT id FROM amp.agents WHERE external_id = 'asker'), "
+        "(SELECT id FROM amp.agents WHERE external_id = 'helper')"
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
 def delivery_of(conn: psycopg.Connection[Any], message: Any) -> tuple[Any, ...]:
     row = conn.execute(
         "SELECT m.delivery_status, d.message_id IS NOT NULL "
@@ -121,11 +133,7 @@ def test_the_reply_lookup_does_not_walk_the_history(dsn: str) -> None:
     0.1.0 index, (reply_to) alone, it walked messages_seq_key instead."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         setup(conn)
-        conn.execute("ALTER TABLE amp.messages SET (autovacuum_enabled = off)")
-        ids = conn.execute(
-            "SELECT (SELECT id FROM amp.agents WHERE external_id = 'asker'), "
-            "(SELECT id FROM amp.agents WHERE external_id = 'helper')"
-        ).fetchone()
+        ids = history_writer(conn)
         conn.execute(
             "INSERT INTO amp.messages (message_type, sender_id, recipient_id, content) "
             "SELECT 'async', %s, %s, jsonb_build_object('n', n) FROM generate_series(1, 20000) n",
@@ -153,11 +161,7 @@ def test_claiming_a_request_does_not_read_the_conversations_history(dsn: str) ->
     planner ran as a walk of every message of the conversation."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         worker = setup(conn)
-        conn.execute("ALTER TABLE amp.messages SET (autovacuum_enabled = off)")
-        ids = conn.execute(
-            "SELECT (SELECT id FROM amp.agents WHERE external_id = 'asker'), "
-            "(SELECT id FROM amp.agents WHERE external_id = 'helper')"
-        ).fetchone()
+        ids = history_writer(conn)
         # last analysed when no message belonged to a conversation yet
         conn.execute(
             "INSERT INTO amp.messages (message_type, sender_id, recipient_id, content) "
