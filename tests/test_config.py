@@ -36,3 +36,22 @@ def test_amp_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AMP_DELIVERY_MAX_ATTEMPTS", "7")
     config = Config()
     assert (config.max_pool_size, config.delivery_max_attempts) == (4, 7)
+
+
+def test_variables_in_any_case_arguments_first_and_bad_values_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("amp_share_listener", "true")
+    monkeypatch.setenv("Amp_Poll_Interval", "2.5")
+    monkeypatch.setenv("AMP_HANDLER_CONCURRENCY", "3")
+    config = Config(handler_concurrency=8)
+    assert (config.share_listener, config.poll_interval, config.handler_concurrency) == (
+        True,
+        2.5,
+        8,
+    )
+    assert "handler_concurrency" in config.explicit_fields
+    assert "poll_interval" not in config.explicit_fields
+    monkeypatch.setenv("AMP_MAX_POOL_SIZE", "many")
+    with pytest.raises(ValueError, match="max_pool_size"):
+        Config()

@@ -1,4 +1,4 @@
-"""Configuration: a pydantic settings object read from the environment.
+"""Configuration: a pydantic model whose unset fields are read from the environment.
 
 Which server, in order of precedence (:meth:`Config.explicit_dsn`):
 
@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from pydantic import AliasChoices, Field, PrivateAttr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 
 def _default_data_dir() -> Path:
@@ -34,10 +33,31 @@ def _env(name: str) -> AliasChoices:
     return AliasChoices(name, name.lower())
 
 
-class Config(BaseSettings):
+def _environment(model: type[BaseModel]) -> dict[str, str]:
+    """The fields the environment sets, as strings for pydantic to convert: a field
+    with aliases (``POSTGRES_HOST``) from those, any other from ``AMP_<FIELD>``; names
+    match whatever their case. (A few lines instead of pydantic-settings, whose import
+    alone took 6.7 MiB of every process's memory.)"""
+    environ = {key.lower(): value for key, value in os.environ.items()}
+    found: dict[str, str] = {}
+    for name, field in model.model_fields.items():
+        alias = field.validation_alias
+        names = (
+            [str(choice).lower() for choice in alias.choices]
+            if isinstance(alias, AliasChoices)
+            else [f"amp_{name}"]
+        )
+        for env_name in names:
+            if env_name in environ:
+                found[name] = environ[env_name]
+                break
+    return found
+
+
+class Config(BaseModel):
     """Settings of one SDK process. Every field can be set by an ``AMP_*`` variable."""
 
-    model_config = SettingsConfigDict(env_prefix="AMP_", extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, validate_default=True)
 
     database_url: str | None = Field(
         default=None, description="libpq URL of the server; unset: POSTGRES_* or embedded"
@@ -180,9 +200,8 @@ class Config(BaseSettings):
     _explicit: frozenset[str] = PrivateAttr(default=frozenset())
 
     def __init__(self, **values: Any) -> None:
-        super().__init__(**values)
         # what the caller passed, as opposed to what came from the environment
-        self._explicit = frozenset(
+        explicit = frozenset(
             name
             for name, field in type(self).model_fields.items()
             if name in values
@@ -191,6 +210,11 @@ class Config(BaseSettings):
                 and any(alias in values for alias in field.validation_alias.choices)
             )
         )
+        from_environment = {
+            name: value for name, value in _environment(type(self)).items() if name not in explicit
+        }
+        super().__init__(**from_environment, **values)
+        self._explicit = explicit
 
     @property
     def explicit_fields(self) -> frozenset[str]:
