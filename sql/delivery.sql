@@ -111,7 +111,9 @@ END;
 $$;
 
 -- Insert a message and wake its recipient (the NOTIFY is delivered on commit).
--- Every pattern stores messages through here, so every stored message notifies.
+-- Every pattern stores messages through here, so every stored message notifies
+-- (a batch, amp.send_one_way_many, asks for p_notify => false and sends one hint
+-- per recipient itself).
 -- With an idempotency key, a repeat of a send returns the message stored the first
 -- time (and notifies nobody again); two concurrent sends with one key store one.
 CREATE OR REPLACE FUNCTION amp._store_message(
@@ -125,7 +127,8 @@ CREATE OR REPLACE FUNCTION amp._store_message(
     p_reply_to   uuid DEFAULT NULL,
     p_push       boolean DEFAULT false,
     p_is_late    boolean DEFAULT false,
-    p_idempotency_key text DEFAULT NULL)
+    p_idempotency_key text DEFAULT NULL,
+    p_notify     boolean DEFAULT true)
 RETURNS amp.messages
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -160,20 +163,23 @@ BEGIN
                                           p_recipient_id);
         END IF;
     END IF;
-    IF p_recipient_id IS NOT NULL THEN
+    IF p_recipient_id IS NOT NULL AND p_notify THEN
         PERFORM amp._notify_message(v_message);
     END IF;
     RETURN v_message;
 END;
 $$;
 
+-- The hint that a message was stored: its id, type and conversation or meeting;
+-- with p_count > 1 ("count"), the first of that many stored for the same recipient
+-- in one transaction (a batch wakes each recipient once, not once per message).
 -- With the setting amp.notify_content = on (ALTER DATABASE ... SET), a sync reply's
 -- hint also carries the request it answers and, when its content is at most
 -- amp.notify_content_bytes (default 4000; NOTIFY payloads are capped at 8000), the
 -- content itself ("reply": {"content": ...}), so the waiting asker need not read it
 -- back. Off by default: any role that can connect can LISTEN on any channel, so
 -- content in payloads is readable beyond the table grants.
-CREATE OR REPLACE FUNCTION amp._notify_message(p_message amp.messages)
+CREATE OR REPLACE FUNCTION amp._notify_message(p_message amp.messages, p_count integer DEFAULT 1)
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -185,7 +191,8 @@ BEGIN
             'message_type', p_message.message_type,
             'session_id', p_message.session_id,
             'meeting_id', p_message.meeting_id,
-            'reply_to', p_message.reply_to))::jsonb
+            'reply_to', p_message.reply_to,
+            'count', CASE WHEN p_count > 1 THEN p_count END))::jsonb
          || CASE WHEN p_message.message_type = 'sync_reply'
                   AND current_setting('amp.notify_content', true) = 'on'
                   AND octet_length(p_message.content::text) <= coalesce(nullif(
@@ -672,6 +679,7 @@ DECLARE
     v_ids uuid[] := '{}';
     v_state text;
     v_text text;
+    v_hint record;
 BEGIN
     v_sender := amp._acting_agent(p_sender);
     IF v_n = 0 THEN
@@ -702,7 +710,7 @@ BEGIN
             v_ids := v_ids || (amp._store_message(
                 'one_way', v_sender.id, v_recipient.id,
                 CASE WHEN v_broadcast THEN p_contents[1] ELSE p_contents[i] END,
-                p_metadata, p_push => true)).id;
+                p_metadata, p_push => true, p_notify => false)).id;
         END LOOP;
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_text = MESSAGE_TEXT;
@@ -711,6 +719,17 @@ BEGIN
         END IF;
         RAISE;
     END;
+    -- one hint per recipient (its first message of the batch, and how many): a
+    -- hint per message cost the server a NOTIFY and the recipient's process a
+    -- wake-up each, where one claim takes the whole backlog
+    FOR v_hint IN
+        SELECT DISTINCT ON (m.recipient_id) m AS message,
+               count(*) OVER (PARTITION BY m.recipient_id) AS n
+        FROM amp.messages m WHERE m.id = ANY (v_ids)
+        ORDER BY m.recipient_id, m.seq
+    LOOP
+        PERFORM amp._notify_message(v_hint.message, v_hint.n::integer);
+    END LOOP;
     RETURN QUERY SELECT unnest(v_ids);
 END;
 $$;

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
@@ -146,3 +147,32 @@ def test_sql_batch_refusal_names_the_element_and_stores_nothing(
         "SELECT array_agg(content ORDER BY seq), array_agg(delivery_status ORDER BY seq)"
         " FROM amp.messages"
     ).fetchone() == ([1, 1], ["pending", "pending"])
+
+
+def test_a_batch_wakes_each_recipient_once(dsn: str) -> None:
+    """One hint per recipient per batch: that of its first message, with its count
+    (a hint per message cost a NOTIFY and a wake-up each)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT amp.register_organization('hints')")
+        for name in ("h_from", "h_one", "h_two"):
+            conn.execute("SELECT amp.register_agent(%s, 'hints')", (name,))
+        channels = {
+            name: conn.execute("SELECT amp.agent_channel(%s)", (name,)).fetchone()[0]
+            for name in ("h_one", "h_two")
+        }
+        conn.execute("SELECT amp.listen(%s)", (list(channels.values()),))
+        recipients = ["h_one"] * 50 + ["h_two"] + ["h_one"] * 49
+        ids = [
+            row[0]
+            for row in conn.execute(
+                "SELECT amp.send_one_way_many('h_from', %s, ARRAY['{}']::jsonb[])",
+                (recipients,),
+            ).fetchall()
+        ]
+        got = [(n.channel, json.loads(n.payload)) for n in conn.notifies(timeout=0.2)]
+    assert len(ids) == 100
+    assert sorted(channel for channel, _ in got) == sorted(channels.values()), got
+    hints = dict(got)
+    one, two = hints[channels["h_one"]], hints[channels["h_two"]]
+    assert (one["message_id"], one["count"]) == (str(ids[0]), 99), one
+    assert two["message_id"] == str(ids[50]) and "count" not in two, two

@@ -25,7 +25,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "c4ba27025c0507d6016b1249db1dce8b7dd7ac193fa821f1f44a21222f66b9b0"
+sql_hash = "e3a7d2c45f0a1b1646374ffdf3899cade11da8d085b7d14368ede43de42e559c"
 
 
 def upgrade() -> None:

@@ -32,6 +32,9 @@ class MessageStored(BaseModel):
     reply_to: UUID | None = None
     #: a sync reply's content, when the database carries it (``amp.notify_content``)
     reply: CarriedContent | None = None
+    #: messages stored for this agent in one batch (``amp.send_one_way_many``), of
+    #: which ``message_id`` is the first: a batch wakes each recipient once
+    count: int = 1
 
 
 class CarriedContent(BaseModel):

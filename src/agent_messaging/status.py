@@ -141,9 +141,10 @@ class Watcher:
     async def _show(self, n: AnyNotification) -> None:
         if isinstance(n, MessageStored):
             row = await self._db.fetch_one(queries.WATCH_MESSAGE, [n.message_id])
+            more = f" (and {n.count - 1} more of one batch)" if n.count > 1 else ""
             self._out(
                 f"message  {row['message_type']:<18} {safe(row['sender'] or 'system')} -> "
-                f"{safe(row['recipient'])}: {_clip(row['content'])}"
+                f"{safe(row['recipient'])}: {_clip(row['content'])}{more}"
             )
         elif isinstance(n, DeliveryFinished):
             what = str(n.message_id) if n.message_id else f"{n.count} message(s)"

@@ -24,6 +24,8 @@
 -- * Internal functions are renamed with a leading underscore (amp._store_message):
 --   the old names are dropped (with the triggers on internal trigger functions) and
 --   every function is created again from this revision's sql/.
+-- * amp.send_one_way_many wakes each recipient once per batch (the hint of its first
+--   message, with "count"), not once per message.
 -- * Message ids are UUIDs of version 7 (time-ordered): inserts into messages_pkey and
 --   deliveries_pkey stay at the right edge of the index, cached however long the
 --   history grows.
@@ -982,7 +984,8 @@ CREATE OR REPLACE FUNCTION amp._store_message(
     p_reply_to   uuid DEFAULT NULL,
     p_push       boolean DEFAULT false,
     p_is_late    boolean DEFAULT false,
-    p_idempotency_key text DEFAULT NULL)
+    p_idempotency_key text DEFAULT NULL,
+    p_notify     boolean DEFAULT true)
 RETURNS amp.messages
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -1017,14 +1020,14 @@ BEGIN
                                           p_recipient_id);
         END IF;
     END IF;
-    IF p_recipient_id IS NOT NULL THEN
+    IF p_recipient_id IS NOT NULL AND p_notify THEN
         PERFORM amp._notify_message(v_message);
     END IF;
     RETURN v_message;
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION amp._notify_message(p_message amp.messages)
+CREATE OR REPLACE FUNCTION amp._notify_message(p_message amp.messages, p_count integer DEFAULT 1)
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -1036,7 +1039,8 @@ BEGIN
             'message_type', p_message.message_type,
             'session_id', p_message.session_id,
             'meeting_id', p_message.meeting_id,
-            'reply_to', p_message.reply_to))::jsonb
+            'reply_to', p_message.reply_to,
+            'count', CASE WHEN p_count > 1 THEN p_count END))::jsonb
          || CASE WHEN p_message.message_type = 'sync_reply'
                   AND current_setting('amp.notify_content', true) = 'on'
                   AND octet_length(p_message.content::text) <= coalesce(nullif(
@@ -1460,6 +1464,7 @@ DECLARE
     v_ids uuid[] := '{}';
     v_state text;
     v_text text;
+    v_hint record;
 BEGIN
     v_sender := amp._acting_agent(p_sender);
     IF v_n = 0 THEN
@@ -1490,7 +1495,7 @@ BEGIN
             v_ids := v_ids || (amp._store_message(
                 'one_way', v_sender.id, v_recipient.id,
                 CASE WHEN v_broadcast THEN p_contents[1] ELSE p_contents[i] END,
-                p_metadata, p_push => true)).id;
+                p_metadata, p_push => true, p_notify => false)).id;
         END LOOP;
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_text = MESSAGE_TEXT;
@@ -1499,6 +1504,17 @@ BEGIN
         END IF;
         RAISE;
     END;
+    -- one hint per recipient (its first message of the batch, and how many): a
+    -- hint per message cost the server a NOTIFY and the recipient's process a
+    -- wake-up each, where one claim takes the whole backlog
+    FOR v_hint IN
+        SELECT DISTINCT ON (m.recipient_id) m AS message,
+               count(*) OVER (PARTITION BY m.recipient_id) AS n
+        FROM amp.messages m WHERE m.id = ANY (v_ids)
+        ORDER BY m.recipient_id, m.seq
+    LOOP
+        PERFORM amp._notify_message(v_hint.message, v_hint.n::integer);
+    END LOOP;
     RETURN QUERY SELECT unnest(v_ids);
 END;
 $$;
