@@ -13,7 +13,8 @@
 -- database before it could say so), so the pair is unlocked and the waiter woken.
 CREATE OR REPLACE FUNCTION amp._lock_sync_session(
     p_agent text, p_other text,
-    OUT agent amp.agents, OUT other amp.agents, OUT session amp.sessions)
+    OUT agent amp.agents, OUT other amp.agents, OUT session amp.sessions,
+    OUT other_channel text)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_pair record;
@@ -21,11 +22,12 @@ BEGIN
     v_pair := amp._resolve_pair(p_agent, p_other);
     agent := v_pair.sender;
     other := v_pair.recipient;
+    other_channel := v_pair.recipient_channel;
     PERFORM pg_advisory_xact_lock(hashtextextended(
         'amp.sync:' || least(agent.id, other.id)::text || greatest(agent.id, other.id)::text, 0));
     SELECT * INTO session FROM amp.sessions s
     WHERE s.agent_a_id = least(agent.id, other.id) AND s.agent_b_id = greatest(agent.id, other.id)
-      AND s.session_type = 'sync' AND s.status <> 'ended'
+      AND s.session_type = 'sync' AND s.ended_at IS NULL
     FOR UPDATE;
     IF session.status = 'waiting' AND session.wait_deadline < now() THEN
         PERFORM amp._unlock_session(session.id);
@@ -39,7 +41,8 @@ $$;
 -- The same, for calls that need the session to exist.
 CREATE OR REPLACE FUNCTION amp._require_sync_session(
     p_agent text, p_other text,
-    OUT agent amp.agents, OUT other amp.agents, OUT session amp.sessions)
+    OUT agent amp.agents, OUT other amp.agents, OUT session amp.sessions,
+    OUT other_channel text)
 LANGUAGE plpgsql AS $$
 DECLARE
     v record;
@@ -48,6 +51,7 @@ BEGIN
     agent := v.agent;
     other := v.other;
     session := v.session;
+    other_channel := v.other_channel;
     IF session.id IS NULL THEN
         PERFORM amp._raise_error('AM030', format('no conversation between %L and %L', p_agent, p_other));
     END IF;
@@ -110,7 +114,8 @@ BEGIN
     v_message := amp._store_message('sync_request', (v.agent).id, (v.other).id,
                                    p_content, p_metadata, p_session_id => v_session.id,
                                    p_reply_to => v_answers, p_push => v_answers IS NULL,
-                                   p_idempotency_key => p_idempotency_key);
+                                   p_idempotency_key => p_idempotency_key,
+                                   p_channel => v.other_channel);
     UPDATE amp.sessions
     SET status = 'waiting', locked_agent_id = (v.agent).id,
         waiting_for = v_message.id, waiting_since = now(), wait_deadline = now() + p_timeout
@@ -136,21 +141,40 @@ RETURNS uuid
 LANGUAGE plpgsql AS $$
 DECLARE
     v record;
+    v_request uuid;
     v_reply amp.messages;
 BEGIN
-    v := amp._require_sync_session(p_sender, p_recipient);
+    v := amp._lock_sync_session(p_sender, p_recipient);
+    IF (v.session).id IS NULL THEN
+        PERFORM amp._raise_error('AM030', format('no conversation between %L and %L',
+                                                 p_sender, p_recipient));
+    END IF;
+    v_request := (v.session).waiting_for;
     IF (v.session).status <> 'waiting' OR (v.session).locked_agent_id <> (v.other).id
-       OR (v.session).waiting_for <> coalesce(p_request, (v.session).waiting_for) THEN
+       OR v_request <> coalesce(p_request, v_request) THEN
         PERFORM amp._raise_error('AM031', format(
             'agent %L is not waiting for a reply from %L%s', p_recipient, p_sender,
             CASE WHEN p_request IS NULL THEN '' ELSE format(' to request %s', p_request) END));
     END IF;
-    PERFORM amp._unlock_session((v.session).id);
+    -- (amp._unlock_session and amp._settle_deliveries for this one request, written
+    -- out: this is half of every round trip)
+    UPDATE amp.sessions
+    SET status = 'active', locked_agent_id = NULL, waiting_for = NULL, waiting_since = NULL,
+        wait_deadline = NULL
+    WHERE id = (v.session).id;
     v_reply := amp._store_message('sync_reply', (v.agent).id, (v.other).id,
                                  p_content, p_metadata, p_session_id => (v.session).id,
-                                 p_reply_to => (v.session).waiting_for);
-    -- answering is handling: the handler that replied needs no acknowledgement
-    PERFORM amp._settle_deliveries(ARRAY[(v.session).waiting_for], 'delivered');
+                                 p_reply_to => v_request, p_channel => v.other_channel);
+    -- answering is handling: the handler that replied needs no acknowledgement, and
+    -- the asker hears the answer itself (no delivery hint)
+    WITH gone AS (
+        DELETE FROM amp.deliveries d WHERE d.message_id = v_request
+        RETURNING d.seq, d.attempts, d.last_error
+    )
+    UPDATE amp.messages m
+    SET delivery_status = 'delivered', delivered_at = now(), attempts = g.attempts,
+        last_error = g.last_error
+    FROM gone g WHERE m.seq = g.seq;
     RETURN v_reply.id;
 END;
 $$;

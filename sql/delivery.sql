@@ -72,17 +72,53 @@ $$;
 
 -- The sender and recipient of a two-party message, validated: both exist, they
 -- are not the same agent, the connection may act as the sender (AM060) and the
--- organizations may contact each other (AM061).
+-- organizations may contact each other (AM061); and the recipient's channel.
+-- The common case is one query, which asks the rules of amp._role_may_act_as and
+-- amp._require_contact in their simplest forms (the sender is open or the
+-- connection holds one of its roles; one organization, or one of the two unbound);
+-- when it cannot show that every check passes, the checks run one by one, for the
+-- pairs the simple forms do not cover (amp.allow_contact, an answer inside a live
+-- conversation) and for the error that names what failed.
 CREATE OR REPLACE FUNCTION amp._resolve_pair(
-    p_sender text, p_recipient text, OUT sender amp.agents, OUT recipient amp.agents)
+    p_sender text, p_recipient text,
+    OUT sender amp.agents, OUT recipient amp.agents, OUT recipient_channel text)
 LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v record;
 BEGIN
+    SELECT s AS sender, r AS recipient, c.channel,
+           s.id <> r.id
+           AND CASE WHEN NOT EXISTS (SELECT 1 FROM amp.role_bindings b
+                                     WHERE b.agent_id = s.id OR b.organization_id = s.organization_id)
+                    THEN pg_has_role(session_user, 'amp_user', 'MEMBER')
+                    ELSE EXISTS (SELECT 1 FROM amp.role_bindings b
+                                 WHERE (b.agent_id = s.id OR b.organization_id = s.organization_id)
+                                   AND pg_has_role(session_user, to_regrole(quote_ident(b.role_name)),
+                                                   'MEMBER'))
+                         OR pg_has_role(session_user, 'amp_admin', 'MEMBER') END
+           AND (s.organization_id = r.organization_id
+                OR NOT EXISTS (SELECT 1 FROM amp.role_bindings b
+                               WHERE b.organization_id = s.organization_id)
+                OR NOT EXISTS (SELECT 1 FROM amp.role_bindings b
+                               WHERE b.organization_id = r.organization_id)) AS passes
+    INTO v
+    FROM amp.agents s
+    JOIN amp.agents r ON r.external_id = p_recipient
+    LEFT JOIN amp.agent_channels c ON c.agent_id = r.id
+    WHERE s.external_id = p_sender;
+    IF v.passes THEN
+        sender := v.sender;
+        recipient := v.recipient;
+        recipient_channel := v.channel;
+        RETURN;
+    END IF;
     sender := amp.get_agent(p_sender);
     recipient := amp.get_agent(p_recipient);
     IF sender.id = recipient.id THEN
         PERFORM amp._raise_error('AM001', format('agent %L cannot send a message to itself', p_sender));
     END IF;
     PERFORM amp._require_actor(sender), amp._require_contact(sender, recipient);
+    recipient_channel := amp._agent_channel_by_id(recipient.id);
 END;
 $$;
 
@@ -113,7 +149,8 @@ $$;
 -- Insert a message and wake its recipient (the NOTIFY is delivered on commit).
 -- Every pattern stores messages through here, so every stored message notifies
 -- (a batch, amp.send_one_way_many, asks for p_notify => false and sends one hint
--- per recipient itself).
+-- per recipient itself). p_channel: the recipient's channel when the caller has
+-- it at hand (amp._resolve_pair returns it), else it is looked up.
 -- With an idempotency key, a repeat of a send returns the message stored the first
 -- time (and notifies nobody again); two concurrent sends with one key store one.
 CREATE OR REPLACE FUNCTION amp._store_message(
@@ -128,7 +165,8 @@ CREATE OR REPLACE FUNCTION amp._store_message(
     p_push       boolean DEFAULT false,
     p_is_late    boolean DEFAULT false,
     p_idempotency_key text DEFAULT NULL,
-    p_notify     boolean DEFAULT true)
+    p_notify     boolean DEFAULT true,
+    p_channel    text DEFAULT NULL)
 RETURNS amp.messages
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -141,7 +179,14 @@ BEGIN
             RETURN v_message;
         END IF;
     END IF;
-    PERFORM amp._check_message(p_content, p_metadata);
+    -- amp._check_message's rules all hold for content and metadata of at most 200
+    -- bytes each, an object as metadata, and the default size limit: only other
+    -- messages are looked at in full
+    IF p_content IS NULL OR jsonb_typeof(p_metadata) IS DISTINCT FROM 'object'
+       OR octet_length(p_content::text) > 200 OR octet_length(p_metadata::text) > 200
+       OR EXISTS (SELECT 1 FROM amp.settings s WHERE s.key = 'max_message_bytes') THEN
+        PERFORM amp._check_message(p_content, p_metadata);
+    END IF;
     IF p_idempotency_key IS NULL THEN
         INSERT INTO amp.messages (message_type, sender_id, recipient_id, content, metadata,
                                   session_id, meeting_id, reply_to, is_late, delivery_status)
@@ -164,7 +209,18 @@ BEGIN
         END IF;
     END IF;
     IF p_recipient_id IS NOT NULL AND p_notify THEN
-        PERFORM amp._notify_message(v_message);
+        IF v_message.message_type = 'sync_reply' THEN
+            PERFORM amp._notify_message(v_message, 1, p_channel);  -- it may carry the content
+        ELSE
+            -- amp._notify_message's payload, written out: the call cost more than the work
+            PERFORM pg_notify(
+                coalesce(p_channel, (SELECT c.channel FROM amp.agent_channels c
+                                     WHERE c.agent_id = p_recipient_id)),
+                '{"kind":"message","message_id":"' || v_message.id || '","message_type":"'
+                || p_type || coalesce('","session_id":"' || p_session_id, '')
+                || coalesce('","meeting_id":"' || p_meeting_id, '')
+                || coalesce('","reply_to":"' || p_reply_to, '') || '"}');
+        END IF;
     END IF;
     RETURN v_message;
 END;
@@ -173,32 +229,39 @@ $$;
 -- The hint that a message was stored: its id, type and conversation or meeting;
 -- with p_count > 1 ("count"), the first of that many stored for the same recipient
 -- in one transaction (a batch wakes each recipient once, not once per message).
--- With the setting amp.notify_content = on (ALTER DATABASE ... SET), a sync reply's
--- hint also carries the request it answers and, when its content is at most
--- amp.notify_content_bytes (default 4000; NOTIFY payloads are capped at 8000), the
--- content itself ("reply": {"content": ...}), so the waiting asker need not read it
--- back. Off by default: any role that can connect can LISTEN on any channel, so
--- content in payloads is readable beyond the table grants.
-CREATE OR REPLACE FUNCTION amp._notify_message(p_message amp.messages, p_count integer DEFAULT 1)
+-- A sync reply's hint also carries the request it answers and, when its content is
+-- at most amp.notify_content_bytes (default 4000; NOTIFY payloads are capped at
+-- 8000), the content itself ("reply": {"content": ...}), so the waiting asker need
+-- not read it back. Agent channels are named at random and given only to roles that
+-- may act as the agent (amp.agent_channel), so the content reaches no one who could
+-- not read it anyway; amp.notify_content = off (ALTER DATABASE ... SET) keeps
+-- content out of every payload all the same.
+-- The payload is written as text: every value in it is a uuid, a number, one of the
+-- fixed message types or JSON the server made, none needs escaping.
+CREATE OR REPLACE FUNCTION amp._notify_message(
+    p_message amp.messages, p_count integer DEFAULT 1, p_channel text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_content text;
 BEGIN
+    IF p_message.message_type = 'sync_reply'
+       AND current_setting('amp.notify_content', true) IS DISTINCT FROM 'off' THEN
+        v_content := p_message.content::text;
+        IF octet_length(v_content) > coalesce(nullif(
+               current_setting('amp.notify_content_bytes', true), '')::int, 4000) THEN
+            v_content := NULL;
+        END IF;
+    END IF;
     PERFORM pg_notify(
-        amp._agent_channel_by_id(p_message.recipient_id),
-        (json_strip_nulls(json_build_object(
-            'kind', 'message',
-            'message_id', p_message.id,
-            'message_type', p_message.message_type,
-            'session_id', p_message.session_id,
-            'meeting_id', p_message.meeting_id,
-            'reply_to', p_message.reply_to,
-            'count', CASE WHEN p_count > 1 THEN p_count END))::jsonb
-         || CASE WHEN p_message.message_type = 'sync_reply'
-                  AND current_setting('amp.notify_content', true) = 'on'
-                  AND octet_length(p_message.content::text) <= coalesce(nullif(
-                      current_setting('amp.notify_content_bytes', true), '')::int, 4000)
-             THEN jsonb_build_object('reply', jsonb_build_object('content', p_message.content))
-             ELSE '{}'::jsonb END)::text);
+        coalesce(p_channel, (SELECT c.channel FROM amp.agent_channels c
+                             WHERE c.agent_id = p_message.recipient_id)),
+        '{"kind":"message","message_id":"' || p_message.id || '","message_type":"'
+        || p_message.message_type || coalesce('","session_id":"' || p_message.session_id, '')
+        || coalesce('","meeting_id":"' || p_message.meeting_id, '')
+        || coalesce('","reply_to":"' || p_message.reply_to, '') || '"'
+        || CASE WHEN p_count > 1 THEN ',"count":' || p_count ELSE '' END
+        || coalesce(',"reply":{"content":' || v_content || '}', '') || '}');
 END;
 $$;
 
@@ -236,7 +299,8 @@ BEGIN
     v_pair := amp._resolve_pair(p_sender, p_recipient);
     RETURN (amp._store_message('one_way', (v_pair.sender).id, (v_pair.recipient).id,
                               p_content, p_metadata, p_push => true,
-                              p_idempotency_key => p_idempotency_key)).id;
+                              p_idempotency_key => p_idempotency_key,
+                              p_channel => v_pair.recipient_channel)).id;
 END;
 $$;
 
@@ -344,15 +408,9 @@ $$;
 --
 -- Leases and acknowledgements are bookkeeping whose loss only means delivering
 -- again (at least once): their transactions commit without waiting for the WAL
--- flush, which takes a disk flush off the critical path of every delivery. The
--- messages themselves (sends, replies) keep the server's durable commit.
-CREATE OR REPLACE FUNCTION amp._lease_commit()
-RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM set_config('synchronous_commit', 'off', true);
-END;
-$$;
+-- flush (set_config('synchronous_commit', 'off', true), local to the transaction),
+-- which takes a disk flush off the critical path of every delivery. The messages
+-- themselves (sends, replies) keep the server's durable commit.
 
 -- The final outcome of pushed messages: their hot rows go, each history row gets
 -- p_status, its attempts and its last error, and each sender hears of it (but
@@ -382,9 +440,10 @@ BEGIN
         WHERE m.seq = g.seq  -- by seq: see amp.claim_deliveries
         RETURNING m.*
     LOOP
-        -- a sync request settled as delivered was answered (or is awaited no more):
-        -- its asker hears the answer itself, and a second hint would only wake it
-        IF NOT (v_settled.message_type = 'sync_request' AND p_status = 'delivered') THEN
+        -- a sync request settled as delivered without an error was answered: its
+        -- asker hears the answer itself, and a second hint would only wake it
+        IF NOT (v_settled.message_type = 'sync_request' AND p_status = 'delivered'
+                AND p_error IS NULL) THEN
             PERFORM amp._notify_delivery(v_settled);
         END IF;
     END LOOP;
@@ -407,14 +466,14 @@ RETURNS TABLE (
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
-    v_candidates uuid[];
+    v_candidates refcursor;
     v_candidate record;
     v_ids uuid[] := '{}';      -- to lease
     v_expired uuid[] := '{}';  -- lease expired, attempts used up: failed
     v_moot uuid[] := '{}';     -- sync requests no longer awaited
 BEGIN
     PERFORM amp._require_worker(p_worker, true);
-    PERFORM amp._lease_commit();
+    PERFORM set_config('synchronous_commit', 'off', true);  -- bookkeeping: see above
     -- The oldest deliverable messages, locked (SKIP LOCKED: rows another worker is
     -- claiming right now are its own). A worker of a few agents reads each agent's
     -- backlog in seq order from deliveries_recipient_idx and stops at p_limit; one
@@ -422,11 +481,12 @@ BEGIN
     -- usually small, table instead of probing the index once per agent.
     IF (SELECT count(*) FROM (SELECT 1 FROM amp.worker_agents wa
                               WHERE wa.worker_id = p_worker LIMIT 33) few) <= 32 THEN
-        v_candidates := ARRAY(
-            SELECT c.message_id
+        OPEN v_candidates FOR
+            SELECT c.message_id, c.message_type, c.seq, c.attempts, c.claim_expires_at
             FROM amp.worker_agents wa
             CROSS JOIN LATERAL (
-                SELECT d.message_id, d.seq FROM amp.deliveries d
+                SELECT d.message_id, d.message_type, d.seq, d.attempts, d.claim_expires_at
+                FROM amp.deliveries d
                 WHERE d.recipient_id = wa.agent_id AND d.available_at <= now()
                   AND (d.claim_expires_at IS NULL OR d.claim_expires_at < now())
                 ORDER BY d.seq
@@ -435,36 +495,36 @@ BEGIN
             ) c
             WHERE wa.worker_id = p_worker
             ORDER BY c.seq
-            LIMIT p_limit);
+            LIMIT p_limit;
     ELSE
-        v_candidates := ARRAY(
-            SELECT d.message_id
+        OPEN v_candidates FOR
+            SELECT d.message_id, d.message_type, d.seq, d.attempts, d.claim_expires_at
             FROM amp.deliveries d
             JOIN amp.worker_agents wa ON wa.agent_id = d.recipient_id AND wa.worker_id = p_worker
             WHERE d.available_at <= now()
               AND (d.claim_expires_at IS NULL OR d.claim_expires_at < now())
             ORDER BY d.seq
             LIMIT p_limit
-            FOR UPDATE OF d SKIP LOCKED);
+            FOR UPDATE OF d SKIP LOCKED;
     END IF;
-    FOR v_candidate IN
-        SELECT d.message_id, d.message_type, d.attempts, d.claim_expires_at
-        FROM amp.deliveries d WHERE d.message_id = ANY (v_candidates)
     LOOP
+        FETCH v_candidates INTO v_candidate;
+        EXIT WHEN NOT FOUND;
         IF v_candidate.claim_expires_at IS NOT NULL AND v_candidate.attempts >= p_max_attempts THEN
             v_expired := v_expired || v_candidate.message_id;
         ELSIF v_candidate.message_type = 'sync_request' AND NOT EXISTS (
-                -- the request's conversation still waits on it (by sessions_waiting_for_idx;
-                -- joining the history instead let a planner with stale statistics walk
-                -- every message of a long conversation)
-                SELECT 1 FROM amp.sessions s
-                WHERE s.waiting_for = v_candidate.message_id
+                -- its conversation waits on it no more (the request by seq, its
+                -- conversation by id: amp.sessions has no index on the request it
+                -- waits on, see sessions_one_live_per_pair)
+                SELECT 1 FROM amp.messages m JOIN amp.sessions s ON s.id = m.session_id
+                WHERE m.seq = v_candidate.seq AND s.waiting_for = v_candidate.message_id
                   AND (s.wait_deadline IS NULL OR s.wait_deadline > now())) THEN
             v_moot := v_moot || v_candidate.message_id;
         ELSE
             v_ids := v_ids || v_candidate.message_id;
         END IF;
     END LOOP;
+    CLOSE v_candidates;
 
     IF cardinality(v_expired) > 0 THEN
         PERFORM amp._settle_deliveries(v_expired, 'failed',
@@ -558,7 +618,7 @@ DECLARE
     v_sender record;
 BEGIN
     PERFORM amp._require_worker(p_worker);
-    PERFORM amp._lease_commit();
+    PERFORM set_config('synchronous_commit', 'off', true);  -- bookkeeping: see above
     -- the history rows by seq (see amp.claim_deliveries)
     WITH gone AS (
         DELETE FROM amp.deliveries d
@@ -746,7 +806,7 @@ SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
     PERFORM amp._require_worker_arg(p_worker);
     PERFORM amp._require_worker(p_worker);
-    PERFORM amp._lease_commit();
+    PERFORM set_config('synchronous_commit', 'off', true);  -- bookkeeping: see above
     RETURN QUERY
     UPDATE amp.deliveries d SET claim_expires_at = now() + p_lease
     WHERE d.message_id = ANY (p_message_ids) AND d.claimed_by = p_worker

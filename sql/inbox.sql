@@ -15,7 +15,7 @@ DECLARE
 BEGIN
     INSERT INTO amp.sessions (agent_a_id, agent_b_id, session_type)
     VALUES (least(p_agent_1, p_agent_2), greatest(p_agent_1, p_agent_2), p_type)
-    ON CONFLICT (agent_a_id, agent_b_id, session_type) WHERE status <> 'ended'
+    ON CONFLICT (agent_a_id, agent_b_id, session_type) WHERE ended_at IS NULL
     DO UPDATE SET updated_at = now()
     RETURNING * INTO v_session;
     RETURN v_session;
@@ -37,7 +37,8 @@ BEGIN
     v_session := amp._get_or_create_session((v_pair.sender).id, (v_pair.recipient).id, 'async');
     RETURN (amp._store_message('async', (v_pair.sender).id, (v_pair.recipient).id,
                               p_content, p_metadata, p_session_id => v_session.id,
-                              p_idempotency_key => p_idempotency_key)).id;
+                              p_idempotency_key => p_idempotency_key,
+                              p_channel => v_pair.recipient_channel)).id;
 END;
 $$;
 

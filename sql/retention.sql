@@ -22,10 +22,11 @@
 -- block), or drive the batch functions yourself as `amp prune` does.
 
 -- Lookups of the batches below, kept apart from the hot paths' indexes.
-CREATE INDEX IF NOT EXISTS sessions_waiting_for_idx ON amp.sessions (waiting_for)
-    WHERE waiting_for IS NOT NULL;
+-- (The requests conversations wait on have no index: amp.sessions' waiting columns
+-- change at every question and answer, and an index on them would make those
+-- updates write every index; a batch reads the few waiting sessions once instead.)
 CREATE INDEX IF NOT EXISTS sessions_ended_idx ON amp.sessions (ended_at)
-    WHERE status = 'ended';
+    WHERE ended_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS meetings_ended_idx ON amp.meetings (ended_at)
     WHERE status = 'ended';
 
@@ -53,8 +54,10 @@ END;
 $$;
 
 -- Whether a request must stay because something that answers it (directly or down a
--- ping-pong chain) stays: it is younger than the horizon, or someone waits on it.
-CREATE OR REPLACE FUNCTION amp._prune_answer_kept(p_request uuid, p_horizon timestamptz)
+-- ping-pong chain) stays: it is younger than the horizon, or someone waits on it
+-- (p_waited: the requests conversations wait on).
+CREATE OR REPLACE FUNCTION amp._prune_answer_kept(
+    p_request uuid, p_horizon timestamptz, p_waited uuid[])
 RETURNS boolean
 LANGUAGE sql STABLE AS $$
     WITH RECURSIVE answers AS (
@@ -64,8 +67,7 @@ LANGUAGE sql STABLE AS $$
     )
     SELECT EXISTS (
         SELECT 1 FROM answers a
-        WHERE a.created_at >= p_horizon
-           OR EXISTS (SELECT 1 FROM amp.sessions s WHERE s.waiting_for = a.id))
+        WHERE a.created_at >= p_horizon OR a.id = ANY (p_waited))
 $$;
 
 -- One batch of messages: looks at the next p_batch_size messages after p_after_seq
@@ -80,6 +82,7 @@ DECLARE
     v_last bigint;
     v_seen bigint;
     v_reached boolean;
+    v_waited uuid[];
 BEGIN
     PERFORM amp._require_admin('prune the history');  -- it spans every organization
     IF p_batch_size IS NULL OR p_batch_size < 1 THEN
@@ -96,6 +99,8 @@ BEGIN
         RETURN;
     END IF;
 
+    -- the requests conversations wait on (few: one per waiting conversation)
+    v_waited := ARRAY(SELECT s.waiting_for FROM amp.sessions s WHERE s.waiting_for IS NOT NULL);
     WITH RECURSIVE candidates AS (
         SELECT m.id FROM amp.messages m
         WHERE m.seq > coalesce(p_after_seq, 0) AND m.seq <= v_last
@@ -103,8 +108,9 @@ BEGIN
           AND m.meeting_id IS NULL
           AND m.delivery_status IS DISTINCT FROM 'pending'
           AND (m.message_type <> 'async' OR m.read_at IS NOT NULL)
-          AND NOT EXISTS (SELECT 1 FROM amp.sessions s WHERE s.waiting_for = m.id)
-          AND (m.message_type <> 'sync_request' OR NOT amp._prune_answer_kept(m.id, p_horizon))
+          AND m.id <> ALL (v_waited)
+          AND (m.message_type <> 'sync_request'
+               OR NOT amp._prune_answer_kept(m.id, p_horizon, v_waited))
         FOR UPDATE OF m SKIP LOCKED
     ), doomed AS (
         -- the answers to a request go with it (they may lie past this batch)

@@ -36,8 +36,8 @@ CREATE TABLE amp.sessions (
     session_type    text NOT NULL CHECK (session_type IN ('sync', 'async')),
     status          text NOT NULL DEFAULT 'active'
                     CHECK (status IN ('active', 'waiting', 'ended')),
-    -- the agent waiting for an answer, and the request it waits on
-    locked_agent_id uuid REFERENCES amp.agents (id),
+    -- the agent waiting for an answer (one of the pair), and the request it waits on
+    locked_agent_id uuid,
     waiting_for     uuid,
     waiting_since   timestamptz,
     -- when the waiter gives up (its timeout): a wait past it is over even if its
@@ -47,12 +47,19 @@ CREATE TABLE amp.sessions (
     updated_at      timestamptz NOT NULL DEFAULT now(),
     ended_at        timestamptz,
     CHECK (agent_a_id < agent_b_id),
-    CHECK ((status = 'waiting') = (locked_agent_id IS NOT NULL))
-);
+    CHECK ((status = 'waiting') = (locked_agent_id IS NOT NULL)),
+    CONSTRAINT sessions_locked_agent_check CHECK (locked_agent_id IN (agent_a_id, agent_b_id)),
+    CONSTRAINT sessions_ended_check CHECK ((status = 'ended') = (ended_at IS NOT NULL))
+) WITH (fillfactor = 70);
 -- One live session per pair and type; an ended one does not block a new one.
+-- A sync conversation goes active -> waiting -> active at every question and answer:
+-- no index covers the columns that move (status, locked_agent_id, waiting_for,
+-- waiting_since, wait_deadline), so those updates are HOT (no index entry, the old
+-- version pruned on the page; fillfactor leaves room), which is why this predicate
+-- asks ended_at (set exactly when the session ends) and not the status.
 CREATE UNIQUE INDEX sessions_one_live_per_pair
     ON amp.sessions (agent_a_id, agent_b_id, session_type)
-    WHERE status <> 'ended';
+    WHERE ended_at IS NULL;
 CREATE INDEX sessions_agent_b_idx ON amp.sessions (agent_b_id);
 
 -- Meeting:     created -> ready (all invitees attended) -> active -> ended.
@@ -98,28 +105,13 @@ CREATE TABLE amp.meeting_participants (
 );
 CREATE INDEX meeting_participants_agent_idx ON amp.meeting_participants (agent_id);
 
--- A message id: a UUID of version 7 (RFC 9562), 48 bits of Unix milliseconds and
--- then random bits. In time order, each new id goes to the right edge of
--- messages_pkey and deliveries_pkey, whose last pages stay cached however long the
--- history grows; a random (version 4) id lands on a random page of a
--- 10-million-entry index, a read from outside shared_buffers for every send once the
--- history outgrows them. (PostgreSQL 18 has uuidv7(); 15 to 17 do not.)
-CREATE OR REPLACE FUNCTION amp._time_ordered_uuid()
-RETURNS uuid
-LANGUAGE plpgsql VOLATILE AS $$
-BEGIN
-    -- the timestamp over the first 6 bytes, then the version bits 0100 -> 0111
-    RETURN encode(set_bit(set_bit(
-        overlay(uuid_send(gen_random_uuid())
-                PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)
-                                  FROM 3)
-                FROM 1 FOR 6),
-        52, 1), 53, 1), 'hex')::uuid;
-END;
-$$;
-
 -- Every message of every pattern. `seq` is the total order (timestamps tie
--- inside one transaction). Push delivery (one-way, sync requests, meeting
+-- inside one transaction). sender_id, recipient_id, session_id and reply_to are
+-- not declared foreign keys: the functions that store messages (the only writers)
+-- resolve them first, agents are never deleted, and amp.prune removes a session
+-- only once its messages are gone. A declared key cost every insert a lookup of
+-- each parent and a row lock on it (a WAL record each, and a multixact on an agent
+-- row that concurrent senders share), about a fifth of a send's server time. Push delivery (one-way, sync requests, meeting
 -- invitations): delivery_status is 'pending' until the outcome is final, then
 -- 'delivered' or 'failed' with attempts, delivered_at and last_error; while it is
 -- pending, its live state (leases, attempts, retries) is in amp.deliveries, not
@@ -127,19 +119,32 @@ $$;
 -- claim_expires_at here stay as inserted). Inbox read state (read_at) is
 -- independent of push delivery.
 CREATE TABLE amp.messages (
-    id               uuid PRIMARY KEY DEFAULT amp._time_ordered_uuid(),
+    -- a UUID of version 7 (RFC 9562): 48 bits of Unix milliseconds, then random
+    -- bits (a version 4 uuid's, the version set to 7). In time order, each new id
+    -- goes to the right edge of messages_pkey and deliveries_pkey, whose last pages
+    -- stay cached however long the history grows; a random id would land on a random
+    -- page of a 10-million-entry index, a read from outside shared_buffers for every
+    -- send once the history outgrows them. (PostgreSQL 18 has uuidv7(), 15 to 17 do
+    -- not; written out here rather than in a function, whose call cost each insert
+    -- more than the expression.)
+    id               uuid PRIMARY KEY DEFAULT encode(set_bit(set_bit(
+                         overlay(uuid_send(gen_random_uuid())
+                                 PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp())
+                                                                  * 1000)::bigint) FROM 3)
+                                 FROM 1 FOR 6),
+                         52, 1), 53, 1), 'hex')::uuid,
     seq              bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
     message_type     text NOT NULL CHECK (message_type IN (
                          'one_way', 'sync_request', 'sync_reply', 'async',
                          'meeting', 'meeting_invitation', 'system')),
     -- NULL sender: a system message (a turn timeout, say)
-    sender_id        uuid REFERENCES amp.agents (id),
+    sender_id        uuid,
     -- NULL recipient: said to a whole meeting
-    recipient_id     uuid REFERENCES amp.agents (id),
-    session_id       uuid REFERENCES amp.sessions (id),
+    recipient_id     uuid,
+    session_id       uuid,
     meeting_id       uuid REFERENCES amp.meetings (id) ON DELETE CASCADE,
     -- a sync reply points at the request it answers
-    reply_to         uuid REFERENCES amp.messages (id),
+    reply_to         uuid,
     content          jsonb NOT NULL,
     metadata         jsonb NOT NULL DEFAULT '{}'::jsonb,
     -- a meeting message spoken after its speaker's turn had expired
@@ -191,7 +196,9 @@ CREATE UNIQUE INDEX messages_idempotency_idx ON amp.messages (sender_id, idempot
 -- seq and message_type are copies (immutable in amp.messages) for the claim's order
 -- and its check of sync requests.
 CREATE TABLE amp.deliveries (
-    message_id       uuid PRIMARY KEY REFERENCES amp.messages (id) ON DELETE CASCADE,
+    -- (not a declared foreign key, like the ids of amp.messages: a message is
+    -- removed only once settled, when its row here is gone)
+    message_id       uuid PRIMARY KEY,
     recipient_id     uuid NOT NULL,
     seq              bigint NOT NULL,
     message_type     text NOT NULL,

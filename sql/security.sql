@@ -59,10 +59,9 @@ LANGUAGE sql IMMUTABLE AS $$
         -- agents.sql, schema.sql
         '_raise_error', '_agent_channel_by_id', '_require_external_id', '_require_name',
         '_touch_updated_at', '_name_agent_channel', '_enqueue_delivery', '_setting', '_settings_check', '_page_size',
-        '_time_ordered_uuid',
         -- delivery.sql
         '_check_message', '_check_json', '_resolve_pair', '_store_message', '_idempotent_message',
-        '_notify_message', '_notify_delivery', '_lease_commit', '_require_worker_arg',
+        '_notify_message', '_notify_delivery', '_require_worker_arg',
         '_answered_request', '_settle_deliveries',
         -- retention.sql
         '_prune_answer_kept',

@@ -119,7 +119,7 @@ async def test_a_held_lock_times_out_and_changes_nothing(
         for name in ("alice", "bob"):
             await sdk.register_agent(name, "org1")
         with psycopg.connect(dsn) as blocker:  # an open transaction elsewhere
-            blocker.execute("SELECT 1 FROM amp.agents WHERE external_id = 'alice' FOR UPDATE")
+            blocker.execute("LOCK TABLE amp.messages IN SHARE MODE")  # no inserts meanwhile
             with pytest.raises(StatementTimeoutError, match="lock timeout"):
                 await asyncio.wait_for(sdk.one_way.send("alice", "bob", "blocked"), 30)
             blocker.rollback()

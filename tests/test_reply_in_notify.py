@@ -1,5 +1,5 @@
-"""``amp.notify_content = on``: a sync reply's hint carries its content, so the asker
-returns it without reading it back; too large a reply falls back to the table."""
+"""A sync reply's hint carries its content (unless ``amp.notify_content = off``), so the
+asker returns it without reading it back; too large a reply falls back to the table."""
 
 from __future__ import annotations
 
@@ -39,28 +39,30 @@ def reply_hints(dsn: str, asker: str, statements: list[str]) -> list[dict[str, A
     return [h for h in hints if h.get("message_type") == "sync_reply"]
 
 
-def test_reply_hint_carries_content_only_when_enabled_and_small(dsn: str) -> None:
+def test_reply_hint_carries_content_unless_disabled_or_large(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT amp.register_organization('o')")
         conn.execute("SELECT amp.register_agent('a', 'o'), amp.register_agent('b', 'o')")
     ask = """SELECT request_id FROM amp.sync_send('a', 'b', '"q"')"""
     reply = """SELECT amp.sync_reply('b', 'a', '{"x": null, "y": [1, "two"]}')"""
-    (off,) = reply_hints(dsn, "a", [ask, reply])
-    assert "reply" not in off and off["reply_to"]
-    on = "SET amp.notify_content = on"
-    (carried,) = reply_hints(dsn, "a", [on, ask, reply])
+    (carried,) = reply_hints(dsn, "a", [ask, reply])
     assert carried["reply"] == {"content": {"x": None, "y": [1, "two"]}}
+    assert carried["reply_to"]
+    off = "SET amp.notify_content = off"
+    (plain,) = reply_hints(dsn, "a", [off, ask, reply])
+    assert "reply" not in plain and plain["reply_to"]
     small = "SET amp.notify_content_bytes = 10"
-    (large,) = reply_hints(dsn, "a", [on, small, ask, reply])
+    (large,) = reply_hints(dsn, "a", [small, ask, reply])
     assert "reply" not in large and large["reply_to"]
 
 
-@pytest.mark.parametrize("size", [10, 20000])
-async def test_send_and_wait_gets_the_reply_either_way(dsn: str, size: int) -> None:
-    """A reply small enough to travel in its hint, and one too large for it."""
+@pytest.mark.parametrize(("size", "setting"), [(10, "on"), (20000, "on"), (10, "off")])
+async def test_send_and_wait_gets_the_reply_either_way(dsn: str, size: int, setting: str) -> None:
+    """A reply small enough to travel in its hint, one too large for it, and one that
+    may not travel in it."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         dbname = conn.info.dbname
-        conn.execute(f'ALTER DATABASE "{dbname}" SET amp.notify_content = on')
+        conn.execute(f'ALTER DATABASE "{dbname}" SET amp.notify_content = {setting}')
     async with AgentMessaging[Any](make_config(dsn)) as sdk:
         await sdk.register_organization("org1")
         await sdk.register_agent("alice", "org1")

@@ -25,7 +25,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "e3a7d2c45f0a1b1646374ffdf3899cade11da8d085b7d14368ede43de42e559c"
+sql_hash = "a17f2627bb047580bf50f6a8c81164198b176176683d614c838afabb34bc0a7c"
 
 
 def upgrade() -> None:

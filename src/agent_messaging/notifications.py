@@ -1,5 +1,5 @@
 """NOTIFY payloads: tiny JSON objects (kind and ids; content only in a sync reply's
-hint, when the database is set to carry it: ``amp.notify_content``).
+hint, unless the database is set not to carry it: ``amp.notify_content = off``).
 
 They are wake-up hints; whoever receives one re-reads the tables. Parsed into a
 pydantic discriminated union on ``kind``.
@@ -30,7 +30,8 @@ class MessageStored(BaseModel):
     meeting_id: UUID | None = None
     #: the request a sync reply answers
     reply_to: UUID | None = None
-    #: a sync reply's content, when the database carries it (``amp.notify_content``)
+    #: a sync reply's content, when it fits and the database carries content
+    #: (unless ``amp.notify_content = off``)
     reply: CarriedContent | None = None
     #: messages stored for this agent in one batch (``amp.send_one_way_many``), of
     #: which ``message_id`` is the first: a batch wakes each recipient once

@@ -3,6 +3,27 @@
 -- Frozen once released: never edit it after the release tag.
 
 ALTER TABLE amp.messages ALTER COLUMN id SET DEFAULT gen_random_uuid();
+ALTER TABLE amp.messages
+    ADD CONSTRAINT messages_sender_id_fkey FOREIGN KEY (sender_id) REFERENCES amp.agents (id),
+    ADD CONSTRAINT messages_recipient_id_fkey FOREIGN KEY (recipient_id) REFERENCES amp.agents (id),
+    ADD CONSTRAINT messages_session_id_fkey FOREIGN KEY (session_id) REFERENCES amp.sessions (id),
+    ADD CONSTRAINT messages_reply_to_fkey FOREIGN KEY (reply_to) REFERENCES amp.messages (id);
+ALTER TABLE amp.deliveries ADD CONSTRAINT deliveries_message_id_fkey
+    FOREIGN KEY (message_id) REFERENCES amp.messages (id) ON DELETE CASCADE;
+ALTER TABLE amp.sessions
+    DROP CONSTRAINT sessions_locked_agent_check,
+    DROP CONSTRAINT sessions_ended_check,
+    ADD CONSTRAINT sessions_locked_agent_id_fkey
+        FOREIGN KEY (locked_agent_id) REFERENCES amp.agents (id),
+    RESET (fillfactor);
+DROP INDEX amp.sessions_one_live_per_pair;
+CREATE UNIQUE INDEX sessions_one_live_per_pair
+    ON amp.sessions (agent_a_id, agent_b_id, session_type)
+    WHERE status <> 'ended';
+CREATE INDEX sessions_waiting_for_idx ON amp.sessions (waiting_for)
+    WHERE waiting_for IS NOT NULL;
+DROP INDEX amp.sessions_ended_idx;
+CREATE INDEX sessions_ended_idx ON amp.sessions (ended_at) WHERE status = 'ended';
 ALTER TABLE amp.deliveries RESET (fillfactor);
 DROP INDEX amp.messages_reply_to_idx;
 CREATE INDEX messages_reply_to_idx ON amp.messages (reply_to) WHERE reply_to IS NOT NULL;
@@ -22,7 +43,6 @@ DROP FUNCTION amp._enqueue_delivery() CASCADE;
 DROP FUNCTION amp._get_or_create_session(uuid,uuid,text) CASCADE;
 DROP FUNCTION amp._idempotent_message(uuid,text,text,uuid) CASCADE;
 DROP FUNCTION amp._is_admin() CASCADE;
-DROP FUNCTION amp._lease_commit() CASCADE;
 DROP FUNCTION amp._lock_sync_session(text,text) CASCADE;
 DROP FUNCTION amp._may_act_as(amp.agents) CASCADE;
 DROP FUNCTION amp._may_read_message(amp.messages) CASCADE;
@@ -38,10 +58,10 @@ DROP FUNCTION amp._meeting_record_event(amp.meetings,text,uuid,jsonb) CASCADE;
 DROP FUNCTION amp._meeting_system_message(uuid,text,uuid,text) CASCADE;
 DROP FUNCTION amp._name_agent_channel() CASCADE;
 DROP FUNCTION amp._notify_delivery(amp.messages) CASCADE;
-DROP FUNCTION amp._notify_message(amp.messages,integer) CASCADE;
+DROP FUNCTION amp._notify_message(amp.messages,integer,text) CASCADE;
 DROP FUNCTION amp._organization_bound(uuid) CASCADE;
 DROP FUNCTION amp._page_size(integer) CASCADE;
-DROP FUNCTION amp._prune_answer_kept(uuid,timestamp with time zone) CASCADE;
+DROP FUNCTION amp._prune_answer_kept(uuid,timestamp with time zone,uuid[]) CASCADE;
 DROP FUNCTION amp._raise_error(text,text) CASCADE;
 DROP FUNCTION amp._require_actor(amp.agents) CASCADE;
 DROP FUNCTION amp._require_admin(text) CASCADE;
@@ -60,8 +80,7 @@ DROP FUNCTION amp._role_may_act_as(name,amp.agents) CASCADE;
 DROP FUNCTION amp._setting(text) CASCADE;
 DROP FUNCTION amp._settings_check() CASCADE;
 DROP FUNCTION amp._settle_deliveries(uuid[],text,text) CASCADE;
-DROP FUNCTION amp._store_message(text,uuid,uuid,jsonb,jsonb,uuid,uuid,uuid,boolean,boolean,text,boolean) CASCADE;
-DROP FUNCTION amp._time_ordered_uuid() CASCADE;
+DROP FUNCTION amp._store_message(text,uuid,uuid,jsonb,jsonb,uuid,uuid,uuid,boolean,boolean,text,boolean,text) CASCADE;
 DROP FUNCTION amp._touch_updated_at() CASCADE;
 DROP FUNCTION amp._unlock_session(uuid,text) CASCADE;
 DROP FUNCTION amp.agent_list(text,text,integer) CASCADE;

@@ -29,6 +29,21 @@
 -- * Message ids are UUIDs of version 7 (time-ordered): inserts into messages_pkey and
 --   deliveries_pkey stay at the right edge of the index, cached however long the
 --   history grows.
+-- * A sync conversation's question and answer are HOT updates of its session: no
+--   index covers the columns that move (sessions_one_live_per_pair asks ended_at,
+--   not the status; sessions_waiting_for_idx goes, a claim finds a request's
+--   conversation by the request, amp.prune reads the waiting sessions per batch),
+--   the locked agent is checked against the pair instead of by a foreign key, and
+--   sessions get fillfactor 70.
+-- * amp.messages and amp.deliveries keep no foreign keys to agents, sessions and
+--   messages (the meeting's stays, for its cascade): the functions resolve every id
+--   before they store it, and each declared key cost every insert a lookup and a row
+--   lock on its parent. Message ids get their default expression written out.
+-- * The hot functions do their common case in fewer statements and calls: the
+--   identity and contact checks of a pair in one query, a message's hint written by
+--   the insert's own function, a sync reply's answer settled in place; a sync
+--   reply's hint carries its content (agent channels are secret; amp.notify_content
+--   = off keeps content out).
 -- * New public reads, so that a client logged in as an application role (which may
 --   read no table) needs no statement on a table: amp.agent_organization,
 --   amp.agent_list (the directory, scoped by the contact policy),
@@ -42,6 +57,29 @@ ALTER TABLE amp.deliveries SET (fillfactor = 50);
 -- (building it reads the history once, with writes to amp.messages held meanwhile)
 DROP INDEX amp.messages_reply_to_idx;
 CREATE INDEX messages_reply_to_idx ON amp.messages (reply_to, seq) WHERE reply_to IS NOT NULL;
+-- keys the functions check themselves
+ALTER TABLE amp.messages
+    DROP CONSTRAINT messages_sender_id_fkey,
+    DROP CONSTRAINT messages_recipient_id_fkey,
+    DROP CONSTRAINT messages_session_id_fkey,
+    DROP CONSTRAINT messages_reply_to_fkey;
+ALTER TABLE amp.deliveries DROP CONSTRAINT deliveries_message_id_fkey;
+-- a session's waits are HOT updates: ended_at is set exactly when it ended
+UPDATE amp.sessions SET ended_at = coalesce(ended_at, updated_at)
+WHERE status = 'ended' AND ended_at IS NULL;
+UPDATE amp.sessions SET ended_at = NULL WHERE status <> 'ended' AND ended_at IS NOT NULL;
+ALTER TABLE amp.sessions
+    DROP CONSTRAINT sessions_locked_agent_id_fkey,
+    ADD CONSTRAINT sessions_locked_agent_check CHECK (locked_agent_id IN (agent_a_id, agent_b_id)),
+    ADD CONSTRAINT sessions_ended_check CHECK ((status = 'ended') = (ended_at IS NOT NULL)),
+    SET (fillfactor = 70);
+DROP INDEX amp.sessions_one_live_per_pair;
+CREATE UNIQUE INDEX sessions_one_live_per_pair
+    ON amp.sessions (agent_a_id, agent_b_id, session_type)
+    WHERE ended_at IS NULL;
+DROP INDEX amp.sessions_waiting_for_idx;
+DROP INDEX amp.sessions_ended_idx;
+CREATE INDEX sessions_ended_idx ON amp.sessions (ended_at) WHERE ended_at IS NOT NULL;
 
 -- the old internal names (CASCADE: the triggers on them, created again below)
 DROP FUNCTION amp.acting_agent(text) CASCADE;
@@ -93,20 +131,6 @@ DROP FUNCTION amp.settings_check() CASCADE;
 DROP FUNCTION amp.store_message(text,uuid,uuid,jsonb,jsonb,uuid,uuid,uuid,boolean,boolean,text) CASCADE;
 DROP FUNCTION amp.touch_updated_at() CASCADE;
 DROP FUNCTION amp.unlock_session(uuid,text) CASCADE;
-
-CREATE OR REPLACE FUNCTION amp._time_ordered_uuid()
-RETURNS uuid
-LANGUAGE plpgsql VOLATILE AS $$
-BEGIN
-    -- the timestamp over the first 6 bytes, then the version bits 0100 -> 0111
-    RETURN encode(set_bit(set_bit(
-        overlay(uuid_send(gen_random_uuid())
-                PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)
-                                  FROM 3)
-                FROM 1 FOR 6),
-        52, 1), 53, 1), 'hex')::uuid;
-END;
-$$;
 
 CREATE OR REPLACE FUNCTION amp._enqueue_delivery() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -529,7 +553,23 @@ $$;
 CREATE OR REPLACE FUNCTION amp._acting_agent(p_external_id text)
 RETURNS amp.agents
 LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v record;
 BEGIN
+    SELECT a AS agent,
+           CASE WHEN NOT EXISTS (SELECT 1 FROM amp.role_bindings b
+                                 WHERE b.agent_id = a.id OR b.organization_id = a.organization_id)
+                THEN pg_has_role(session_user, 'amp_user', 'MEMBER')
+                ELSE EXISTS (SELECT 1 FROM amp.role_bindings b
+                             WHERE (b.agent_id = a.id OR b.organization_id = a.organization_id)
+                               AND pg_has_role(session_user, to_regrole(quote_ident(b.role_name)),
+                                               'MEMBER'))
+                     OR pg_has_role(session_user, 'amp_admin', 'MEMBER') END AS may_act
+    INTO v
+    FROM amp.agents a WHERE a.external_id = p_external_id;
+    IF v.may_act THEN
+        RETURN v.agent;
+    END IF;
     RETURN amp._require_actor(amp.get_agent(p_external_id));
 END;
 $$;
@@ -574,7 +614,7 @@ BEGIN
            AND EXISTS (SELECT 1 FROM amp.sessions s
                        WHERE s.agent_a_id = least(p_sender.id, p_recipient.id)
                          AND s.agent_b_id = greatest(p_sender.id, p_recipient.id)
-                         AND s.status <> 'ended')) THEN
+                         AND s.ended_at IS NULL)) THEN
         RETURN;
     END IF;
     PERFORM amp._raise_error('AM061', format(
@@ -940,15 +980,45 @@ END;
 $$;
 
 CREATE OR REPLACE FUNCTION amp._resolve_pair(
-    p_sender text, p_recipient text, OUT sender amp.agents, OUT recipient amp.agents)
+    p_sender text, p_recipient text,
+    OUT sender amp.agents, OUT recipient amp.agents, OUT recipient_channel text)
 LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v record;
 BEGIN
+    SELECT s AS sender, r AS recipient, c.channel,
+           s.id <> r.id
+           AND CASE WHEN NOT EXISTS (SELECT 1 FROM amp.role_bindings b
+                                     WHERE b.agent_id = s.id OR b.organization_id = s.organization_id)
+                    THEN pg_has_role(session_user, 'amp_user', 'MEMBER')
+                    ELSE EXISTS (SELECT 1 FROM amp.role_bindings b
+                                 WHERE (b.agent_id = s.id OR b.organization_id = s.organization_id)
+                                   AND pg_has_role(session_user, to_regrole(quote_ident(b.role_name)),
+                                                   'MEMBER'))
+                         OR pg_has_role(session_user, 'amp_admin', 'MEMBER') END
+           AND (s.organization_id = r.organization_id
+                OR NOT EXISTS (SELECT 1 FROM amp.role_bindings b
+                               WHERE b.organization_id = s.organization_id)
+                OR NOT EXISTS (SELECT 1 FROM amp.role_bindings b
+                               WHERE b.organization_id = r.organization_id)) AS passes
+    INTO v
+    FROM amp.agents s
+    JOIN amp.agents r ON r.external_id = p_recipient
+    LEFT JOIN amp.agent_channels c ON c.agent_id = r.id
+    WHERE s.external_id = p_sender;
+    IF v.passes THEN
+        sender := v.sender;
+        recipient := v.recipient;
+        recipient_channel := v.channel;
+        RETURN;
+    END IF;
     sender := amp.get_agent(p_sender);
     recipient := amp.get_agent(p_recipient);
     IF sender.id = recipient.id THEN
         PERFORM amp._raise_error('AM001', format('agent %L cannot send a message to itself', p_sender));
     END IF;
     PERFORM amp._require_actor(sender), amp._require_contact(sender, recipient);
+    recipient_channel := amp._agent_channel_by_id(recipient.id);
 END;
 $$;
 
@@ -985,7 +1055,8 @@ CREATE OR REPLACE FUNCTION amp._store_message(
     p_push       boolean DEFAULT false,
     p_is_late    boolean DEFAULT false,
     p_idempotency_key text DEFAULT NULL,
-    p_notify     boolean DEFAULT true)
+    p_notify     boolean DEFAULT true,
+    p_channel    text DEFAULT NULL)
 RETURNS amp.messages
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -998,7 +1069,14 @@ BEGIN
             RETURN v_message;
         END IF;
     END IF;
-    PERFORM amp._check_message(p_content, p_metadata);
+    -- amp._check_message's rules all hold for content and metadata of at most 200
+    -- bytes each, an object as metadata, and the default size limit: only other
+    -- messages are looked at in full
+    IF p_content IS NULL OR jsonb_typeof(p_metadata) IS DISTINCT FROM 'object'
+       OR octet_length(p_content::text) > 200 OR octet_length(p_metadata::text) > 200
+       OR EXISTS (SELECT 1 FROM amp.settings s WHERE s.key = 'max_message_bytes') THEN
+        PERFORM amp._check_message(p_content, p_metadata);
+    END IF;
     IF p_idempotency_key IS NULL THEN
         INSERT INTO amp.messages (message_type, sender_id, recipient_id, content, metadata,
                                   session_id, meeting_id, reply_to, is_late, delivery_status)
@@ -1021,32 +1099,47 @@ BEGIN
         END IF;
     END IF;
     IF p_recipient_id IS NOT NULL AND p_notify THEN
-        PERFORM amp._notify_message(v_message);
+        IF v_message.message_type = 'sync_reply' THEN
+            PERFORM amp._notify_message(v_message, 1, p_channel);  -- it may carry the content
+        ELSE
+            -- amp._notify_message's payload, written out: the call cost more than the work
+            PERFORM pg_notify(
+                coalesce(p_channel, (SELECT c.channel FROM amp.agent_channels c
+                                     WHERE c.agent_id = p_recipient_id)),
+                '{"kind":"message","message_id":"' || v_message.id || '","message_type":"'
+                || p_type || coalesce('","session_id":"' || p_session_id, '')
+                || coalesce('","meeting_id":"' || p_meeting_id, '')
+                || coalesce('","reply_to":"' || p_reply_to, '') || '"}');
+        END IF;
     END IF;
     RETURN v_message;
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION amp._notify_message(p_message amp.messages, p_count integer DEFAULT 1)
+CREATE OR REPLACE FUNCTION amp._notify_message(
+    p_message amp.messages, p_count integer DEFAULT 1, p_channel text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_content text;
 BEGIN
+    IF p_message.message_type = 'sync_reply'
+       AND current_setting('amp.notify_content', true) IS DISTINCT FROM 'off' THEN
+        v_content := p_message.content::text;
+        IF octet_length(v_content) > coalesce(nullif(
+               current_setting('amp.notify_content_bytes', true), '')::int, 4000) THEN
+            v_content := NULL;
+        END IF;
+    END IF;
     PERFORM pg_notify(
-        amp._agent_channel_by_id(p_message.recipient_id),
-        (json_strip_nulls(json_build_object(
-            'kind', 'message',
-            'message_id', p_message.id,
-            'message_type', p_message.message_type,
-            'session_id', p_message.session_id,
-            'meeting_id', p_message.meeting_id,
-            'reply_to', p_message.reply_to,
-            'count', CASE WHEN p_count > 1 THEN p_count END))::jsonb
-         || CASE WHEN p_message.message_type = 'sync_reply'
-                  AND current_setting('amp.notify_content', true) = 'on'
-                  AND octet_length(p_message.content::text) <= coalesce(nullif(
-                      current_setting('amp.notify_content_bytes', true), '')::int, 4000)
-             THEN jsonb_build_object('reply', jsonb_build_object('content', p_message.content))
-             ELSE '{}'::jsonb END)::text);
+        coalesce(p_channel, (SELECT c.channel FROM amp.agent_channels c
+                             WHERE c.agent_id = p_message.recipient_id)),
+        '{"kind":"message","message_id":"' || p_message.id || '","message_type":"'
+        || p_message.message_type || coalesce('","session_id":"' || p_message.session_id, '')
+        || coalesce('","meeting_id":"' || p_message.meeting_id, '')
+        || coalesce('","reply_to":"' || p_message.reply_to, '') || '"'
+        || CASE WHEN p_count > 1 THEN ',"count":' || p_count ELSE '' END
+        || coalesce(',"reply":{"content":' || v_content || '}', '') || '}');
 END;
 $$;
 
@@ -1076,7 +1169,8 @@ BEGIN
     v_pair := amp._resolve_pair(p_sender, p_recipient);
     RETURN (amp._store_message('one_way', (v_pair.sender).id, (v_pair.recipient).id,
                               p_content, p_metadata, p_push => true,
-                              p_idempotency_key => p_idempotency_key)).id;
+                              p_idempotency_key => p_idempotency_key,
+                              p_channel => v_pair.recipient_channel)).id;
 END;
 $$;
 
@@ -1164,14 +1258,6 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION amp._lease_commit()
-RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM set_config('synchronous_commit', 'off', true);
-END;
-$$;
-
 CREATE OR REPLACE FUNCTION amp._settle_deliveries(
     p_ids uuid[], p_status text, p_error text DEFAULT NULL)
 RETURNS void
@@ -1195,9 +1281,10 @@ BEGIN
         WHERE m.seq = g.seq  -- by seq: see amp.claim_deliveries
         RETURNING m.*
     LOOP
-        -- a sync request settled as delivered was answered (or is awaited no more):
-        -- its asker hears the answer itself, and a second hint would only wake it
-        IF NOT (v_settled.message_type = 'sync_request' AND p_status = 'delivered') THEN
+        -- a sync request settled as delivered without an error was answered: its
+        -- asker hears the answer itself, and a second hint would only wake it
+        IF NOT (v_settled.message_type = 'sync_request' AND p_status = 'delivered'
+                AND p_error IS NULL) THEN
             PERFORM amp._notify_delivery(v_settled);
         END IF;
     END LOOP;
@@ -1214,14 +1301,14 @@ RETURNS TABLE (
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
-    v_candidates uuid[];
+    v_candidates refcursor;
     v_candidate record;
     v_ids uuid[] := '{}';      -- to lease
     v_expired uuid[] := '{}';  -- lease expired, attempts used up: failed
     v_moot uuid[] := '{}';     -- sync requests no longer awaited
 BEGIN
     PERFORM amp._require_worker(p_worker, true);
-    PERFORM amp._lease_commit();
+    PERFORM set_config('synchronous_commit', 'off', true);  -- bookkeeping: see above
     -- The oldest deliverable messages, locked (SKIP LOCKED: rows another worker is
     -- claiming right now are its own). A worker of a few agents reads each agent's
     -- backlog in seq order from deliveries_recipient_idx and stops at p_limit; one
@@ -1229,11 +1316,12 @@ BEGIN
     -- usually small, table instead of probing the index once per agent.
     IF (SELECT count(*) FROM (SELECT 1 FROM amp.worker_agents wa
                               WHERE wa.worker_id = p_worker LIMIT 33) few) <= 32 THEN
-        v_candidates := ARRAY(
-            SELECT c.message_id
+        OPEN v_candidates FOR
+            SELECT c.message_id, c.message_type, c.seq, c.attempts, c.claim_expires_at
             FROM amp.worker_agents wa
             CROSS JOIN LATERAL (
-                SELECT d.message_id, d.seq FROM amp.deliveries d
+                SELECT d.message_id, d.message_type, d.seq, d.attempts, d.claim_expires_at
+                FROM amp.deliveries d
                 WHERE d.recipient_id = wa.agent_id AND d.available_at <= now()
                   AND (d.claim_expires_at IS NULL OR d.claim_expires_at < now())
                 ORDER BY d.seq
@@ -1242,36 +1330,36 @@ BEGIN
             ) c
             WHERE wa.worker_id = p_worker
             ORDER BY c.seq
-            LIMIT p_limit);
+            LIMIT p_limit;
     ELSE
-        v_candidates := ARRAY(
-            SELECT d.message_id
+        OPEN v_candidates FOR
+            SELECT d.message_id, d.message_type, d.seq, d.attempts, d.claim_expires_at
             FROM amp.deliveries d
             JOIN amp.worker_agents wa ON wa.agent_id = d.recipient_id AND wa.worker_id = p_worker
             WHERE d.available_at <= now()
               AND (d.claim_expires_at IS NULL OR d.claim_expires_at < now())
             ORDER BY d.seq
             LIMIT p_limit
-            FOR UPDATE OF d SKIP LOCKED);
+            FOR UPDATE OF d SKIP LOCKED;
     END IF;
-    FOR v_candidate IN
-        SELECT d.message_id, d.message_type, d.attempts, d.claim_expires_at
-        FROM amp.deliveries d WHERE d.message_id = ANY (v_candidates)
     LOOP
+        FETCH v_candidates INTO v_candidate;
+        EXIT WHEN NOT FOUND;
         IF v_candidate.claim_expires_at IS NOT NULL AND v_candidate.attempts >= p_max_attempts THEN
             v_expired := v_expired || v_candidate.message_id;
         ELSIF v_candidate.message_type = 'sync_request' AND NOT EXISTS (
-                -- the request's conversation still waits on it (by sessions_waiting_for_idx;
-                -- joining the history instead let a planner with stale statistics walk
-                -- every message of a long conversation)
-                SELECT 1 FROM amp.sessions s
-                WHERE s.waiting_for = v_candidate.message_id
+                -- its conversation waits on it no more (the request by seq, its
+                -- conversation by id: amp.sessions has no index on the request it
+                -- waits on, see sessions_one_live_per_pair)
+                SELECT 1 FROM amp.messages m JOIN amp.sessions s ON s.id = m.session_id
+                WHERE m.seq = v_candidate.seq AND s.waiting_for = v_candidate.message_id
                   AND (s.wait_deadline IS NULL OR s.wait_deadline > now())) THEN
             v_moot := v_moot || v_candidate.message_id;
         ELSE
             v_ids := v_ids || v_candidate.message_id;
         END IF;
     END LOOP;
+    CLOSE v_candidates;
 
     IF cardinality(v_expired) > 0 THEN
         PERFORM amp._settle_deliveries(v_expired, 'failed',
@@ -1354,7 +1442,7 @@ DECLARE
     v_sender record;
 BEGIN
     PERFORM amp._require_worker(p_worker);
-    PERFORM amp._lease_commit();
+    PERFORM set_config('synchronous_commit', 'off', true);  -- bookkeeping: see above
     -- the history rows by seq (see amp.claim_deliveries)
     WITH gone AS (
         DELETE FROM amp.deliveries d
@@ -1526,7 +1614,7 @@ SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
     PERFORM amp._require_worker_arg(p_worker);
     PERFORM amp._require_worker(p_worker);
-    PERFORM amp._lease_commit();
+    PERFORM set_config('synchronous_commit', 'off', true);  -- bookkeeping: see above
     RETURN QUERY
     UPDATE amp.deliveries d SET claim_expires_at = now() + p_lease
     WHERE d.message_id = ANY (p_message_ids) AND d.claimed_by = p_worker
@@ -1595,7 +1683,7 @@ DECLARE
 BEGIN
     INSERT INTO amp.sessions (agent_a_id, agent_b_id, session_type)
     VALUES (least(p_agent_1, p_agent_2), greatest(p_agent_1, p_agent_2), p_type)
-    ON CONFLICT (agent_a_id, agent_b_id, session_type) WHERE status <> 'ended'
+    ON CONFLICT (agent_a_id, agent_b_id, session_type) WHERE ended_at IS NULL
     DO UPDATE SET updated_at = now()
     RETURNING * INTO v_session;
     RETURN v_session;
@@ -1615,7 +1703,8 @@ BEGIN
     v_session := amp._get_or_create_session((v_pair.sender).id, (v_pair.recipient).id, 'async');
     RETURN (amp._store_message('async', (v_pair.sender).id, (v_pair.recipient).id,
                               p_content, p_metadata, p_session_id => v_session.id,
-                              p_idempotency_key => p_idempotency_key)).id;
+                              p_idempotency_key => p_idempotency_key,
+                              p_channel => v_pair.recipient_channel)).id;
 END;
 $$;
 
@@ -1783,7 +1872,8 @@ $$;
 
 CREATE OR REPLACE FUNCTION amp._lock_sync_session(
     p_agent text, p_other text,
-    OUT agent amp.agents, OUT other amp.agents, OUT session amp.sessions)
+    OUT agent amp.agents, OUT other amp.agents, OUT session amp.sessions,
+    OUT other_channel text)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_pair record;
@@ -1791,11 +1881,12 @@ BEGIN
     v_pair := amp._resolve_pair(p_agent, p_other);
     agent := v_pair.sender;
     other := v_pair.recipient;
+    other_channel := v_pair.recipient_channel;
     PERFORM pg_advisory_xact_lock(hashtextextended(
         'amp.sync:' || least(agent.id, other.id)::text || greatest(agent.id, other.id)::text, 0));
     SELECT * INTO session FROM amp.sessions s
     WHERE s.agent_a_id = least(agent.id, other.id) AND s.agent_b_id = greatest(agent.id, other.id)
-      AND s.session_type = 'sync' AND s.status <> 'ended'
+      AND s.session_type = 'sync' AND s.ended_at IS NULL
     FOR UPDATE;
     IF session.status = 'waiting' AND session.wait_deadline < now() THEN
         PERFORM amp._unlock_session(session.id);
@@ -1808,7 +1899,8 @@ $$;
 
 CREATE OR REPLACE FUNCTION amp._require_sync_session(
     p_agent text, p_other text,
-    OUT agent amp.agents, OUT other amp.agents, OUT session amp.sessions)
+    OUT agent amp.agents, OUT other amp.agents, OUT session amp.sessions,
+    OUT other_channel text)
 LANGUAGE plpgsql AS $$
 DECLARE
     v record;
@@ -1817,6 +1909,7 @@ BEGIN
     agent := v.agent;
     other := v.other;
     session := v.session;
+    other_channel := v.other_channel;
     IF session.id IS NULL THEN
         PERFORM amp._raise_error('AM030', format('no conversation between %L and %L', p_agent, p_other));
     END IF;
@@ -1872,7 +1965,8 @@ BEGIN
     v_message := amp._store_message('sync_request', (v.agent).id, (v.other).id,
                                    p_content, p_metadata, p_session_id => v_session.id,
                                    p_reply_to => v_answers, p_push => v_answers IS NULL,
-                                   p_idempotency_key => p_idempotency_key);
+                                   p_idempotency_key => p_idempotency_key,
+                                   p_channel => v.other_channel);
     UPDATE amp.sessions
     SET status = 'waiting', locked_agent_id = (v.agent).id,
         waiting_for = v_message.id, waiting_since = now(), wait_deadline = now() + p_timeout
@@ -1893,21 +1987,40 @@ RETURNS uuid
 LANGUAGE plpgsql AS $$
 DECLARE
     v record;
+    v_request uuid;
     v_reply amp.messages;
 BEGIN
-    v := amp._require_sync_session(p_sender, p_recipient);
+    v := amp._lock_sync_session(p_sender, p_recipient);
+    IF (v.session).id IS NULL THEN
+        PERFORM amp._raise_error('AM030', format('no conversation between %L and %L',
+                                                 p_sender, p_recipient));
+    END IF;
+    v_request := (v.session).waiting_for;
     IF (v.session).status <> 'waiting' OR (v.session).locked_agent_id <> (v.other).id
-       OR (v.session).waiting_for <> coalesce(p_request, (v.session).waiting_for) THEN
+       OR v_request <> coalesce(p_request, v_request) THEN
         PERFORM amp._raise_error('AM031', format(
             'agent %L is not waiting for a reply from %L%s', p_recipient, p_sender,
             CASE WHEN p_request IS NULL THEN '' ELSE format(' to request %s', p_request) END));
     END IF;
-    PERFORM amp._unlock_session((v.session).id);
+    -- (amp._unlock_session and amp._settle_deliveries for this one request, written
+    -- out: this is half of every round trip)
+    UPDATE amp.sessions
+    SET status = 'active', locked_agent_id = NULL, waiting_for = NULL, waiting_since = NULL,
+        wait_deadline = NULL
+    WHERE id = (v.session).id;
     v_reply := amp._store_message('sync_reply', (v.agent).id, (v.other).id,
                                  p_content, p_metadata, p_session_id => (v.session).id,
-                                 p_reply_to => (v.session).waiting_for);
-    -- answering is handling: the handler that replied needs no acknowledgement
-    PERFORM amp._settle_deliveries(ARRAY[(v.session).waiting_for], 'delivered');
+                                 p_reply_to => v_request, p_channel => v.other_channel);
+    -- answering is handling: the handler that replied needs no acknowledgement, and
+    -- the asker hears the answer itself (no delivery hint)
+    WITH gone AS (
+        DELETE FROM amp.deliveries d WHERE d.message_id = v_request
+        RETURNING d.seq, d.attempts, d.last_error
+    )
+    UPDATE amp.messages m
+    SET delivery_status = 'delivered', delivered_at = now(), attempts = g.attempts,
+        last_error = g.last_error
+    FROM gone g WHERE m.seq = g.seq;
     RETURN v_reply.id;
 END;
 $$;
@@ -2617,7 +2730,8 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION amp._prune_answer_kept(p_request uuid, p_horizon timestamptz)
+CREATE OR REPLACE FUNCTION amp._prune_answer_kept(
+    p_request uuid, p_horizon timestamptz, p_waited uuid[])
 RETURNS boolean
 LANGUAGE sql STABLE AS $$
     WITH RECURSIVE answers AS (
@@ -2627,8 +2741,7 @@ LANGUAGE sql STABLE AS $$
     )
     SELECT EXISTS (
         SELECT 1 FROM answers a
-        WHERE a.created_at >= p_horizon
-           OR EXISTS (SELECT 1 FROM amp.sessions s WHERE s.waiting_for = a.id))
+        WHERE a.created_at >= p_horizon OR a.id = ANY (p_waited))
 $$;
 
 CREATE OR REPLACE FUNCTION amp.prune_messages(
@@ -2639,6 +2752,7 @@ DECLARE
     v_last bigint;
     v_seen bigint;
     v_reached boolean;
+    v_waited uuid[];
 BEGIN
     PERFORM amp._require_admin('prune the history');  -- it spans every organization
     IF p_batch_size IS NULL OR p_batch_size < 1 THEN
@@ -2655,6 +2769,8 @@ BEGIN
         RETURN;
     END IF;
 
+    -- the requests conversations wait on (few: one per waiting conversation)
+    v_waited := ARRAY(SELECT s.waiting_for FROM amp.sessions s WHERE s.waiting_for IS NOT NULL);
     WITH RECURSIVE candidates AS (
         SELECT m.id FROM amp.messages m
         WHERE m.seq > coalesce(p_after_seq, 0) AND m.seq <= v_last
@@ -2662,8 +2778,9 @@ BEGIN
           AND m.meeting_id IS NULL
           AND m.delivery_status IS DISTINCT FROM 'pending'
           AND (m.message_type <> 'async' OR m.read_at IS NOT NULL)
-          AND NOT EXISTS (SELECT 1 FROM amp.sessions s WHERE s.waiting_for = m.id)
-          AND (m.message_type <> 'sync_request' OR NOT amp._prune_answer_kept(m.id, p_horizon))
+          AND m.id <> ALL (v_waited)
+          AND (m.message_type <> 'sync_request'
+               OR NOT amp._prune_answer_kept(m.id, p_horizon, v_waited))
         FOR UPDATE OF m SKIP LOCKED
     ), doomed AS (
         -- the answers to a request go with it (they may lie past this batch)
@@ -2769,8 +2886,13 @@ CREATE TRIGGER agents_channel AFTER INSERT ON amp.agents
     FOR EACH ROW EXECUTE FUNCTION amp._name_agent_channel();
 CREATE TRIGGER settings_check BEFORE INSERT OR UPDATE ON amp.settings
     FOR EACH ROW EXECUTE FUNCTION amp._settings_check();
--- message ids in time order (amp._time_ordered_uuid, created above)
-ALTER TABLE amp.messages ALTER COLUMN id SET DEFAULT amp._time_ordered_uuid();
+-- message ids in time order (see sql/schema.sql)
+ALTER TABLE amp.messages ALTER COLUMN id SET DEFAULT encode(set_bit(set_bit(
+                         overlay(uuid_send(gen_random_uuid())
+                                 PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp())
+                                                                  * 1000)::bigint) FROM 3)
+                                 FROM 1 FOR 6),
+                         52, 1), 53, 1), 'hex')::uuid;
 
 -- CREATE OR REPLACE resets SECURITY DEFINER and SET search_path, and new functions
 -- have neither: the security file of this revision (a frozen copy of
@@ -2836,10 +2958,9 @@ LANGUAGE sql IMMUTABLE AS $$
         -- agents.sql, schema.sql
         '_raise_error', '_agent_channel_by_id', '_require_external_id', '_require_name',
         '_touch_updated_at', '_name_agent_channel', '_enqueue_delivery', '_setting', '_settings_check', '_page_size',
-        '_time_ordered_uuid',
         -- delivery.sql
         '_check_message', '_check_json', '_resolve_pair', '_store_message', '_idempotent_message',
-        '_notify_message', '_notify_delivery', '_lease_commit', '_require_worker_arg',
+        '_notify_message', '_notify_delivery', '_require_worker_arg',
         '_answered_request', '_settle_deliveries',
         -- retention.sql
         '_prune_answer_kept',
