@@ -277,7 +277,10 @@ CREATE TABLE amp.workers (
     -- the login role that registered it: only that role (or an admin) may use it
     login_role   name NOT NULL DEFAULT session_user,
     started_at   timestamptz NOT NULL DEFAULT now(),
-    heartbeat_at timestamptz NOT NULL DEFAULT now()
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    -- direct delivery (amp.hold_worker): the lease a message handed to this worker as
+    -- it is stored gets; NULL: the worker only claims
+    direct_lease interval CHECK (direct_lease > interval '0')
 );
 
 CREATE TABLE amp.worker_agents (

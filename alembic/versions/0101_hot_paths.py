@@ -25,7 +25,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "a17f2627bb047580bf50f6a8c81164198b176176683d614c838afabb34bc0a7c"
+sql_hash = "080e4631d72bedf25281a67cb89080add3e73ee9cc03777e2d1ff90433e3dbac"
 
 
 def upgrade() -> None:

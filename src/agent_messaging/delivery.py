@@ -15,6 +15,16 @@ clamped to ``poll_interval``: notifications are hints, the claim query is truth.
 A message sent from this process to an agent it serves wakes the loop at once
 (:meth:`DeliveryWorker.poke`), without waiting for its NOTIFY to come back.
 
+Direct delivery: once it serves its agents the worker is *present*
+(``amp.hold_worker`` on its LISTEN connection, see :meth:`Dispatcher.hold`), and a
+pushed message stored for one of them may be handed to it as it is stored: leased to
+it, its hint carrying the content and the rest of what the handler needs. The worker
+runs the handler from the hint, without a claim (a hint for another worker wakes
+nothing). One that comes while every slot and the prefetch room are taken is handed
+back (``amp.release_deliveries``) for any worker to claim; after the listener lost its
+connection, the catch-up hands back whatever was handed to this worker and never seen,
+before the worker is present again.
+
 A running handler keeps its lease: every third of ``delivery_lease`` the worker
 extends the leases of what it still holds (``amp.extend_leases``), so a slow handler
 is never run a second time while its process is alive; a process that dies stops
@@ -71,6 +81,23 @@ class Claimed:
     sender_name: str
     recipient_external_id: str
     recipient_name: str
+
+    @classmethod
+    def from_hint(cls, hint: MessageStored) -> Claimed:
+        """A message handed to this worker as it was stored (direct delivery)."""
+        return cls(
+            id=hint.message_id,
+            message_type=hint.message_type,
+            content=hint.content,
+            metadata=hint.metadata or {},
+            session_id=hint.session_id,
+            meeting_id=hint.meeting_id,
+            attempts=hint.attempt,
+            sender_external_id=hint.sender or "system",
+            sender_name=hint.sender_name or "system",
+            recipient_external_id=hint.recipient or "",
+            recipient_name=hint.recipient_name or "",
+        )
 
     @classmethod
     def from_row(cls, row: Row) -> Claimed:
@@ -144,6 +171,11 @@ class DeliveryWorker:
         self._claim_lock = asyncio.Lock()
         #: claimed messages whose outcome is not committed yet: their leases are kept
         self._held: set[UUID] = set()
+        #: messages handed to this worker while it was full: handed back in a batch
+        self._overflow: list[UUID] = []
+        self._release_task: asyncio.Task[None] | None = None
+        #: close() began: hints handed to this worker are left to unregister_worker
+        self._stopping = False
         self._keeper: asyncio.Task[None] | None = None
         self.worker_id: UUID | None = None
 
@@ -169,11 +201,15 @@ class DeliveryWorker:
             await self._dispatcher.subscribe(channels, self._on_notification)
             self._channels += channels
             self._served.update(fresh)
-            if not self._tasks:
+            first = not self._tasks
+            if first:
                 # started only now: the first claim does not race the calls above for
                 # a connection (a starting process then needs one, not two)
                 self._start_tasks()
             self._wake.set()
+            if first:
+                # present from now on: messages may be handed to this worker as stored
+                await self._dispatcher.hold(self.worker_id, self._config.delivery_lease)
 
     def _start_tasks(self) -> None:
         self._ack_task = asyncio.create_task(self._ack_loop(), name="amp-acks")
@@ -214,6 +250,9 @@ class DeliveryWorker:
         """Stop the loop, drain (deliver what is claimable now and let running
         handlers finish, up to ``grace`` seconds in all), then hand back unfinished
         claims."""
+        self._stopping = True
+        if self.worker_id is not None:
+            self._dispatcher.drop_presence(self.worker_id)
         acks = self._ack_task
         keeper = self._keeper
         # not in the middle of a claim: a claim cancelled after it committed would
@@ -229,6 +268,7 @@ class DeliveryWorker:
                 log.exception("draining deliveries on close failed")
         await tasks.stop(keeper)
         self._keeper = None
+        await tasks.stop(self._release_task)
         if self._inflight:
             for task in list(self._inflight):
                 await tasks.stop(task, patience=1.0)
@@ -259,10 +299,50 @@ class DeliveryWorker:
     # -- hints -------------------------------------------------------------
 
     def _on_notification(self, channel: str, notification: AnyNotification) -> None:
-        if isinstance(notification, MessageStored) and notification.message_type in PUSHED_TYPES:
-            self._wake.set()
+        if not isinstance(notification, MessageStored):
+            return
+        if notification.message_type not in PUSHED_TYPES:
+            return
+        if notification.worker is None:
+            self._wake.set()  # claimable: claim it
+        elif notification.worker == self.worker_id:
+            self._take(notification)
+        # else: handed to another worker, leased to it: nothing to claim
+
+    def _take(self, hint: MessageStored) -> None:
+        """Run a message handed to this worker as it was stored (it is leased to us)."""
+        if self._stopping or hint.message_id in self._held:
+            return  # closing: unregister_worker hands it back
+        if len(self._inflight) >= self._capacity:
+            self._overflow.append(hint.message_id)
+            if self._release_task is None or self._release_task.done():
+                self._release_task = asyncio.create_task(
+                    self._release_overflow(), name="amp-release"
+                )
+            return
+        self._start(Claimed.from_hint(hint))
+
+    async def _release_overflow(self) -> None:
+        """Hand back what came while this worker was full, for any worker to claim."""
+        while self._overflow:
+            batch, self._overflow = self._overflow, []
+            try:
+                await self._db.fetch(queries.RELEASE_DELIVERIES, [self.worker_id, batch, []])
+            except Exception as exc:
+                # the leases expire and the messages are claimed then: nothing is lost
+                log.warning("handing back %d deliveries failed: %s", len(batch), exc)
 
     async def _catch_up(self) -> None:
+        # the listener lost its connection: what was handed to this worker meanwhile
+        # announced itself there, unseen; hand it back (before the worker is present
+        # again, see Dispatcher.hold) and claim whatever is claimable
+        if self.worker_id is not None and not self._stopping:
+            try:
+                await self._db.fetch(
+                    queries.RELEASE_DELIVERIES, [self.worker_id, None, list(self._held)]
+                )
+            except Exception as exc:
+                log.warning("handing back unseen deliveries failed: %s", exc)
         self._wake.set()
 
     # -- the loop ----------------------------------------------------------
@@ -304,17 +384,22 @@ class DeliveryWorker:
                 try:
                     row["content"] = content.loads(row["content"])
                     row["metadata"] = content.loads(row["metadata"])
-                    claimed = Claimed.from_row(row)
-                    self._held.add(claimed.id)
-                    work = self._deliver(claimed)
+                    self._start(Claimed.from_row(row))
                 except content.UndecodableContent as exc:
                     # retrying cannot make it decodable: dead-letter it alone, with the reason
                     row["content"], row["metadata"] = None, {}
-                    work = self._fail(Claimed.from_row(row), str(exc), final=True)
-                task = asyncio.create_task(work)
-                self._inflight.add(task)
-                task.add_done_callback(self._finished)
+                    self._track(self._fail(Claimed.from_row(row), str(exc), final=True))
             return len(rows)
+
+    def _start(self, claimed: Claimed) -> None:
+        """Deliver a message leased to this worker (claimed, or handed to it)."""
+        self._held.add(claimed.id)
+        self._track(self._deliver(claimed))
+
+    def _track(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._inflight.add(task)
+        task.add_done_callback(self._finished)
 
     async def _keep_leases(self) -> None:
         """Extend the leases of what this worker still holds, every third of the

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from . import notifications, tasks
+from . import notifications, queries, tasks
 from .database import Database, Listener
 from .exceptions import TRANSIENT_ERRORS, AgentMessagingError
 from .hub import SharedListener, ShareState
@@ -173,6 +173,9 @@ class Dispatcher:
         self._pongs: dict[str, asyncio.Future[None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        #: direct delivery: workers whose presence the LISTEN connection holds, and
+        #: their leases in seconds (:meth:`hold`)
+        self._presence: dict[uuid.UUID, float] = {}
         #: this process's own channel, used for the health check
         self.channel = f"amp_worker_{uuid.uuid4().hex}"
         #: how many times the listener was rebuilt after losing its connection
@@ -398,6 +401,46 @@ class Dispatcher:
             self._catch_ups.remove(callback)
         self._maybe_linger()
 
+    # -- presence (direct delivery) ---------------------------------------
+
+    async def hold(self, worker: uuid.UUID, lease: float) -> bool:
+        """Direct delivery for ``worker``: ``amp.hold_worker`` on the LISTEN connection,
+        whose advisory lock is the worker's presence (it goes with the connection, so
+        nothing is handed to a worker whose process or connection is gone). Held now
+        if the listener is up, and again on every new connection once the catch-ups
+        have run (they hand back what the lost connection's hints announced). True if
+        held now. A process that shares the host's listener does not hold it (the
+        hub's connection would outlive this process): its worker only claims."""
+        if self._share_dir is not None:
+            return False
+        self._presence[worker] = lease
+        listener = self._listener
+        if isinstance(listener, Listener):
+            return await self._hold_on(listener, worker, lease)
+        return False
+
+    def drop_presence(self, worker: uuid.UUID) -> None:
+        """Hold ``worker`` no more on later connections."""
+        self._presence.pop(worker, None)
+
+    async def _hold_on(self, listener: Listener, worker: uuid.UUID, lease: float) -> bool:
+        try:
+            rows = await listener.execute(
+                queries.HOLD_WORKER, [worker, lease], self._check_interval, rows=True
+            )
+        except AgentMessagingError as exc:
+            log.warning("could not hold worker %s for direct delivery: %s", worker, exc)
+            return False
+        held = bool(rows and rows[0]["held"])
+        if not held:
+            log.warning("worker %s is held on another connection (direct delivery there)", worker)
+        return held
+
+    async def _hold_all(self, listener: AnyListener) -> None:
+        if isinstance(listener, Listener):
+            for worker, lease in list(self._presence.items()):
+                await self._hold_on(listener, worker, lease)
+
     # -- health ------------------------------------------------------------
 
     async def ping(self, timeout: float) -> bool:
@@ -464,6 +507,9 @@ class Dispatcher:
                     self.reconnects += 1
                     log.info("listener reconnected; catching up from the tables")
                     await self._run_catch_ups()
+                # present again only now: the catch-ups handed back what was handed
+                # to a worker over the lost connection
+                await self._hold_all(listener)
                 delay = 0.05
                 await self._serve(listener)
             except asyncio.CancelledError:

@@ -36,6 +36,16 @@ class MessageStored(BaseModel):
     #: messages stored for this agent in one batch (``amp.send_one_way_many``), of
     #: which ``message_id`` is the first: a batch wakes each recipient once
     count: int = 1
+    #: direct delivery: the worker the message was handed to as it was stored (leased
+    #: to it), with what its handler needs; the other fields below come with it
+    worker: UUID | None = None
+    attempt: int = 1
+    sender: str | None = None
+    sender_name: str | None = None
+    recipient: str | None = None
+    recipient_name: str | None = None
+    content: Any = None
+    metadata: dict[str, Any] | None = None
 
 
 class CarriedContent(BaseModel):

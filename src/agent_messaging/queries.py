@@ -107,6 +107,8 @@ DELIVERY_OUTCOME: Final = _q("delivery_outcome")
 # workers and push delivery
 REGISTER_WORKER: Final = _q("register_worker")
 SERVE_AGENTS: Final = _q("serve_agents")
+HOLD_WORKER: Final = _q("hold_worker")
+RELEASE_DELIVERIES: Final = _q("release_deliveries")
 UNREGISTER_WORKER: Final = _q("unregister_worker")
 HEARTBEAT: Final = _q("heartbeat")
 CLAIM_DELIVERIES: Final = _q("claim_deliveries")

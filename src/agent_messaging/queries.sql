@@ -133,6 +133,16 @@ SELECT amp.register_worker($1, $2) AS id
 -- Record that the worker serves these agents (an array of external ids).
 SELECT amp.serve_agents($1, $2)
 
+-- name: hold_worker
+-- Direct delivery for the worker $1, leased $2 seconds: run on the LISTEN connection
+-- (its advisory lock is the worker's presence); false if another connection holds it.
+SELECT amp.hold_worker($1, make_interval(secs => $2)) AS held
+
+-- name: release_deliveries
+-- Hand back deliveries leased to the worker $1: those of $2 (every one if null),
+-- except $3; the ids handed back.
+SELECT amp.release_deliveries($1, $2, $3) AS id
+
 -- name: unregister_worker
 -- The worker is gone: what it held is claimable again.
 SELECT amp.unregister_worker($1)

@@ -3,6 +3,7 @@
 -- Frozen once released: never edit it after the release tag.
 
 ALTER TABLE amp.messages ALTER COLUMN id SET DEFAULT gen_random_uuid();
+ALTER TABLE amp.workers DROP COLUMN direct_lease;
 ALTER TABLE amp.messages
     ADD CONSTRAINT messages_sender_id_fkey FOREIGN KEY (sender_id) REFERENCES amp.agents (id),
     ADD CONSTRAINT messages_recipient_id_fkey FOREIGN KEY (recipient_id) REFERENCES amp.agents (id),
@@ -34,6 +35,9 @@ CREATE INDEX deliveries_requests_idx ON amp.deliveries (recipient_id)
 
 -- this revision's new names
 DROP FUNCTION amp._acting_agent(text) CASCADE;
+DROP FUNCTION amp._worker_key(uuid) CASCADE;
+DROP FUNCTION amp.hold_worker(uuid,interval) CASCADE;
+DROP FUNCTION amp.release_deliveries(uuid,uuid[],uuid[]) CASCADE;
 DROP FUNCTION amp._agent_channel_by_id(uuid) CASCADE;
 DROP FUNCTION amp._answered_request(uuid) CASCADE;
 DROP FUNCTION amp._api_functions() CASCADE;

@@ -44,6 +44,10 @@
 --   the insert's own function, a sync reply's answer settled in place; a sync
 --   reply's hint carries its content (agent channels are secret; amp.notify_content
 --   = off keeps content out).
+-- * Direct delivery: amp.hold_worker makes a worker present (an advisory lock held
+--   by its LISTEN connection); a pushed message is handed to a present worker of its
+--   recipient as it is stored, its hint carrying what the handler needs, and runs
+--   without a claim; amp.release_deliveries hands messages back.
 -- * New public reads, so that a client logged in as an application role (which may
 --   read no table) needs no statement on a table: amp.agent_organization,
 --   amp.agent_list (the directory, scoped by the contact policy),
@@ -64,6 +68,8 @@ ALTER TABLE amp.messages
     DROP CONSTRAINT messages_session_id_fkey,
     DROP CONSTRAINT messages_reply_to_fkey;
 ALTER TABLE amp.deliveries DROP CONSTRAINT deliveries_message_id_fkey;
+-- direct delivery (amp.hold_worker)
+ALTER TABLE amp.workers ADD COLUMN direct_lease interval CHECK (direct_lease > interval '0');
 -- a session's waits are HOT updates: ended_at is set exactly when it ended
 UPDATE amp.sessions SET ended_at = coalesce(ended_at, updated_at)
 WHERE status = 'ended' AND ended_at IS NULL;
@@ -1061,6 +1067,11 @@ RETURNS amp.messages
 LANGUAGE plpgsql AS $$
 DECLARE
     v_message amp.messages;
+    v_content_size integer := octet_length(p_content::text);
+    v_size integer := v_content_size + coalesce(octet_length(p_metadata::text), 0);
+    v_worker uuid;           -- direct delivery: the worker it is handed to
+    v_lease interval;
+    v_names record;
 BEGIN
     IF p_idempotency_key IS NOT NULL THEN
         v_message := amp._idempotent_message(p_sender_id, p_idempotency_key, p_type,
@@ -1070,27 +1081,59 @@ BEGIN
         END IF;
     END IF;
     -- amp._check_message's rules all hold for content and metadata of at most 200
-    -- bytes each, an object as metadata, and the default size limit: only other
-    -- messages are looked at in full
+    -- bytes each (amp._check_json), an object as metadata, and the default size
+    -- limit: only other messages are looked at in full
     IF p_content IS NULL OR jsonb_typeof(p_metadata) IS DISTINCT FROM 'object'
-       OR octet_length(p_content::text) > 200 OR octet_length(p_metadata::text) > 200
+       OR v_content_size > 200 OR v_size - v_content_size > 200
        OR EXISTS (SELECT 1 FROM amp.settings s WHERE s.key = 'max_message_bytes') THEN
         PERFORM amp._check_message(p_content, p_metadata);
     END IF;
+    IF p_push AND p_notify AND p_recipient_id IS NOT NULL AND v_size <= 4000
+       AND current_setting('amp.notify_content', true) IS DISTINCT FROM 'off'
+       -- only to a recipient with nothing pending: a message never overtakes older
+       -- ones, and a worker's claims keep bounding what it holds (a backlog is
+       -- claimed, in order and in batches)
+       AND NOT EXISTS (SELECT 1 FROM amp.deliveries d WHERE d.recipient_id = p_recipient_id) THEN
+        SELECT w.id, w.direct_lease INTO v_worker, v_lease
+        FROM amp.worker_agents wa JOIN amp.workers w ON w.id = wa.worker_id
+        WHERE wa.agent_id = p_recipient_id AND w.direct_lease IS NOT NULL
+          -- present: its lock is held (a shared try fails); held by this transaction
+          -- to its end where it is not, which only delays a worker taking it anew
+          AND NOT pg_try_advisory_xact_lock_shared(
+                  hashtextextended('amp.worker:' || w.id::text, 0))  -- amp._worker_key
+        ORDER BY random()
+        LIMIT 1;
+        IF v_worker IS NOT NULL THEN
+            SELECT s.external_id AS sender, s.name AS sender_name,
+                   r.external_id AS recipient, r.name AS recipient_name
+            INTO v_names
+            FROM amp.agents r LEFT JOIN amp.agents s ON s.id = p_sender_id
+            WHERE r.id = p_recipient_id;
+            IF v_size + octet_length(v_names.sender_name) + octet_length(v_names.recipient_name)
+               + octet_length(v_names.sender) + octet_length(v_names.recipient) > 6500 THEN
+                v_worker := NULL;
+            END IF;
+        END IF;
+    END IF;
     IF p_idempotency_key IS NULL THEN
         INSERT INTO amp.messages (message_type, sender_id, recipient_id, content, metadata,
-                                  session_id, meeting_id, reply_to, is_late, delivery_status)
+                                  session_id, meeting_id, reply_to, is_late, delivery_status,
+                                  attempts, claimed_by, claim_expires_at)
         VALUES (p_type, p_sender_id, p_recipient_id, p_content, coalesce(p_metadata, '{}'),
                 p_session_id, p_meeting_id, p_reply_to, p_is_late,
-                CASE WHEN p_push THEN 'pending' END)
+                CASE WHEN p_push THEN 'pending' END,
+                CASE WHEN v_worker IS NULL THEN 0 ELSE 1 END, v_worker,
+                now() + v_lease)
         RETURNING * INTO v_message;
     ELSE
         INSERT INTO amp.messages (message_type, sender_id, recipient_id, content, metadata,
                                   session_id, meeting_id, reply_to, is_late, delivery_status,
-                                  idempotency_key)
+                                  attempts, claimed_by, claim_expires_at, idempotency_key)
         VALUES (p_type, p_sender_id, p_recipient_id, p_content, coalesce(p_metadata, '{}'),
                 p_session_id, p_meeting_id, p_reply_to, p_is_late,
-                CASE WHEN p_push THEN 'pending' END, p_idempotency_key)
+                CASE WHEN p_push THEN 'pending' END,
+                CASE WHEN v_worker IS NULL THEN 0 ELSE 1 END, v_worker,
+                now() + v_lease, p_idempotency_key)
         ON CONFLICT (sender_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING * INTO v_message;
         IF v_message.id IS NULL THEN  -- a concurrent send with the same key stored it
@@ -1098,19 +1141,31 @@ BEGIN
                                           p_recipient_id);
         END IF;
     END IF;
-    IF p_recipient_id IS NOT NULL AND p_notify THEN
-        IF v_message.message_type = 'sync_reply' THEN
-            PERFORM amp._notify_message(v_message, 1, p_channel);  -- it may carry the content
-        ELSE
-            -- amp._notify_message's payload, written out: the call cost more than the work
-            PERFORM pg_notify(
-                coalesce(p_channel, (SELECT c.channel FROM amp.agent_channels c
-                                     WHERE c.agent_id = p_recipient_id)),
-                '{"kind":"message","message_id":"' || v_message.id || '","message_type":"'
-                || p_type || coalesce('","session_id":"' || p_session_id, '')
-                || coalesce('","meeting_id":"' || p_meeting_id, '')
-                || coalesce('","reply_to":"' || p_reply_to, '') || '"}');
-        END IF;
+    IF p_recipient_id IS NULL OR NOT p_notify THEN
+        RETURN v_message;
+    END IF;
+    IF v_worker IS NOT NULL THEN
+        PERFORM pg_notify(
+            coalesce(p_channel, (SELECT c.channel FROM amp.agent_channels c
+                                 WHERE c.agent_id = p_recipient_id)),
+            json_build_object(
+                'kind', 'message', 'message_id', v_message.id, 'message_type', p_type,
+                'session_id', p_session_id, 'meeting_id', p_meeting_id,
+                'worker', v_worker, 'attempt', 1,
+                'sender', v_names.sender, 'sender_name', v_names.sender_name,
+                'recipient', v_names.recipient, 'recipient_name', v_names.recipient_name,
+                'content', p_content, 'metadata', v_message.metadata)::text);
+    ELSIF v_message.message_type = 'sync_reply' THEN
+        PERFORM amp._notify_message(v_message, 1, p_channel);  -- it may carry the content
+    ELSE
+        -- amp._notify_message's payload, written out: the call cost more than the work
+        PERFORM pg_notify(
+            coalesce(p_channel, (SELECT c.channel FROM amp.agent_channels c
+                                 WHERE c.agent_id = p_recipient_id)),
+            '{"kind":"message","message_id":"' || v_message.id || '","message_type":"'
+            || p_type || coalesce('","session_id":"' || p_session_id, '')
+            || coalesce('","meeting_id":"' || p_meeting_id, '')
+            || coalesce('","reply_to":"' || p_reply_to, '') || '"}');
     END IF;
     RETURN v_message;
 END;
@@ -2886,6 +2941,78 @@ CREATE TRIGGER agents_channel AFTER INSERT ON amp.agents
     FOR EACH ROW EXECUTE FUNCTION amp._name_agent_channel();
 CREATE TRIGGER settings_check BEFORE INSERT OR UPDATE ON amp.settings
     FOR EACH ROW EXECUTE FUNCTION amp._settings_check();
+-- The advisory lock (a bigint key) a present worker holds: see amp.hold_worker.
+CREATE OR REPLACE FUNCTION amp._worker_key(p_worker uuid)
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN hashtextextended('amp.worker:' || p_worker::text, 0);
+END;
+$$;
+
+-- Direct delivery: messages stored from now on for the agents this worker serves
+-- may be handed to it as they are stored (see amp._store_message), leased for
+-- p_lease. Call it on the connection that LISTENs on those agents' channels: it
+-- takes the worker's advisory lock for the session, and the lock is the worker's
+-- presence: it goes when that connection goes (a process that dies, a connection
+-- the server lost), and from then on nothing is handed to the worker. Call it again
+-- on a new connection after catching up (amp.release_deliveries). Returns false if
+-- another connection holds the lock (the worker is present there).
+CREATE OR REPLACE FUNCTION amp.hold_worker(p_worker uuid, p_lease interval)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM amp._require_worker_arg(p_worker);
+    IF p_lease IS NULL OR NOT p_lease > interval '0' THEN
+        PERFORM amp._raise_error('AM001', 'a direct delivery lease (p_lease) must be positive');
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM amp.workers WHERE id = p_worker) THEN
+        PERFORM amp._raise_error('AM001', format('no worker %s (registered?)', p_worker));
+    END IF;
+    PERFORM amp._require_worker(p_worker);
+    UPDATE amp.workers SET direct_lease = p_lease WHERE id = p_worker;
+    RETURN pg_try_advisory_lock(amp._worker_key(p_worker));
+END;
+$$;
+
+-- A worker hands back messages leased to it that it will not run now: p_message_ids
+-- (NULL: every message leased to it), except p_keep. Handed to it as they were
+-- stored while it was full, or whose hints it never received (they went with a lost
+-- LISTEN connection): their recipients are notified and any worker claims them.
+-- The attempt they were leased for does not count. Returns the ids handed back.
+CREATE OR REPLACE FUNCTION amp.release_deliveries(
+    p_worker uuid, p_message_ids uuid[] DEFAULT NULL, p_keep uuid[] DEFAULT '{}')
+RETURNS SETOF uuid
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    v_released uuid[];
+    v_hint record;
+BEGIN
+    PERFORM amp._require_worker_arg(p_worker);
+    PERFORM amp._require_worker(p_worker);
+    WITH released AS (
+        UPDATE amp.deliveries d
+        SET claimed_by = NULL, claim_expires_at = NULL, attempts = greatest(d.attempts - 1, 0)
+        WHERE d.claimed_by = p_worker
+          AND (p_message_ids IS NULL OR d.message_id = ANY (p_message_ids))
+          AND d.message_id <> ALL (coalesce(p_keep, '{}'))
+        RETURNING d.message_id
+    )
+    SELECT coalesce(array_agg(message_id), '{}') INTO v_released FROM released;
+    -- one hint per recipient: any worker serving it claims
+    FOR v_hint IN
+        SELECT DISTINCT ON (m.recipient_id) m AS message,
+               count(*) OVER (PARTITION BY m.recipient_id) AS n
+        FROM amp.messages m WHERE m.id = ANY (v_released)
+        ORDER BY m.recipient_id, m.seq
+    LOOP
+        PERFORM amp._notify_message(v_hint.message, v_hint.n::integer);
+    END LOOP;
+    RETURN QUERY SELECT unnest(v_released);
+END;
+$$;
+
 -- message ids in time order (see sql/schema.sql)
 ALTER TABLE amp.messages ALTER COLUMN id SET DEFAULT encode(set_bit(set_bit(
                          overlay(uuid_send(gen_random_uuid())
@@ -2930,7 +3057,8 @@ LANGUAGE sql IMMUTABLE AS $$
         -- one-way and push delivery (workers)
         'send_one_way', 'send_one_way_many', 'delivery_outcome', 'register_worker', 'serve_agents', 'heartbeat', 'claim_deliveries',
         'ack_delivery', 'ack_deliveries', 'fail_delivery', 'next_delivery_at',
-        'unregister_worker', 'extend_leases', 'peek_deliveries',
+        'unregister_worker', 'extend_leases', 'peek_deliveries', 'hold_worker',
+        'release_deliveries',
         -- asynchronous conversations
         'async_send', 'read_unread', 'confirm_read', 'reject_unread', 'peek_unread',
         'inbox_messages', 'mark_unread',
@@ -2960,7 +3088,7 @@ LANGUAGE sql IMMUTABLE AS $$
         '_touch_updated_at', '_name_agent_channel', '_enqueue_delivery', '_setting', '_settings_check', '_page_size',
         -- delivery.sql
         '_check_message', '_check_json', '_resolve_pair', '_store_message', '_idempotent_message',
-        '_notify_message', '_notify_delivery', '_require_worker_arg',
+        '_notify_message', '_notify_delivery', '_require_worker_arg', '_worker_key',
         '_answered_request', '_settle_deliveries',
         -- retention.sql
         '_prune_answer_kept',
