@@ -34,12 +34,15 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeAlias, TypeVar
 
 from . import notifications, tasks
 from .database import Database, Listener
 from .exceptions import TRANSIENT_ERRORS, AgentMessagingError
-from .hub import SharedListener, ShareState
+
+if TYPE_CHECKING:
+    # loaded only by a dispatcher that shares the listener (``share_dir``)
+    from .hub import SharedListener, ShareState
 
 log = logging.getLogger("agent_messaging.dispatcher")
 
@@ -47,7 +50,7 @@ AnyNotification = notifications.Known | notifications.Unknown
 #: Called synchronously on the event loop for each notification; must not block.
 Callback = Callable[[str, AnyNotification], None]
 CatchUp = Callable[[], Awaitable[None]]
-AnyListener = Listener | SharedListener
+AnyListener: TypeAlias = "Listener | SharedListener"
 #: which notifications wake a wait (``None``: every one)
 Wanted = Callable[[AnyNotification], bool]
 R = TypeVar("R")
@@ -156,7 +159,7 @@ class Dispatcher:
         #: share the host's LISTEN connection through sockets in this directory
         #: (:mod:`agent_messaging.hub`); ``None``: a connection of our own
         self._share_dir = share_dir
-        self._share = ShareState()
+        self._share: ShareState | None = None
         self._check_interval = check_interval
         self._linger = linger
         #: ``start()`` was called: listen until ``close()``, subscribed or not
@@ -212,7 +215,7 @@ class Dispatcher:
         listener = self._listener
         if listener is None:
             return ""
-        return listener.role if isinstance(listener, SharedListener) else "own"
+        return "own" if isinstance(listener, Listener) else listener.role
 
     @property
     def listening(self) -> bool:
@@ -442,6 +445,10 @@ class Dispatcher:
         """:meth:`_connect` with the lock held."""
         listener: AnyListener
         if self._share_dir is not None:
+            from .hub import SharedListener, ShareState
+
+            if self._share is None:
+                self._share = ShareState()
             listener = SharedListener(self._db, self._share_dir, self._share)
         else:
             listener = self._db.listener()
