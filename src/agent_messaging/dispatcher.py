@@ -166,7 +166,9 @@ class Dispatcher:
         self._pinned = False
         self._idle_timer: asyncio.TimerHandle | None = None
         self._stopper: asyncio.Task[None] | None = None
-        self._subs: dict[str, list[Callback]] = {}
+        #: the callbacks of each channel (tuples: one small object per channel, and
+        #: routing needs no copy to let callbacks subscribe and unsubscribe)
+        self._subs: dict[str, tuple[Callback, ...]] = {}
         #: channels LISTENed on the current (and every future) listener connection
         self._listening: set[str] = set()
         self._catch_ups: list[CatchUp] = []
@@ -303,7 +305,7 @@ class Dispatcher:
         """
         channels = list(channels)
         for channel in channels:
-            self._subs.setdefault(channel, []).append(callback)
+            self._subs[channel] = (*self._subs.get(channel, ()), callback)
         self._cancel_linger()
         if self._running and all(channel in self._listening for channel in channels):
             return
@@ -331,9 +333,12 @@ class Dispatcher:
         such as an ended meeting's) and nobody else uses them."""
         unused = []
         for channel in channels:
-            callbacks = self._subs.get(channel, [])
-            with contextlib.suppress(ValueError):
-                callbacks.remove(callback)
+            callbacks = self._subs.get(channel, ())
+            if callback in callbacks:
+                at = callbacks.index(callback)
+                callbacks = callbacks[:at] + callbacks[at + 1 :]
+                if callbacks:
+                    self._subs[channel] = callbacks
             if not callbacks:
                 self._subs.pop(channel, None)
                 if not keep_listening and channel in self._listening:
@@ -531,7 +536,7 @@ class Dispatcher:
             if echo is not None and not echo.done():
                 echo.set_result(None)
             return
-        for callback in list(self._subs.get(channel, ())):
+        for callback in self._subs.get(channel, ()):
             try:
                 callback(channel, notification)
             except Exception:
