@@ -128,6 +128,39 @@ async def test_background_serving_errors_are_reported(dsn: str) -> None:
             await sdk.serve_handlers()
 
 
+async def test_handlers_registered_together_are_served_in_one_batch(dsn: str) -> None:
+    """Many handlers registered inside ``async with`` in one go are served by one
+    background task (not one task and three round trips each); an unknown agent
+    among them fails alone: the others are served, its error is kept."""
+    async with AgentMessaging[Any](make_config(dsn)) as sdk:
+        await setup(sdk, "alice", *(f"bob{i}" for i in range(50)))
+        got: asyncio.Queue[str] = asyncio.Queue()
+        for name in [*(f"bob{i}" for i in range(50)), "ghost"]:
+
+            async def handler(message: Any, context: MessageContext) -> None:
+                got.put_nowait(context.recipient_external_id)
+
+            sdk.register_handler(name)(handler)
+        assert len(sdk.handler_registry._serving) == 1
+        await sdk.drain(WAIT)
+        errors = sdk.handler_registry.errors
+        assert len(errors) == 1 and isinstance(errors[0], AgentNotFoundError)
+        assert "ghost" in str(errors[0])
+        delivery = sdk.handler_registry.delivery
+        assert delivery is not None and delivery.served == {f"bob{i}" for i in range(50)}
+        await sdk.one_way.send("alice", "bob49", "hi")
+        assert await asyncio.wait_for(got.get(), WAIT) == "bob49"
+        # registered later (after the batch started): a batch of its own
+        await sdk.register_agent("carol", "org")
+
+        @sdk.register_handler("carol")
+        async def carol(message: Any, context: MessageContext) -> None:
+            got.put_nowait("carol")
+
+        await sdk.drain(WAIT)
+        assert "carol" in delivery.served and len(sdk.handler_registry.errors) == 1
+
+
 async def test_auto_invoke_handlers_false_serves_only_on_request(dsn: str) -> None:
     """``auto_invoke_handlers=False``: registering does not serve; the message waits."""
     config = make_config(dsn, auto_invoke_handlers=False)

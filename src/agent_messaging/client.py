@@ -20,14 +20,13 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Generic, TypeVar, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, get_args, get_origin
 from uuid import UUID
 
 from pydantic import TypeAdapter
 
-from . import hub, migrations, queries, retention
+from . import migrations, queries
 from .agents import Directory
-from .async_conversation import AsyncConversation
 from .config import Config
 from .content import Codec
 from .database import Database, resolve_dsn
@@ -35,7 +34,6 @@ from .delivery import DeliveryWorker, Handler
 from .dispatcher import Dispatcher
 from .handlers import HandlerRegistry
 from .meeting_events import EventHandler, EventHandlers
-from .meeting_manager import MeetingManager
 from .models import (
     Agent,
     MeetingEvent,
@@ -45,10 +43,16 @@ from .models import (
     Session,
     SessionType,
 )
-from .one_way import OneWayMessenger
-from .sync_conversation import SyncConversation
-from .transaction import Transaction
-from .turn_sweeper import TurnSweeper
+
+if TYPE_CHECKING:
+    # loaded on first use: a process that only serves handlers never needs them
+    from .async_conversation import AsyncConversation
+    from .meeting_manager import MeetingManager
+    from .one_way import OneWayMessenger
+    from .retention import PruneResult
+    from .sync_conversation import SyncConversation
+    from .transaction import Transaction
+    from .turn_sweeper import TurnSweeper
 
 T = TypeVar("T")
 log = logging.getLogger("agent_messaging")
@@ -84,9 +88,10 @@ class AgentMessaging(Generic[T]):
         self.handler_registry = HandlerRegistry()
         self.handler_registry.on_served = self._hear_migrations
         self._events = EventHandlers()
-        self.one_way: OneWayMessenger[T] = OneWayMessenger(self)
-        self.async_conversation: AsyncConversation[T] = AsyncConversation(self)
-        self.sync_conversation: SyncConversation[T] = SyncConversation(self)
+        # the messaging patterns, made (and their modules loaded) on first use
+        self._one_way: OneWayMessenger[T] | None = None
+        self._async_conversation: AsyncConversation[T] | None = None
+        self._sync_conversation: SyncConversation[T] | None = None
         self._meeting: MeetingManager[T] | None = None
         self._sweeper: TurnSweeper | None = None
         self._hears_migrations = False
@@ -109,14 +114,17 @@ class AgentMessaging(Generic[T]):
             # a failed start leaves nothing behind: no task, no connection
             await db.close()
             raise
+        share_dir = None
+        if self.config.share_listener:
+            from . import hub
+
+            share_dir = self.config.listener_socket_dir or hub.default_socket_dir()
         # the dispatcher LISTENs only while handlers are served or someone waits
         dispatcher = Dispatcher(
             db,
             check_interval=self.config.listener_check_interval,
             linger=self.config.listener_linger,
-            share_dir=(self.config.listener_socket_dir or hub.default_socket_dir())
-            if self.config.share_listener
-            else None,
+            share_dir=share_dir,
         )
         self._db, self._dispatcher = db, dispatcher
         delivery = DeliveryWorker(
@@ -129,6 +137,8 @@ class AgentMessaging(Generic[T]):
         )
         self.handler_registry.attach(delivery, auto_serve=self.config.auto_invoke_handlers)
         if self.config.enable_turn_timeout:
+            from .turn_sweeper import TurnSweeper
+
             self._sweeper = TurnSweeper(self)
             self._sweeper.start()
         if self.handlers and self.config.auto_invoke_handlers:
@@ -145,8 +155,8 @@ class AgentMessaging(Generic[T]):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.shutdown_timeout
         await self.handler_registry.stop_serving(self.config.shutdown_timeout)
-        if self._db is not None:
-            await self.sync_conversation.close()  # background unlocks of ended waits
+        if self._db is not None and self._sync_conversation is not None:
+            await self._sync_conversation.close()  # background unlocks of ended waits
         await self.handler_registry.close(grace=max(0.0, deadline - loop.time()))
         if self._sweeper is not None:
             await self._sweeper.close()
@@ -213,6 +223,8 @@ class AgentMessaging(Generic[T]):
         visible together. The transaction holds one pool connection for the block.
         ``send_and_wait`` is refused inside (:class:`TransactionError`).
         """
+        from .transaction import Transaction
+
         async with self.db.transaction() as tx:
             yield Transaction(self, tx)
 
@@ -350,9 +362,38 @@ class AgentMessaging(Generic[T]):
         return await self.sync_conversation.reply_from_handler(context, answer)
 
     @property
+    def one_way(self) -> OneWayMessenger[T]:
+        """The one-way pattern: durable, fire-and-forget messages pushed to handlers."""
+        if self._one_way is None:
+            from .one_way import OneWayMessenger
+
+            self._one_way = OneWayMessenger(self)
+        return self._one_way
+
+    @property
+    def async_conversation(self) -> AsyncConversation[T]:
+        """The async conversation pattern: an inbox with read state."""
+        if self._async_conversation is None:
+            from .async_conversation import AsyncConversation
+
+            self._async_conversation = AsyncConversation(self)
+        return self._async_conversation
+
+    @property
+    def sync_conversation(self) -> SyncConversation[T]:
+        """The sync conversation pattern: ask and wait for the answer."""
+        if self._sync_conversation is None:
+            from .sync_conversation import SyncConversation
+
+            self._sync_conversation = SyncConversation(self)
+        return self._sync_conversation
+
+    @property
     def meeting(self) -> MeetingManager[T]:
         """The meeting pattern: create, attend, start, speak, leave, end."""
         if self._meeting is None:
+            from .meeting_manager import MeetingManager
+
             self._meeting = MeetingManager(self)
         return self._meeting
 
@@ -400,11 +441,13 @@ class AgentMessaging(Generic[T]):
 
     async def prune(
         self, older_than: timedelta | None = None, batch_size: int = 1000
-    ) -> retention.PruneResult:
+    ) -> PruneResult:
         """Remove history older than ``older_than`` (default: ``config.retention``,
         else the database's ``amp.retention``, 30 days) in short batches that never
         block live traffic: ended meetings and conversations, settled messages.
         Pending deliveries, unread messages and live meetings always stay."""
+        from . import retention
+
         if older_than is None and self.config.retention is not None:
             older_than = retention.parse_duration(self.config.retention)
         return await retention.prune(self.db, older_than, batch_size)

@@ -34,12 +34,15 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeAlias, TypeVar
 
 from . import notifications, queries, tasks
 from .database import Database, Listener
 from .exceptions import TRANSIENT_ERRORS, AgentMessagingError
-from .hub import SharedListener, ShareState
+
+if TYPE_CHECKING:
+    # loaded only by a dispatcher that shares the listener (``share_dir``)
+    from .hub import SharedListener, ShareState
 
 log = logging.getLogger("agent_messaging.dispatcher")
 
@@ -47,7 +50,7 @@ AnyNotification = notifications.Known | notifications.Unknown
 #: Called synchronously on the event loop for each notification; must not block.
 Callback = Callable[[str, AnyNotification], None]
 CatchUp = Callable[[], Awaitable[None]]
-AnyListener = Listener | SharedListener
+AnyListener: TypeAlias = "Listener | SharedListener"
 #: which notifications wake a wait (``None``: every one)
 Wanted = Callable[[AnyNotification], bool]
 R = TypeVar("R")
@@ -156,14 +159,16 @@ class Dispatcher:
         #: share the host's LISTEN connection through sockets in this directory
         #: (:mod:`agent_messaging.hub`); ``None``: a connection of our own
         self._share_dir = share_dir
-        self._share = ShareState()
+        self._share: ShareState | None = None
         self._check_interval = check_interval
         self._linger = linger
         #: ``start()`` was called: listen until ``close()``, subscribed or not
         self._pinned = False
         self._idle_timer: asyncio.TimerHandle | None = None
         self._stopper: asyncio.Task[None] | None = None
-        self._subs: dict[str, list[Callback]] = {}
+        #: the callbacks of each channel (tuples: one small object per channel, and
+        #: routing needs no copy to let callbacks subscribe and unsubscribe)
+        self._subs: dict[str, tuple[Callback, ...]] = {}
         #: channels LISTENed on the current (and every future) listener connection
         self._listening: set[str] = set()
         self._catch_ups: list[CatchUp] = []
@@ -215,7 +220,7 @@ class Dispatcher:
         listener = self._listener
         if listener is None:
             return ""
-        return listener.role if isinstance(listener, SharedListener) else "own"
+        return "own" if isinstance(listener, Listener) else listener.role
 
     @property
     def listening(self) -> bool:
@@ -303,7 +308,7 @@ class Dispatcher:
         """
         channels = list(channels)
         for channel in channels:
-            self._subs.setdefault(channel, []).append(callback)
+            self._subs[channel] = (*self._subs.get(channel, ()), callback)
         self._cancel_linger()
         if self._running and all(channel in self._listening for channel in channels):
             return
@@ -331,9 +336,12 @@ class Dispatcher:
         such as an ended meeting's) and nobody else uses them."""
         unused = []
         for channel in channels:
-            callbacks = self._subs.get(channel, [])
-            with contextlib.suppress(ValueError):
-                callbacks.remove(callback)
+            callbacks = self._subs.get(channel, ())
+            if callback in callbacks:
+                at = callbacks.index(callback)
+                callbacks = callbacks[:at] + callbacks[at + 1 :]
+                if callbacks:
+                    self._subs[channel] = callbacks
             if not callbacks:
                 self._subs.pop(channel, None)
                 if not keep_listening and channel in self._listening:
@@ -485,6 +493,10 @@ class Dispatcher:
         """:meth:`_connect` with the lock held."""
         listener: AnyListener
         if self._share_dir is not None:
+            from .hub import SharedListener, ShareState
+
+            if self._share is None:
+                self._share = ShareState()
             listener = SharedListener(self._db, self._share_dir, self._share)
         else:
             listener = self._db.listener()
@@ -570,7 +582,7 @@ class Dispatcher:
             if echo is not None and not echo.done():
                 echo.set_result(None)
             return
-        for callback in list(self._subs.get(channel, ())):
+        for callback in self._subs.get(channel, ()):
             try:
                 callback(channel, notification)
             except Exception:

@@ -30,7 +30,6 @@ Alembic runs on SQLAlchemy with psycopg 3, for migrations only. Its version tabl
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import importlib.util
@@ -932,6 +931,8 @@ def new_revision(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python scripts/migrations.py``: maintainer commands."""
+    import argparse  # not loaded by every process that imports this module
+
     parser = argparse.ArgumentParser(prog="python scripts/migrations.py")
     sub = parser.add_subparsers(dest="command", required=True)
     freeze = sub.add_parser(

@@ -146,7 +146,7 @@ class ParticipantStatus(StrEnum):
 class Organization(BaseModel):
     """A registered organization."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     id: UUID
     external_id: str
@@ -158,7 +158,7 @@ class Organization(BaseModel):
 class Agent(BaseModel):
     """A registered agent."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     id: UUID
     external_id: str
@@ -172,7 +172,7 @@ class Session(BaseModel):
     """A conversation of two agents (``AgentMessaging.get_session``). The pair is
     stored in canonical order (``agent_a_id < agent_b_id``)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     id: UUID
     agent_a_id: UUID
@@ -189,7 +189,7 @@ class Session(BaseModel):
 class Meeting(BaseModel):
     """A meeting's row (``MeetingManager.get_meeting``)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     id: UUID
     host_id: UUID
@@ -211,7 +211,7 @@ class Message(BaseModel, Generic[T]):
     messages it is a :class:`MeetingInvitation` or :class:`SystemMessage`.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     id: UUID
     seq: int
@@ -249,7 +249,7 @@ class MeetingEvent(StrEnum):
 class MessageContext(BaseModel):
     """What a handler is told about the message it is given."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     message_id: UUID
     sender_external_id: str
@@ -269,7 +269,7 @@ class MessageContext(BaseModel):
 class MeetingParticipant(BaseModel):
     """One participant of a meeting, in round-robin (join) order."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     agent_external_id: str
     join_order: int
@@ -290,7 +290,7 @@ class MeetingParticipant(BaseModel):
 class MeetingStatusResponse(BaseModel):
     """The state of a meeting (``MeetingManager.get_meeting_status``)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     meeting_id: UUID
     status: MeetingStatus
@@ -332,7 +332,7 @@ class MeetingMessage(BaseModel, Generic[T]):
     JSON ``{"event", "agent_external_id", "text"}``).
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     seq: int
     message_id: UUID
@@ -360,7 +360,7 @@ class MeetingMessage(BaseModel, Generic[T]):
 class TurnSignal(BaseModel, Generic[T]):
     """What ``attend_meeting`` and ``speak`` return when they stop waiting."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     meeting_id: UUID
     #: the caller holds the turn now: it should ``speak``

@@ -18,7 +18,6 @@ from uuid import UUID
 
 from . import queries, tasks
 from .dispatcher import AnyNotification
-from .meeting_manager import meeting_channel
 from .notifications import MeetingChanged
 
 if TYPE_CHECKING:
@@ -75,6 +74,8 @@ class TurnSweeper:
 
     async def watch(self, meeting_id: UUID) -> None:
         """Hear of every turn of this meeting until it ends."""
+        from .meeting_manager import meeting_channel  # loaded: this is a meeting's call
+
         channel = meeting_channel(meeting_id)
         if channel in self._watched:
             return
@@ -83,6 +84,8 @@ class TurnSweeper:
 
     async def unwatch(self, meeting_id: UUID) -> None:
         """Stop hearing of this meeting (it ended)."""
+        from .meeting_manager import meeting_channel
+
         await self._unwatch_channel(meeting_channel(meeting_id))
 
     async def _unwatch_channel(self, channel: str) -> None:
