@@ -182,6 +182,9 @@ def attacks(live: Live) -> list[tuple[str, str, tuple[Any, ...], str]]:
         ("mallory", "SELECT amp.heartbeat(%s)", (w,), denied),
         ("mallory", "SELECT amp.next_delivery_at(%s)", (w,), denied),
         ("mallory", "SELECT amp.unregister_worker(%s)", (w,), denied),
+        # taking bob's worker's direct deliveries, handing its messages back
+        ("mallory", "SELECT amp.hold_worker(%s, '1 hour')", (w,), denied),
+        ("mallory", "SELECT * FROM amp.release_deliveries(%s)", (w,), denied),
         # the meeting: host, speaker, participants
         ("mallory", "SELECT amp.create_meeting('alice', ARRAY['alice', 'bob'])", (), denied),
         ("mallory", "SELECT amp.start_meeting('alice', %s, '\"x\"')", (m,), denied),
