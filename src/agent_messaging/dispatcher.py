@@ -442,7 +442,7 @@ class Dispatcher:
         """:meth:`_connect` with the lock held."""
         listener: AnyListener
         if self._share_dir is not None:
-            listener = SharedListener(self._db, self._share_dir, self._share)
+            listener = SharedListener(self._db, self._share_dir, self._share, self._check_interval)
         else:
             listener = self._db.listener()
         await listener.start()
