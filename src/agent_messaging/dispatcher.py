@@ -431,6 +431,15 @@ class Dispatcher:
             return None
         return await listener.backend_pid(10.0)
 
+    async def listening_channels(self) -> list[str] | None:
+        """The channels the listener connection LISTENs on (for diagnostics; when the
+        host's listener is shared, those of every process of the host), or ``None``
+        while not listening."""
+        listener = self._listener
+        if listener is None:
+            return None
+        return await listener.listening_channels(10.0)
+
     # -- the loop ----------------------------------------------------------
 
     async def _connect(self) -> AnyListener:

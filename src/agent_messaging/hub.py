@@ -28,9 +28,10 @@ database share one LISTEN connection:
 * a process that cannot share (no usable runtime directory, a hub that does not
   answer) falls back to a LISTEN connection of its own.
 
-``<hash>`` is a digest of the LISTEN connection's URL (so of host, port, database and
-role). The wire format is one JSON object per line: requests ``{"id", "op", ...}``
-with replies ``{"id", ...}``, and notifications ``{"c": channel, "p": payload}``.
+``<hash>`` is a digest of the LISTEN connection's URL less its ``application_name``
+(so of host, port, database and role). The wire format is one JSON object per line:
+requests ``{"id", "op", ...}`` with replies ``{"id", ...}``, and notifications
+``{"c": channel, "p": payload}``.
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from . import tasks
 from .database import Database, Listener
@@ -93,6 +95,16 @@ def _hub_stopped() -> None:
             if sys.getswitchinterval() == HUB_SWITCH_INTERVAL:
                 sys.setswitchinterval(_switch_saved)
             _switch_saved = None
+
+
+def share_key(listen_dsn: str) -> str:
+    """The name of a host's hub for one LISTEN URL: a digest of the URL less its
+    ``application_name`` (processes that name themselves differently share too)."""
+    parts = urlsplit(listen_dsn)
+    if parts.scheme in ("postgres", "postgresql") and parts.query:
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k != "application_name"]
+        listen_dsn = urlunsplit(parts._replace(query=urlencode(query)))
+    return hashlib.sha256(listen_dsn.encode()).hexdigest()[:24]
 
 
 def default_socket_dir() -> Path:
@@ -307,6 +319,17 @@ class _Hub:
         finally:
             self._peers.discard(peer)
             writer.close()
+            if not self._stopping:
+                # a subscriber that left (closed, killed): its channels, unless others
+                # use them
+                try:
+                    await self._unlisten_unused(peer.channels, 10.0)
+                except ConnectionLostError as exc:
+                    log.warning("the shared listener's connection failed: %s", exc)
+                    if self._stop is not None:
+                        self._stop.set()
+                except AgentMessagingError as exc:
+                    log.debug("UNLISTEN of a departed subscriber's channels failed: %s", exc)
             if task is not None:
                 self._peer_tasks.discard(task)
 
@@ -326,12 +349,15 @@ class _Hub:
                     await real.listen(fresh, timeout)
                     self._listened.update(fresh)
             elif op == "unlisten":
-                # the hub keeps LISTENing: any process of the host may use it again
-                peer.channels.difference_update(request["channels"])
+                channels = [str(c) for c in request["channels"]]
+                peer.channels.difference_update(channels)
+                await self._unlisten_unused(channels, timeout)
             elif op == "notify":
                 await real.notify(str(request["channel"]), str(request["payload"]), timeout)
             elif op == "pid":
                 reply["pid"] = await real.backend_pid(timeout)
+            elif op == "channels":
+                reply["channels"] = await real.listening_channels(timeout)
             else:
                 reply["error"] = f"unknown request {op!r}"
         except ConnectionLostError as exc:
@@ -343,6 +369,23 @@ class _Hub:
         except AgentMessagingError as exc:
             reply["error"] = str(exc)
         return reply
+
+    async def _unlisten_unused(self, channels: Iterable[str], timeout: float) -> None:
+        """UNLISTEN those of ``channels`` that no subscriber uses any more (so the
+        connection LISTENs the union of its subscribers' channels, not every channel
+        it ever heard of)."""
+        real = self._real
+        unused = [
+            c
+            for c in dict.fromkeys(channels)
+            if c in self._listened and not any(c in peer.channels for peer in self._peers)
+        ]
+        if real is None or not unused:
+            return
+        # forgotten before the statement: a LISTEN of one of them from now on is
+        # sent after this UNLISTEN, on the same connection, so it wins
+        self._listened.difference_update(unused)
+        await real.unlisten(unused, timeout)
 
     def _forward(self, channel: str, payload: str) -> None:
         data: bytes | None = None
@@ -365,7 +408,7 @@ class SharedListener:
         self._db = db
         self._state = state
         self._check_interval = check_interval
-        key = hashlib.sha256(db.listen_dsn.encode()).hexdigest()[:24]
+        key = share_key(db.listen_dsn)
         self._dir = socket_dir
         self._sock_path = socket_dir / f"listener-{key}.sock"
         self._lock_path = socket_dir / f"listener-{key}.lock"
@@ -525,6 +568,13 @@ class SharedListener:
         if self._real is not None:
             return await self._real.backend_pid(timeout)
         return int((await self._request(timeout, op="pid"))["pid"])
+
+    async def listening_channels(self, timeout: float) -> list[str]:
+        """The channels the (shared) LISTEN connection LISTENs on, for every process
+        of the host when shared."""
+        if self._real is not None:
+            return await self._real.listening_channels(timeout)
+        return [str(c) for c in (await self._request(timeout, op="channels"))["channels"]]
 
     async def notifications(self) -> AsyncIterator[tuple[str, str]]:
         """``(channel, payload)`` of the notifications of this process's channels,
