@@ -9,6 +9,10 @@ hand-over."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -246,3 +250,61 @@ async def test_without_a_usable_socket_directory_each_listens_alone(
         assert sdk.dispatcher.listener_role == "own"
         await sdk.async_conversation.send("alice", "bob", "still works")
         assert await asyncio.wait_for(waiting, 30) == "still works"
+
+
+#: a process that runs the host's hub, forks a child that outlives it, and closes
+FORKING = """
+import asyncio, os, sys, time
+from agent_messaging import AgentMessaging, Config
+
+async def main() -> None:
+    async with AgentMessaging(Config(database_url=sys.argv[1])) as sdk:
+        await sdk.dispatcher.start()
+        print(sdk.dispatcher.listener_role, flush=True)
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(600)  # the forked child stays (the test kills it)
+            os._exit(0)
+        print(pid, flush=True)
+    print("closed", flush=True)
+    sys.stdin.read()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_forked_child_does_not_keep_the_hub(dsn: str) -> None:
+    """A child forked from the hub's process inherits the lock's and the sockets'
+    file descriptors, not the hub's thread: it closes them, so that once the hub's
+    process closes, the next process starts a hub of its own at once (instead of
+    finding the lock held and nobody answering, then listening alone)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        FORKING,
+        dsn,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    child: int | None = None
+    try:
+
+        async def line() -> str:
+            assert proc.stdout is not None
+            return (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().strip()
+
+        assert await line() == "hub"
+        child = int(await line())
+        assert await line() == "closed"
+        async with AgentMessaging[Any](make_config(dsn)) as sdk:
+            await sdk.dispatcher.start()
+            assert sdk.dispatcher.listener_role == "hub"
+    finally:
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()

@@ -97,6 +97,28 @@ def _hub_stopped() -> None:
             _switch_saved = None
 
 
+#: the hubs running in this process (a child forked meanwhile closes its copies of their
+#: lock and sockets: the lock would otherwise outlive the hub, held by the child)
+_running_hubs: set[_Hub] = set()
+
+
+def _after_fork_in_child() -> None:
+    """In a child forked from a process that runs a hub: no hub runs here (its thread
+    did not come along), so let go of the hub's lock and sockets and restore the
+    switch interval."""
+    global _hubs_running, _switch_saved
+    for hub in list(_running_hubs):
+        hub.forget_in_child()
+    _running_hubs.clear()
+    _hubs_running = 0
+    if _switch_saved is not None:
+        sys.setswitchinterval(_switch_saved)
+        _switch_saved = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def share_key(listen_dsn: str) -> str:
     """The name of a host's hub for one LISTEN URL: a digest of the URL less its
     ``application_name`` (processes that name themselves differently share too)."""
@@ -159,6 +181,7 @@ class _Hub:
         self._stopping = False
         # the rest lives on the hub's loop
         self._stop: asyncio.Event | None = None
+        self._server: asyncio.Server | None = None
         self._real: Listener | None = None
         self._peers: set[_Peer] = set()
         self._peer_tasks: set[asyncio.Task[None]] = set()
@@ -172,6 +195,7 @@ class _Hub:
 
     async def start(self, timeout: float) -> None:
         """Start the thread; return once it LISTENs and serves the socket."""
+        _running_hubs.add(self)
         self._thread.start()
         try:
             await asyncio.wait_for(asyncio.wrap_future(self._ready), timeout)
@@ -203,7 +227,24 @@ class _Hub:
             self._release_lock()
             loop.close()
             _hub_stopped()
+            _running_hubs.discard(self)
             self._done.set_result(None)
+
+    def forget_in_child(self) -> None:
+        """Close this process's copies of the hub's lock and sockets (called in a
+        forked child, where the hub's thread does not run)."""
+        fds = [self._lock_fd]
+        self._lock_fd = None
+        if self._server is not None:
+            fds += [sock.fileno() for sock in self._server.sockets]
+        for peer in self._peers:
+            sock = peer.writer.get_extra_info("socket")
+            if sock is not None:
+                fds.append(sock.fileno())
+        for fd in fds:
+            if fd is not None and fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def _request_stop(self) -> None:
         self._stopping = True
@@ -227,7 +268,7 @@ class _Hub:
                 await self._real.listen([self._channel], self._db.statement_timeout)
                 with contextlib.suppress(FileNotFoundError):
                     self._sock_path.unlink()  # a dead hub's (we hold the lock)
-                server = await asyncio.start_unix_server(
+                server = self._server = await asyncio.start_unix_server(
                     self._serve_peer, path=str(self._sock_path), limit=_MAX_BACKLOG
                 )
                 os.chmod(self._sock_path, 0o600)
