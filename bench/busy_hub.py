@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -82,6 +83,7 @@ async def one_run(dsn: str, share: bool, burn_ms: float, n: int) -> dict[str, An
         for child in (burner, replier):
             if child is not None:
                 await child.stop()
+        shutil.rmtree(socket_dir, ignore_errors=True)
     return result
 
 
