@@ -106,7 +106,7 @@ async def bench(
     only: set[str] | None = None,
     processes: list[int] | None = None,
     smoke: bool = False,
-    share: str = "off",
+    share: str = "on",
 ) -> dict[str, Any]:
     """Every section of ``only`` (all by default); ``quick`` and ``smoke`` (the test's:
     smaller still) use small N."""
@@ -220,12 +220,11 @@ async def bench(
                     await footprint(server, database, sdk, k) for k in agent_counts
                 ]
             if "attached" in run:
-                for shared in {"off": [False], "on": [True], "both": [False, True]}[share]:
-                    key = "attached_processes_shared" if shared else "attached_processes"
+                for shared in {"off": [False], "on": [True], "both": [True, False]}[share]:
+                    key = "attached_processes" if shared else "attached_processes_own"
                     result[key] = await attached_processes(
                         server,
                         database,
-                        sdk,
                         processes,
                         n_oneway // 2,
                         n_sync // 2,
@@ -344,7 +343,7 @@ def print_table(result: dict[str, Any]) -> None:
             "",
             "",
         )
-    for key, how in (("attached_processes", ""), ("attached_processes_shared", ", shared")):
+    for key, how in (("attached_processes", ", shared"), ("attached_processes_own", ", own")):
         attached = result.get(key)
         if not attached:
             continue
@@ -395,8 +394,9 @@ def main() -> None:
     parser.add_argument(
         "--share-listener",
         choices=["off", "on", "both"],
-        default="off",
-        help="attached processes share one listener (share_listener): off, on, or both runs",
+        default="on",
+        help="the attached section's processes share the host's listener (share_listener, "
+        "the SDK's default: on), have one each (off), or both runs",
     )
     parser.add_argument(
         "--history", action="store_true", help="the long-history scenario (bench/history.py) only"

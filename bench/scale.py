@@ -3,10 +3,11 @@ trip and the notifying-commit ceiling with 1, 10 and 50 SDK processes attached.
 
 An attached process is ``bench.worker idle``: an SDK process with default settings
 serving one agent that is sent nothing (its listener, heartbeat and polls are all it
-does). With ``share`` the attached processes share one LISTEN connection
-(``share_listener``, :mod:`agent_messaging.hub`). PostgreSQL up to 18 signals every
-listening backend of a database on each notifying commit, whatever the channel, so
-attached listeners tax every send.
+does). With ``share`` (the SDK's default, ``share_listener``, :mod:`agent_messaging.hub`)
+every SDK process of the section, attached or measuring, shares the host's LISTEN
+connection; without it (``AMP_SHARE_LISTENER=0``) each has one of its own.
+PostgreSQL up to 18 signals every listening backend of a database on each notifying
+commit, whatever the channel, so attached listeners tax every send.
 
 The ceiling is pgbench-like: 4 clients committing ``INSERT`` into a table whose
 ``AFTER INSERT`` trigger calls ``pg_notify`` on a channel nobody listens on, for a
@@ -30,7 +31,7 @@ from typing import Any
 import psqlpy
 import psycopg
 
-from agent_messaging import AgentMessaging
+from agent_messaging import AgentMessaging, Config
 from bench.basics import oneway_sdk, sync_sdk
 from bench.common import Child, latency, with_database
 
@@ -112,25 +113,38 @@ async def free_connections(sdk: AgentMessaging[Any]) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def sharing(directory: str | None) -> Iterator[None]:
-    """Processes started in the block share their listener (in ``directory``)."""
-    if directory is None:
-        yield
-        return
-    saved = {k: os.environ.get(k) for k in ("AMP_SHARE_LISTENER", "AMP_LISTENER_SOCKET_DIR")}
-    os.environ["AMP_SHARE_LISTENER"] = "1"
-    os.environ["AMP_LISTENER_SOCKET_DIR"] = directory
+def sharing(share: bool) -> Iterator[None]:
+    """Processes started in the block share their listener (the default), or not."""
+    saved = os.environ.get("AMP_SHARE_LISTENER")
+    os.environ["AMP_SHARE_LISTENER"] = "1" if share else "0"
     try:
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        if saved is None:
+            os.environ.pop("AMP_SHARE_LISTENER", None)
+        else:
+            os.environ["AMP_SHARE_LISTENER"] = saved
 
 
 async def attached_processes(
+    server: str,
+    database: str,
+    counts: list[int],
+    n_oneway: int,
+    n_sync: int,
+    seconds: float,
+    share: bool = True,
+) -> dict[str, Any]:
+    """For each count K: K idle SDK processes attached, then the three figures;
+    ``share``: every SDK process of the section (this one's too) shares the host's
+    listener, as by default; else each has one of its own."""
+    config = Config(database_url=with_database(server, database), apply_migrations=False)
+    async with AgentMessaging[Any](config.model_copy(update={"share_listener": share})) as sdk:
+        with sharing(share):
+            return await _attached(server, database, sdk, counts, n_oneway, n_sync, seconds, share)
+
+
+async def _attached(
     server: str,
     database: str,
     sdk: AgentMessaging[Any],
@@ -138,10 +152,8 @@ async def attached_processes(
     n_oneway: int,
     n_sync: int,
     seconds: float,
-    share: bool = False,
+    share: bool,
 ) -> dict[str, Any]:
-    """For each count K: K idle SDK processes attached, then the three figures;
-    ``share``: the attached processes share one listener."""
     dsn = with_database(server, database)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(SETUP)
@@ -149,7 +161,6 @@ async def attached_processes(
     attached_dsn = with_database(server, database, app)
     children: list[Child] = []
     rows: dict[str, Any] = {}
-    socket_dir = tempfile.mkdtemp(prefix="amp-bench-hub-") if share else None
     try:
         rows["0"] = {"ceiling": await ceiling(dsn, seconds)}
         per_process = 3.0  # until measured with the first attached process
@@ -166,18 +177,17 @@ async def attached_processes(
             agents = [f"bench_idle_{app[-8:]}_{i}" for i in range(len(children), k)]
             for agent in agents:
                 await sdk.register_agent(agent, "bench")
-            with sharing(socket_dir):
-                fresh = await asyncio.gather(
-                    *(Child.start("idle", attached_dsn, a) for a in agents)
-                )
+            fresh = await asyncio.gather(*(Child.start("idle", attached_dsn, a) for a in agents))
             children.extend(fresh)
             await asyncio.gather(*(c.expect("ready", 300) for c in fresh))
             connections = await sdk.db.fetch_value(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1", [app + "%"]
             )
+            # every LISTEN connection of the database (a shared one may belong to
+            # any process of the host)
             listeners = await sdk.db.fetch_value(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                [app + "-listener"],
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name LIKE '%-listener'"
             )
             per_process = max(1.0, connections / len(children))
             rows[str(k)] = {

@@ -7,6 +7,7 @@ python -m bench.worker footprint DSN PREFIX K
 python -m bench.worker sdk-stamp DSN AGENT      (stamps; "target N" lines on stdin)
 python -m bench.worker raw-stamp DSN CHANNEL    (stamps each notification)
 python -m bench.worker idle DSN AGENT           (an attached SDK process, one idle agent)
+python -m bench.worker burn DSN AGENT MS        (a handler that burns MS ms of CPU per message)
 
 Stamps are ``time.monotonic()`` readings (CLOCK_MONOTONIC: one clock for every
 process of the machine), so the parent can subtract its own send time.
@@ -176,6 +177,23 @@ async def idle(dsn: str, agent: str) -> None:
         await asyncio.Event().wait()
 
 
+async def burn(dsn: str, agent: str, ms: float) -> None:
+    """A handler that holds the event loop: ``ms`` milliseconds of CPU per message
+    (pure Python, as CPU-bound handler code does). Prints how this process listens."""
+    async with AgentMessaging[Any](sdk_config(dsn)) as sdk:
+
+        @sdk.register_handler(agent)
+        async def handler(message: Any, context: MessageContext) -> None:
+            until = time.perf_counter() + ms / 1000
+            while time.perf_counter() < until:
+                pass
+
+        await sdk.serve_handlers()
+        await sdk.dispatcher.wait_connected(30)
+        emit("ready", role=sdk.dispatcher.listener_role, pid=os.getpid())
+        await asyncio.Event().wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("command")
@@ -196,6 +214,8 @@ def main() -> None:
         asyncio.run(raw_stamp(a.dsn, a.args[0]))
     elif a.command == "idle":
         asyncio.run(idle(a.dsn, a.args[0]))
+    elif a.command == "burn":
+        asyncio.run(burn(a.dsn, a.args[0], float(a.args[1])))
     else:
         raise SystemExit(f"unknown command {a.command}")
 

@@ -9,6 +9,7 @@ dropped afterwards, so tests are isolated and nothing is left behind.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -34,6 +35,21 @@ def with_database(dsn: str, name: str) -> str:
 def admin_execute(admin_dsn: str, statement: str) -> None:
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(statement)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def listener_socket_dir() -> Iterator[Path]:
+    """The shared listener's sockets and locks of this run (every process it starts
+    inherits the variable): a lock file per test database stays behind otherwise."""
+    directory = Path(tempfile.mkdtemp(prefix="amp-test-sockets-"))
+    saved = os.environ.get("AMP_LISTENER_SOCKET_DIR")
+    os.environ["AMP_LISTENER_SOCKET_DIR"] = str(directory)
+    yield directory
+    if saved is None:
+        os.environ.pop("AMP_LISTENER_SOCKET_DIR", None)
+    else:
+        os.environ["AMP_LISTENER_SOCKET_DIR"] = saved
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

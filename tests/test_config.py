@@ -55,3 +55,11 @@ def test_variables_in_any_case_arguments_first_and_bad_values_refused(
     monkeypatch.setenv("AMP_MAX_POOL_SIZE", "many")
     with pytest.raises(ValueError, match="max_pool_size"):
         Config()
+
+
+def test_the_listener_is_shared_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AMP_SHARE_LISTENER", raising=False)
+    assert Config().share_listener is True
+    monkeypatch.setenv("AMP_SHARE_LISTENER", "0")
+    assert Config().share_listener is False
+    assert Config(share_listener=True).share_listener is True

@@ -180,10 +180,12 @@ class Config(BaseModel):
         default=5.0, gt=0, description="how often the listener proves it is alive"
     )
     share_listener: bool = Field(
-        default=False,
+        default=True,
         description="SDK processes of one user on one machine share one LISTEN "
-        "connection per database (the first is the hub, the others subscribe over a "
-        "Unix socket; one takes over when it exits)",
+        "connection per server URL: the first that needs to listen runs the host's hub "
+        "(on a thread of its own), every process subscribes to it over a Unix socket, "
+        "and another takes over when it exits. Costs a Unix-socket hop per "
+        "notification; false (AMP_SHARE_LISTENER=0): a LISTEN connection per process",
     )
     listener_socket_dir: Path | None = Field(
         default=None,

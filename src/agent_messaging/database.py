@@ -943,6 +943,11 @@ class Listener:
         rows = await self.execute(queries.LISTENER_BACKEND_PID, None, timeout, rows=True)
         return int(rows[0]["pid"])
 
+    async def listening_channels(self, timeout: float) -> list[str]:
+        """The channels the LISTEN connection LISTENs on, sorted."""
+        rows = await self.execute(queries.LISTENING_CHANNELS, None, timeout, rows=True)
+        return [str(row["channel"]) for row in rows]
+
     async def notifications(self) -> AsyncIterator[tuple[str, str]]:
         """``(channel, payload)`` of every notification, until the connection fails
         (then :class:`ConnectionLostError`)."""

@@ -482,6 +482,15 @@ class Dispatcher:
             return None
         return await listener.backend_pid(10.0)
 
+    async def listening_channels(self) -> list[str] | None:
+        """The channels the listener connection LISTENs on (for diagnostics; when the
+        host's listener is shared, those of every process of the host), or ``None``
+        while not listening."""
+        listener = self._listener
+        if listener is None:
+            return None
+        return await listener.listening_channels(10.0)
+
     # -- the loop ----------------------------------------------------------
 
     async def _connect(self) -> AnyListener:
@@ -497,7 +506,7 @@ class Dispatcher:
 
             if self._share is None:
                 self._share = ShareState()
-            listener = SharedListener(self._db, self._share_dir, self._share)
+            listener = SharedListener(self._db, self._share_dir, self._share, self._check_interval)
         else:
             listener = self._db.listener()
         await listener.start()

@@ -93,6 +93,7 @@ LISTEN: Final = _q("listen")
 UNLISTEN: Final = _q("unlisten")
 NOTIFY: Final = _q("notify")
 LISTENER_BACKEND_PID: Final = _q("listener_backend_pid")
+LISTENING_CHANNELS: Final = _q("listening_channels")
 
 # the server
 DATABASE_EXISTS: Final = _q("database_exists")

@@ -87,6 +87,10 @@ SELECT pg_notify($1, $2)
 -- The server process id of the listener connection (diagnostics).
 SELECT pg_backend_pid() AS pid
 
+-- name: listening_channels
+-- The channels the listener connection LISTENs on (diagnostics and tests).
+SELECT c AS channel FROM pg_listening_channels() AS c ORDER BY c
+
 
 -- ---------------------------------------------------------------------------
 -- the server (database.py, cli.py)

@@ -3,13 +3,15 @@
     python -m tests.agents.run DSN COMMAND [options]
 
 Commands print JSON lines on stdout ({"event": ...}) that the tests read:
-  handle AGENT   serve AGENT's handler; prints "ready", then "started"/"handled" per message
+  handle AGENT   serve AGENT's handler; prints "ready" (with how it listens: "role"), then
+                 "started"/"handled" per message
   send   SENDER RECIPIENT N   one-way (or --kind async) messages {"n": i}
                               (--stay: then stay connected until killed)
   wait   RECIPIENT SENDER     wait_for_message; prints "waiting", then "got" or "timeout"
   read   AGENT                on NOTIFY amp_test_go, take unread messages one by one until none
   reply  SENDER RECIPIENT TEXT  on NOTIFY amp_test_go, reply; prints "replied" or "refused"
-  (handle --reply answers sync requests with {"answer": <request>})
+  (handle --reply answers sync requests with {"answer": <request>}; --block-loop-on N blocks
+   the whole event loop, not just the handler, at message {"n": N}, until killed)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import asyncio
 import json
 import sys
+import threading
 from typing import Any
 
 from agent_messaging import AgentMessaging, Config, MessageContext
@@ -52,6 +55,8 @@ async def handle(args: argparse.Namespace) -> None:
             emit("started", id=key, content=message, attempt=context.attempt)
             if args.block_on is not None and message == {"n": args.block_on}:
                 await block.wait()
+            if args.block_loop_on is not None and message == {"n": args.block_loop_on}:
+                threading.Event().wait()  # a blocking call: nothing else of the loop runs
             if failures.get(key, 0) < args.fail_first or args.always_fail:
                 failures[key] = failures.get(key, 0) + 1
                 raise RuntimeError(f"planned failure {failures[key]}")
@@ -61,7 +66,7 @@ async def handle(args: argparse.Namespace) -> None:
             return None
 
         await sdk.serve_handlers()
-        emit("ready")
+        emit("ready", role=sdk.dispatcher.listener_role)
         await asyncio.Event().wait()  # serve until killed
 
 
@@ -130,6 +135,7 @@ def main() -> None:
     p.add_argument("--fail-first", type=int, default=0)
     p.add_argument("--always-fail", action="store_true")
     p.add_argument("--block-on", type=int, default=None)
+    p.add_argument("--block-loop-on", type=int, default=None)
     p.add_argument("--reply", action="store_true")
     p = sub.add_parser("send")
     p.add_argument("sender")
