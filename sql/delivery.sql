@@ -416,7 +416,34 @@ BEGIN
     END IF;
     PERFORM amp._require_worker(p_worker);
     UPDATE amp.workers SET direct_lease = p_lease WHERE id = p_worker;
-    RETURN pg_try_advisory_lock(amp._worker_key(p_worker));
+    -- once per session: the lock counts its holds, and one release must undo it
+    RETURN amp._holds_worker(p_worker) OR pg_try_advisory_lock(amp._worker_key(p_worker));
+END;
+$$;
+
+-- Whether this session holds the worker's lock (amp.hold_worker).
+CREATE OR REPLACE FUNCTION amp._holds_worker(p_worker uuid)
+RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (
+        SELECT 1 FROM pg_locks l
+        WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid() AND l.objsubid = 1
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND ((l.classid::bigint << 32) | l.objid::bigint) = amp._worker_key(p_worker));
+END;
+$$;
+
+-- The worker is present on this connection no more (it gives up the lock
+-- amp.hold_worker took here): a hub that held it for a process that went, say.
+-- Returns false if this connection did not hold it.
+CREATE OR REPLACE FUNCTION amp.release_worker(p_worker uuid)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM amp._require_worker_arg(p_worker);
+    PERFORM amp._require_worker(p_worker);
+    RETURN amp._holds_worker(p_worker) AND pg_advisory_unlock(amp._worker_key(p_worker));
 END;
 $$;
 

@@ -32,7 +32,7 @@ LANGUAGE sql IMMUTABLE AS $$
         'send_one_way', 'send_one_way_many', 'delivery_outcome', 'register_worker', 'serve_agents', 'heartbeat', 'claim_deliveries',
         'ack_delivery', 'ack_deliveries', 'fail_delivery', 'next_delivery_at',
         'unregister_worker', 'extend_leases', 'peek_deliveries', 'hold_worker',
-        'release_deliveries',
+        'release_worker', 'release_deliveries',
         -- asynchronous conversations
         'async_send', 'read_unread', 'confirm_read', 'reject_unread', 'peek_unread',
         'inbox_messages', 'mark_unread',
@@ -62,7 +62,7 @@ LANGUAGE sql IMMUTABLE AS $$
         '_touch_updated_at', '_name_agent_channel', '_enqueue_delivery', '_setting', '_settings_check', '_page_size',
         -- delivery.sql
         '_check_message', '_check_json', '_resolve_pair', '_store_message', '_idempotent_message',
-        '_notify_message', '_notify_delivery', '_require_worker_arg', '_worker_key',
+        '_notify_message', '_notify_delivery', '_require_worker_arg', '_worker_key', '_holds_worker',
         '_answered_request', '_settle_deliveries',
         -- retention.sql
         '_prune_answer_kept',

@@ -10,6 +10,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+import pytest
 
 from agent_messaging import AgentMessaging, MessageContext
 
@@ -75,36 +76,40 @@ async def test_a_message_runs_from_its_hint(dsn: str) -> None:
             await proc.stop()
 
 
-async def test_a_killed_worker_is_handed_nothing(dsn: str) -> None:
-    """The worker's presence is its LISTEN connection's advisory lock: once the killed
-    process's connection is gone, every message goes to the live worker at once (the
-    lease, 60 s, would otherwise hold it back)."""
+@pytest.mark.parametrize("killed", ["hub", "client"])
+async def test_a_killed_worker_is_handed_nothing(dsn: str, killed: str) -> None:
+    """The worker's presence is an advisory lock on the LISTEN connection that carries
+    its hints (the host's hub's, shared): it goes with the hub's connection, and the hub
+    lets go of a client's when the client's socket closes. Once the killed process is
+    gone, every message goes to the live worker at once (the lease, 60 s, would
+    otherwise hold it back)."""
     async with SDK(make_config(dsn)) as sdk:
         await sdk.register_organization("org1")
         for name in ("alice", "bob"):
             await sdk.register_agent(name, "org1")
-        doomed = await AgentProcess.start(dsn, "--lease", "60", "handle", "bob")
-        alive = await AgentProcess.start(dsn, "--lease", "60", "handle", "bob")
+        first = await AgentProcess.start(dsn, "--lease", "60", "handle", "bob")
+        assert (await first.expect("ready"))["role"] == "hub"
+        second = await AgentProcess.start(dsn, "--lease", "60", "handle", "bob")
+        assert (await second.expect("ready"))["role"] == "client"
+        doomed, alive = (first, second) if killed == "hub" else (second, first)
         try:
-            await doomed.expect("ready")
-            await alive.expect("ready")
             with psycopg.connect(dsn, autocommit=True) as sql:
 
                 def present() -> int:
-                    # the workers' advisory locks (amp.hold_worker), held by their
-                    # LISTEN connections
+                    # workers whose advisory lock (amp.hold_worker) is held
                     row = sql.execute(
-                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-                        " AND mode = 'ExclusiveLock' AND granted"
-                        " AND database = (SELECT oid FROM pg_database"
-                        " WHERE datname = current_database())"
+                        "SELECT count(*) FROM amp.workers w JOIN pg_locks l"
+                        " ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+                        " AND ((l.classid::bigint << 32) | l.objid::bigint)"
+                        " = hashtextextended('amp.worker:' || w.id::text, 0)"
                     ).fetchone()
                     return int(row[0]) if row else 0
 
                 await until(lambda: present() == 2)
                 doomed.proc.send_signal(signal.SIGKILL)
                 await doomed.proc.wait()
-                # its lock goes when the server sees its connection close
+                # its lock goes (and, for a hub, the live worker's comes back on the
+                # next hub's connection)
                 await until(lambda: present() == 1)
                 sent = [await sdk.one_way.send("alice", "bob", {"n": i}) for i in range(6)]
                 got = set()

@@ -25,7 +25,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "080e4631d72bedf25281a67cb89080add3e73ee9cc03777e2d1ff90433e3dbac"
+sql_hash = "c89913c531fe36b970524e0cd5f3942a28836d4b61927fd5afb4d6ccd0478013"
 
 
 def upgrade() -> None:

@@ -57,14 +57,20 @@ def encode(adapter: TypeAdapter[Any], message: Any, max_bytes: int) -> str:
     return data.decode()
 
 
+_METADATA: TypeAdapter[dict[str, Any]] | None = None
+
+
 def encode_metadata(metadata: dict[str, Any] | None) -> str:
     """Serialise message metadata (a JSON object)."""
+    global _METADATA
     if metadata is None:
         return "{}"
     if not isinstance(metadata, dict):
         raise InvalidInputError(f"metadata must be a dict, not {type(metadata).__name__}")
+    if _METADATA is None:  # made once, on first use (a send without metadata never does)
+        _METADATA = TypeAdapter(dict[str, Any])
     try:
-        data = TypeAdapter(dict[str, Any]).dump_json(metadata)
+        data = _METADATA.dump_json(metadata)
     except (PydanticSerializationError, TypeError, ValueError) as exc:
         raise InvalidInputError(f"metadata is not JSON-serialisable: {exc}") from exc
     _check_faithful("message metadata", data, lambda: metadata)

@@ -938,6 +938,16 @@ class Listener:
         """NOTIFY over the listener's own connection (the health check's echo)."""
         await self.execute(queries.NOTIFY, [channel, payload], timeout)
 
+    async def hold(self, worker: Any, lease: float, timeout: float) -> bool:
+        """``amp.hold_worker`` on this connection: the worker is present while it
+        lasts (direct delivery); false if another connection holds it."""
+        rows = await self.execute(queries.HOLD_WORKER, [worker, lease], timeout, rows=True)
+        return bool(rows and rows[0]["held"])
+
+    async def release(self, worker: Any, timeout: float) -> None:
+        """``amp.release_worker`` on this connection: :meth:`hold` undone."""
+        await self.execute(queries.RELEASE_WORKER, [worker], timeout)
+
     async def backend_pid(self, timeout: float) -> int:
         """The server process id of the LISTEN connection."""
         rows = await self.execute(queries.LISTENER_BACKEND_PID, None, timeout, rows=True)

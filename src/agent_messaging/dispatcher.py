@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeAlias, TypeVar
 
-from . import notifications, queries, tasks
+from . import notifications, tasks
 from .database import Database, Listener
 from .exceptions import TRANSIENT_ERRORS, AgentMessagingError
 
@@ -412,18 +412,16 @@ class Dispatcher:
     # -- presence (direct delivery) ---------------------------------------
 
     async def hold(self, worker: uuid.UUID, lease: float) -> bool:
-        """Direct delivery for ``worker``: ``amp.hold_worker`` on the LISTEN connection,
-        whose advisory lock is the worker's presence (it goes with the connection, so
-        nothing is handed to a worker whose process or connection is gone). Held now
-        if the listener is up, and again on every new connection once the catch-ups
-        have run (they hand back what the lost connection's hints announced). True if
-        held now. A process that shares the host's listener does not hold it (the
-        hub's connection would outlive this process): its worker only claims."""
-        if self._share_dir is not None:
-            return False
+        """Direct delivery for ``worker``: ``amp.hold_worker`` on the LISTEN connection
+        (the hub's, when shared), whose advisory lock is the worker's presence: it
+        goes with that connection, and a hub lets go of it when this process's
+        subscription ends, so nothing is handed to a worker whose process or
+        connection is gone. Held now if the listener is up, and again on every new
+        connection once the catch-ups have run (they hand back what the lost
+        connection's hints announced). True if held now."""
         self._presence[worker] = lease
         listener = self._listener
-        if isinstance(listener, Listener):
+        if listener is not None:
             return await self._hold_on(listener, worker, lease)
         return False
 
@@ -431,23 +429,19 @@ class Dispatcher:
         """Hold ``worker`` no more on later connections."""
         self._presence.pop(worker, None)
 
-    async def _hold_on(self, listener: Listener, worker: uuid.UUID, lease: float) -> bool:
+    async def _hold_on(self, listener: AnyListener, worker: uuid.UUID, lease: float) -> bool:
         try:
-            rows = await listener.execute(
-                queries.HOLD_WORKER, [worker, lease], self._check_interval, rows=True
-            )
+            held = await listener.hold(worker, lease, self._check_interval)
         except AgentMessagingError as exc:
             log.warning("could not hold worker %s for direct delivery: %s", worker, exc)
             return False
-        held = bool(rows and rows[0]["held"])
         if not held:
             log.warning("worker %s is held on another connection (direct delivery there)", worker)
         return held
 
     async def _hold_all(self, listener: AnyListener) -> None:
-        if isinstance(listener, Listener):
-            for worker, lease in list(self._presence.items()):
-                await self._hold_on(listener, worker, lease)
+        for worker, lease in list(self._presence.items()):
+            await self._hold_on(listener, worker, lease)
 
     # -- health ------------------------------------------------------------
 
@@ -528,9 +522,9 @@ class Dispatcher:
                     self.reconnects += 1
                     log.info("listener reconnected; catching up from the tables")
                     await self._run_catch_ups()
-                # present again only now: the catch-ups handed back what was handed
-                # to a worker over the lost connection
-                await self._hold_all(listener)
+                    # present again only now: the catch-ups handed back what was
+                    # handed to a worker over the lost connection
+                    await self._hold_all(listener)
                 delay = 0.05
                 await self._serve(listener)
             except asyncio.CancelledError:

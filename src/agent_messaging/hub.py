@@ -151,6 +151,9 @@ class ShareState:
 class _Peer:
     writer: asyncio.StreamWriter
     channels: set[str] = field(default_factory=set)
+    #: workers of the peer's process present on the hub's connection (direct
+    #: delivery): let go of when the peer leaves, so they go with its process
+    workers: set[uuid.UUID] = field(default_factory=set)
 
     def send(self, data: bytes) -> None:
         transport = self.writer.transport
@@ -361,9 +364,13 @@ class _Hub:
             self._peers.discard(peer)
             writer.close()
             if not self._stopping:
-                # a subscriber that left (closed, killed): its channels, unless others
-                # use them
+                # a subscriber that left (closed, killed): nothing is handed to its
+                # workers any more; its channels go, unless others use them
                 try:
+                    for worker in peer.workers:
+                        if self._real is not None:
+                            with contextlib.suppress(AgentMessagingError):
+                                await self._real.release(worker, 10.0)
                     await self._unlisten_unused(peer.channels, 10.0)
                 except ConnectionLostError as exc:
                     log.warning("the shared listener's connection failed: %s", exc)
@@ -393,6 +400,17 @@ class _Hub:
                 channels = [str(c) for c in request["channels"]]
                 peer.channels.difference_update(channels)
                 await self._unlisten_unused(channels, timeout)
+            elif op == "hold":
+                worker = uuid.UUID(str(request["worker"]))
+                try:
+                    reply["held"] = await real.hold(worker, float(request["lease"]), timeout)
+                except AgentMessagingError as exc:
+                    # not the connection's end (the health check finds that): the
+                    # worker is not present, and claims as it always could
+                    log.warning("holding worker %s failed: %s", worker, exc)
+                    reply["held"] = False
+                else:
+                    peer.workers.add(worker)
             elif op == "notify":
                 await real.notify(str(request["channel"]), str(request["payload"]), timeout)
             elif op == "pid":
@@ -409,6 +427,8 @@ class _Hub:
                 self._stop.set()
         except AgentMessagingError as exc:
             reply["error"] = str(exc)
+        except (KeyError, TypeError, ValueError) as exc:  # a malformed request
+            reply["error"] = f"bad request: {exc!r}"
         return reply
 
     async def _unlisten_unused(self, channels: Iterable[str], timeout: float) -> None:
@@ -603,6 +623,16 @@ class SharedListener:
             await self._real.notify(channel, payload, timeout)
         else:
             await self._request(timeout, op="notify", channel=channel, payload=payload)
+
+    async def hold(self, worker: Any, lease: float, timeout: float) -> bool:
+        """``amp.hold_worker`` on the (shared) LISTEN connection: the hub lets go of
+        the worker when this process's subscription ends (its process gone), or the
+        lock goes with the hub's connection."""
+        if self._real is not None:
+            return await self._real.hold(worker, lease, timeout)
+        return bool(
+            (await self._request(timeout, op="hold", worker=str(worker), lease=lease))["held"]
+        )
 
     async def backend_pid(self, timeout: float) -> int:
         """The server process id of the (shared) LISTEN connection."""

@@ -142,6 +142,10 @@ SELECT amp.serve_agents($1, $2)
 -- (its advisory lock is the worker's presence); false if another connection holds it.
 SELECT amp.hold_worker($1, make_interval(secs => $2)) AS held
 
+-- name: release_worker
+-- The worker $1 is present on this connection no more (amp.hold_worker undone).
+SELECT amp.release_worker($1) AS released
+
 -- name: release_deliveries
 -- Hand back deliveries leased to the worker $1: those of $2 (every one if null),
 -- except $3; the ids handed back.

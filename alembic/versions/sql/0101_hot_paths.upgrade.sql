@@ -2971,7 +2971,8 @@ BEGIN
     END IF;
     PERFORM amp._require_worker(p_worker);
     UPDATE amp.workers SET direct_lease = p_lease WHERE id = p_worker;
-    RETURN pg_try_advisory_lock(amp._worker_key(p_worker));
+    -- once per session: the lock counts its holds, and one release must undo it
+    RETURN amp._holds_worker(p_worker) OR pg_try_advisory_lock(amp._worker_key(p_worker));
 END;
 $$;
 
@@ -3010,6 +3011,32 @@ BEGIN
         PERFORM amp._notify_message(v_hint.message, v_hint.n::integer);
     END LOOP;
     RETURN QUERY SELECT unnest(v_released);
+END;
+$$;
+
+-- The worker is present on this connection no more (it gives up the lock
+-- amp.hold_worker took here): a hub that held it for a process that went, say.
+-- Returns false if this connection did not hold it.
+CREATE OR REPLACE FUNCTION amp.release_worker(p_worker uuid)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM amp._require_worker_arg(p_worker);
+    PERFORM amp._require_worker(p_worker);
+    RETURN amp._holds_worker(p_worker) AND pg_advisory_unlock(amp._worker_key(p_worker));
+END;
+$$;
+
+-- Whether this session holds the worker's lock (amp.hold_worker).
+CREATE OR REPLACE FUNCTION amp._holds_worker(p_worker uuid)
+RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (
+        SELECT 1 FROM pg_locks l
+        WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid() AND l.objsubid = 1
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND ((l.classid::bigint << 32) | l.objid::bigint) = amp._worker_key(p_worker));
 END;
 $$;
 
@@ -3058,7 +3085,7 @@ LANGUAGE sql IMMUTABLE AS $$
         'send_one_way', 'send_one_way_many', 'delivery_outcome', 'register_worker', 'serve_agents', 'heartbeat', 'claim_deliveries',
         'ack_delivery', 'ack_deliveries', 'fail_delivery', 'next_delivery_at',
         'unregister_worker', 'extend_leases', 'peek_deliveries', 'hold_worker',
-        'release_deliveries',
+        'release_worker', 'release_deliveries',
         -- asynchronous conversations
         'async_send', 'read_unread', 'confirm_read', 'reject_unread', 'peek_unread',
         'inbox_messages', 'mark_unread',
@@ -3088,7 +3115,7 @@ LANGUAGE sql IMMUTABLE AS $$
         '_touch_updated_at', '_name_agent_channel', '_enqueue_delivery', '_setting', '_settings_check', '_page_size',
         -- delivery.sql
         '_check_message', '_check_json', '_resolve_pair', '_store_message', '_idempotent_message',
-        '_notify_message', '_notify_delivery', '_require_worker_arg', '_worker_key',
+        '_notify_message', '_notify_delivery', '_require_worker_arg', '_worker_key', '_holds_worker',
         '_answered_request', '_settle_deliveries',
         -- retention.sql
         '_prune_answer_kept',
