@@ -116,7 +116,12 @@ async def test_psql_replies_to_the_sdk(pair: SDK, dsn: str) -> None:
             pair.sync_conversation.send_and_wait("alice", "bob", {"q": "2+2"}, timeout=30)
         )
         await request_for(pair, "bob")
-        await bob.run("SELECT 1;")  # psql prints notifications after a command
+        # psql prints the notifications its connection received after a command; the
+        # server delivers one to an idle connection a moment after the commit
+        for _ in range(200):
+            await bob.run("SELECT 1;")
+            if any(f'notification "{channel}"' in line for line in bob.notifications):
+                break
         assert any(f'notification "{channel}"' in line for line in bob.notifications)
         await bob.run(
             "SELECT amp.sync_reply('bob', r.sender_external_id, jsonb_build_object("
