@@ -325,6 +325,26 @@ BEGIN
 END;
 $$;
 
+-- One hint per recipient of these messages (stored or handed back together): that
+-- of its first message, with how many ("count"). A hint per message cost the server
+-- a NOTIFY and the recipient's process a wake-up each, where one claim takes them all.
+CREATE OR REPLACE FUNCTION amp._notify_recipients(p_ids uuid[])
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_hint record;
+BEGIN
+    FOR v_hint IN
+        SELECT DISTINCT ON (m.recipient_id) m AS message,
+               count(*) OVER (PARTITION BY m.recipient_id) AS n
+        FROM amp.messages m WHERE m.id = ANY (p_ids)
+        ORDER BY m.recipient_id, m.seq
+    LOOP
+        PERFORM amp._notify_message(v_hint.message, v_hint.n::integer);
+    END LOOP;
+END;
+$$;
+
 -- Tell the sender how a pushed message ended (delivered or failed): a sender,
 -- a test or an observer can wait for that instead of polling.
 CREATE OR REPLACE FUNCTION amp._notify_delivery(p_message amp.messages)
@@ -459,7 +479,6 @@ LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_released uuid[];
-    v_hint record;
 BEGIN
     PERFORM amp._require_worker_arg(p_worker);
     PERFORM amp._require_worker(p_worker);
@@ -472,15 +491,7 @@ BEGIN
         RETURNING d.message_id
     )
     SELECT coalesce(array_agg(message_id), '{}') INTO v_released FROM released;
-    -- one hint per recipient: any worker serving it claims
-    FOR v_hint IN
-        SELECT DISTINCT ON (m.recipient_id) m AS message,
-               count(*) OVER (PARTITION BY m.recipient_id) AS n
-        FROM amp.messages m WHERE m.id = ANY (v_released)
-        ORDER BY m.recipient_id, m.seq
-    LOOP
-        PERFORM amp._notify_message(v_hint.message, v_hint.n::integer);
-    END LOOP;
+    PERFORM amp._notify_recipients(v_released);  -- any worker serving them claims
     RETURN QUERY SELECT unnest(v_released);
 END;
 $$;
@@ -898,7 +909,6 @@ DECLARE
     v_ids uuid[] := '{}';
     v_state text;
     v_text text;
-    v_hint record;
 BEGIN
     v_sender := amp._acting_agent(p_sender);
     IF v_n = 0 THEN
@@ -938,17 +948,7 @@ BEGIN
         END IF;
         RAISE;
     END;
-    -- one hint per recipient (its first message of the batch, and how many): a
-    -- hint per message cost the server a NOTIFY and the recipient's process a
-    -- wake-up each, where one claim takes the whole backlog
-    FOR v_hint IN
-        SELECT DISTINCT ON (m.recipient_id) m AS message,
-               count(*) OVER (PARTITION BY m.recipient_id) AS n
-        FROM amp.messages m WHERE m.id = ANY (v_ids)
-        ORDER BY m.recipient_id, m.seq
-    LOOP
-        PERFORM amp._notify_message(v_hint.message, v_hint.n::integer);
-    END LOOP;
+    PERFORM amp._notify_recipients(v_ids);
     RETURN QUERY SELECT unnest(v_ids);
 END;
 $$;

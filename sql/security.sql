@@ -62,7 +62,7 @@ LANGUAGE sql IMMUTABLE AS $$
         '_touch_updated_at', '_name_agent_channel', '_enqueue_delivery', '_setting', '_settings_check', '_page_size',
         -- delivery.sql
         '_check_message', '_check_json', '_resolve_pair', '_store_message', '_idempotent_message',
-        '_notify_message', '_notify_delivery', '_require_worker_arg', '_worker_key', '_holds_worker',
+        '_notify_message', '_notify_recipients', '_notify_delivery', '_require_worker_arg', '_worker_key', '_holds_worker',
         '_answered_request', '_settle_deliveries',
         -- retention.sql
         '_prune_answer_kept',

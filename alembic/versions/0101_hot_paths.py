@@ -25,7 +25,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "c89913c531fe36b970524e0cd5f3942a28836d4b61927fd5afb4d6ccd0478013"
+sql_hash = "512a7ed099b95a8164ebd1fff222d14d75858b8139508da0b2467cd120703fb8"
 
 
 def upgrade() -> None:

@@ -36,6 +36,7 @@ CREATE INDEX deliveries_requests_idx ON amp.deliveries (recipient_id)
 -- this revision's new names
 DROP FUNCTION amp._acting_agent(text) CASCADE;
 DROP FUNCTION amp._worker_key(uuid) CASCADE;
+DROP FUNCTION amp._notify_recipients(uuid[]) CASCADE;
 DROP FUNCTION amp._holds_worker(uuid) CASCADE;
 DROP FUNCTION amp.hold_worker(uuid,interval) CASCADE;
 DROP FUNCTION amp.release_worker(uuid) CASCADE;

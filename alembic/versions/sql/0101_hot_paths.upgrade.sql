@@ -1607,7 +1607,6 @@ DECLARE
     v_ids uuid[] := '{}';
     v_state text;
     v_text text;
-    v_hint record;
 BEGIN
     v_sender := amp._acting_agent(p_sender);
     IF v_n = 0 THEN
@@ -1647,17 +1646,7 @@ BEGIN
         END IF;
         RAISE;
     END;
-    -- one hint per recipient (its first message of the batch, and how many): a
-    -- hint per message cost the server a NOTIFY and the recipient's process a
-    -- wake-up each, where one claim takes the whole backlog
-    FOR v_hint IN
-        SELECT DISTINCT ON (m.recipient_id) m AS message,
-               count(*) OVER (PARTITION BY m.recipient_id) AS n
-        FROM amp.messages m WHERE m.id = ANY (v_ids)
-        ORDER BY m.recipient_id, m.seq
-    LOOP
-        PERFORM amp._notify_message(v_hint.message, v_hint.n::integer);
-    END LOOP;
+    PERFORM amp._notify_recipients(v_ids);
     RETURN QUERY SELECT unnest(v_ids);
 END;
 $$;
@@ -2988,7 +2977,6 @@ LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_released uuid[];
-    v_hint record;
 BEGIN
     PERFORM amp._require_worker_arg(p_worker);
     PERFORM amp._require_worker(p_worker);
@@ -3001,15 +2989,7 @@ BEGIN
         RETURNING d.message_id
     )
     SELECT coalesce(array_agg(message_id), '{}') INTO v_released FROM released;
-    -- one hint per recipient: any worker serving it claims
-    FOR v_hint IN
-        SELECT DISTINCT ON (m.recipient_id) m AS message,
-               count(*) OVER (PARTITION BY m.recipient_id) AS n
-        FROM amp.messages m WHERE m.id = ANY (v_released)
-        ORDER BY m.recipient_id, m.seq
-    LOOP
-        PERFORM amp._notify_message(v_hint.message, v_hint.n::integer);
-    END LOOP;
+    PERFORM amp._notify_recipients(v_released);  -- any worker serving them claims
     RETURN QUERY SELECT unnest(v_released);
 END;
 $$;
@@ -3037,6 +3017,26 @@ BEGIN
         WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid() AND l.objsubid = 1
           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
           AND ((l.classid::bigint << 32) | l.objid::bigint) = amp._worker_key(p_worker));
+END;
+$$;
+
+-- One hint per recipient of these messages (stored or handed back together): that
+-- of its first message, with how many ("count"). A hint per message cost the server
+-- a NOTIFY and the recipient's process a wake-up each, where one claim takes them all.
+CREATE OR REPLACE FUNCTION amp._notify_recipients(p_ids uuid[])
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_hint record;
+BEGIN
+    FOR v_hint IN
+        SELECT DISTINCT ON (m.recipient_id) m AS message,
+               count(*) OVER (PARTITION BY m.recipient_id) AS n
+        FROM amp.messages m WHERE m.id = ANY (p_ids)
+        ORDER BY m.recipient_id, m.seq
+    LOOP
+        PERFORM amp._notify_message(v_hint.message, v_hint.n::integer);
+    END LOOP;
 END;
 $$;
 
@@ -3115,7 +3115,7 @@ LANGUAGE sql IMMUTABLE AS $$
         '_touch_updated_at', '_name_agent_channel', '_enqueue_delivery', '_setting', '_settings_check', '_page_size',
         -- delivery.sql
         '_check_message', '_check_json', '_resolve_pair', '_store_message', '_idempotent_message',
-        '_notify_message', '_notify_delivery', '_require_worker_arg', '_worker_key', '_holds_worker',
+        '_notify_message', '_notify_recipients', '_notify_delivery', '_require_worker_arg', '_worker_key', '_holds_worker',
         '_answered_request', '_settle_deliveries',
         -- retention.sql
         '_prune_answer_kept',
