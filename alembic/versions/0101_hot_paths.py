@@ -25,7 +25,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "c89913c531fe36b970524e0cd5f3942a28836d4b61927fd5afb4d6ccd0478013"
+sql_hash = "2f2b3d68da28add0913fe8e2f8580e32a40cd67225014a9d01212ceab6c430ef"
 
 
 def upgrade() -> None:
