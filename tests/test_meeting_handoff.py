@@ -1,9 +1,11 @@
 """The meeting turn hand-off: the turn's hint to its new speaker, on that agent's own
-channel, carries what was said since it last spoke.
+channel, carries what was said since it last spoke, so the woken speaker returns
+without reading it back; a hint it cannot prove newer than its wait only wakes it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from typing import Any
@@ -11,7 +13,13 @@ from uuid import UUID
 
 import psycopg
 
+from agent_messaging import AgentMessaging, queries
+from agent_messaging.meeting_manager import _Turn
+from agent_messaging.notifications import MeetingChanged, TurnGiven, parse
+
+SDK = AgentMessaging[dict[str, object]]
 Conn = psycopg.Connection[tuple[object, ...]]
+WAIT = 30.0
 
 
 def setup_meeting(conn: Conn, names: list[str], turn: str | None = "60 seconds") -> UUID:
@@ -180,3 +188,115 @@ def test_no_content_travels_where_the_database_keeps_it_out(sql: Conn) -> None:
     hints = [turns(notes, ch[n]) for n in ("a", "b", "host")]
     only = {"kind": "turn", "meeting_id": str(meeting)}
     assert hints == [[only], [only], [only]]  # start, speak, expiry
+
+
+# -- the SDK ------------------------------------------------------------------------
+
+
+async def test_the_woken_speaker_reads_nothing_back(sdk: SDK) -> None:
+    await sdk.register_organization("org")
+    names = ["host", "a", "b"]
+    for name in names:
+        await sdk.register_agent(name, "org")
+    meeting = await sdk.meeting.create_meeting("host", names, turn_duration=60)
+    had_turn: set[str] = set()
+    reads_after_first_turn: list[str] = []
+    fetch_one = sdk.db.fetch_one
+
+    async def counting(query: str, params: list[Any], **kwargs: Any) -> Any:
+        row = await fetch_one(query, params, **kwargs)
+        if query == queries.MEETING_TURN and params[0] in had_turn and not row["meeting_ended"]:
+            reads_after_first_turn.append(params[0])
+        return row
+
+    sdk.db.fetch_one = counting  # type: ignore[method-assign,assignment]
+    heard: dict[str, list[list[tuple[str | None, Any]]]] = {n: [] for n in names}
+
+    async def participant(name: str, rounds: int) -> None:
+        signal = await sdk.meeting.attend_meeting(name, meeting, timeout=WAIT)
+        while not signal.meeting_ended:
+            assert signal.your_turn and signal.current_speaker_external_id == name
+            heard[name].append(
+                [(m.sender_external_id, m.content) for m in signal.messages if not m.system]
+            )
+            had_turn.add(name)
+            if name == "host" and len(heard[name]) > rounds:
+                await sdk.meeting.end_meeting(name, meeting)
+                return
+            text: dict[str, object] = {"t": f"{name}{len(heard[name])}"}
+            signal = await sdk.meeting.speak(name, meeting, text, timeout=WAIT)
+
+    guests = [asyncio.create_task(participant(n, 0)) for n in names[1:]]
+    await sdk.meeting.wait_until_ready(meeting, timeout=WAIT)
+    await sdk.meeting.start_meeting("host", meeting, {"t": "host0"})
+    await asyncio.wait_for(asyncio.gather(participant("host", 4), *guests), WAIT)
+    assert reads_after_first_turn == []
+    # every signal has what the others said since the agent last spoke, in order
+    assert heard["host"] == [[("a", {"t": f"a{i}"}), ("b", {"t": f"b{i}"})] for i in range(1, 6)]
+    assert heard["a"] == [
+        [("host", {"t": "host0"})],
+        *([("b", {"t": f"b{i}"}), ("host", {"t": f"host{i}"})] for i in range(1, 5)),
+    ]
+    assert heard["b"] == [
+        [("host", {"t": f"host{i}"}), ("a", {"t": f"a{i + 1}"})] for i in range(5)
+    ]
+
+
+def _hint(meeting: UUID, *ids: str) -> TurnGiven:
+    payload = {
+        "kind": "turn",
+        "meeting_id": str(meeting),
+        "messages": [
+            {
+                "seq": i,
+                "message_id": m,
+                "message_type": "meeting",
+                "sender_external_id": "x",
+                "content": "{}",
+                "is_late": False,
+                "created_at": "2026-01-01T00:00:00+00:00",
+            }
+            for i, m in enumerate(ids)
+        ],
+    }
+    note = parse(json.dumps(payload))
+    assert isinstance(note, TurnGiven)
+    return note
+
+
+def test_only_a_hint_newer_than_the_speak_is_taken() -> None:
+    meeting = UUID(int=1)
+    turn = _Turn("a", str(meeting))
+    stale = _hint(meeting, "m1", "m2")  # given before a spoke: a's message is not in it
+    fresh = _hint(meeting, "m2", "mine", "m3")
+    other = _hint(UUID(int=2), "mine")
+    assert turn.wanted(stale) and turn.wanted(fresh)
+    assert not turn.wanted(other)
+    # before the speak has answered, nothing is known to be newer: read
+    assert turn.take_carried() is None
+    assert turn.wanted(stale) and turn.wanted(fresh)
+    turn.spoke = "mine"
+    carried = turn.take_carried()
+    assert carried is not None and [m["message_id"] for m in carried] == ["m2", "mine", "m3"]
+    assert turn.wanted(stale)
+    assert turn.take_carried() is None  # a stale hint only wakes the wait: it reads
+    # a wait that read nothing (an attend's) takes no hint at all
+    attend = _Turn("a", str(meeting))
+    assert attend.wanted(fresh) and attend.take_carried() is None
+
+
+def test_a_turn_named_during_the_first_read_is_not_lost() -> None:
+    meeting = UUID(int=1)
+    turn = _Turn("a", str(meeting))
+    me = UUID(int=7)
+    hint = MeetingChanged(kind="meeting", meeting_id=meeting, status="active", speaker_id=me)
+    # the hint comes while the first read is under way: the agent's id is not known
+    assert not turn.wanted(hint)
+    assert turn.speakers == {str(me)}
+    turn.agent_id = str(me)
+    assert turn.wanted(hint)
+
+
+def test_the_end_always_wakes() -> None:
+    turn = _Turn("a", str(UUID(int=1)))
+    assert turn.wanted(MeetingChanged(kind="meeting", meeting_id=UUID(int=1), status="ended"))
