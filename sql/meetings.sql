@@ -524,11 +524,7 @@ BEGIN
         SELECT event.seq, turn.turn_deadline, said.items, said.cut
         INTO v_seq, v_deadline, v_items, v_cut
         FROM event, turn, (
-            SELECT json_agg(json_build_object(
-                       'seq', h.seq, 'message_id', h.id, 'message_type', h.message_type,
-                       'sender_external_id', a.external_id, 'content', h.content::text,
-                       'is_late', h.is_late, 'created_at', h.created_at) ORDER BY h.seq)
-                       FILTER (WHERE h.size <= 6000) AS items,
+            SELECT json_agg(r ORDER BY r.seq) FILTER (WHERE h.size <= 6000) AS items,
                    count(*) > 40 OR bool_or(h.size > 6000) AS cut
             FROM (SELECT m.seq, m.id, m.message_type, m.sender_id, m.content, m.is_late,
                          m.created_at,
@@ -539,7 +535,10 @@ BEGIN
                     AND m.message_type IN ('meeting', 'system')
                   ORDER BY m.seq
                   LIMIT 41) h
-            LEFT JOIN amp.agents a ON a.id = h.sender_id) said;
+            LEFT JOIN amp.agents a ON a.id = h.sender_id,
+            LATERAL (SELECT h.seq, h.id AS message_id, h.message_type,
+                            a.external_id AS sender_external_id, h.content::text AS content,
+                            h.is_late, h.created_at) r) said;
         -- the hints of amp._meeting_hand_over and amp._meeting_record_event, the
         -- next speaker's own first (assignments: cheaper than PERFORM)
         IF v_channel IS NOT NULL THEN

@@ -25,7 +25,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "2f2b3d68da28add0913fe8e2f8580e32a40cd67225014a9d01212ceab6c430ef"
+sql_hash = "64e5f2b1b4823afd58085ceeff3d5e675b15abce2a317cb34634c2f344fe7e62"
 
 
 def upgrade() -> None:
