@@ -25,7 +25,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "64e5f2b1b4823afd58085ceeff3d5e675b15abce2a317cb34634c2f344fe7e62"
+sql_hash = "398d87e709db7b65b45e352ceb8185ef45ec8ecccf8797f9e52fe4f12cb4b45d"
 
 
 def upgrade() -> None:

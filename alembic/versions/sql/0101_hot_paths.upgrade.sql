@@ -2329,23 +2329,24 @@ BEGIN
     IF current_setting('amp.notify_content', true) IS DISTINCT FROM 'off' THEN
         -- at most 40 messages, and only while their stored size stays well under the
         -- 8000 bytes of a payload; else the hint goes without them (the speaker reads)
-        SELECT json_agg(r ORDER BY r.seq) FILTER (WHERE h.size <= 6000),
-               count(*) > 40 OR bool_or(h.size > 6000)
-        INTO v_items, v_cut
-        FROM (SELECT m.seq, m.id, m.message_type, m.sender_id, m.content, m.is_late,
-                     m.created_at,
-                     sum(pg_column_size(m.content) + 160) OVER (ORDER BY m.seq) AS size
-              FROM amp.messages m
+        SELECT count(*) > 40 OR coalesce(sum(pg_column_size(m.content) + 160), 0) > 6000
+        INTO v_cut
+        FROM (SELECT m.content FROM amp.messages m
               WHERE m.meeting_id = p_meeting.id AND m.seq >= coalesce(v_since, 0)
                 AND m.message_type IN ('meeting', 'system')
               ORDER BY m.seq
-              LIMIT 41) h
-        LEFT JOIN amp.agents a ON a.id = h.sender_id,
-        -- the row as it goes out (json_agg of a row: half the work of json_build_object)
-        LATERAL (SELECT h.seq, h.id AS message_id, h.message_type,
-                        a.external_id AS sender_external_id, h.content::text AS content,
-                        h.is_late, h.created_at) r;
+              LIMIT 41) m;
         IF NOT v_cut THEN
+            SELECT json_agg(r ORDER BY r.seq) INTO v_items
+            FROM amp.messages h
+            LEFT JOIN amp.agents a ON a.id = h.sender_id,
+            -- the row as it goes out (json_agg of a row: half the work of
+            -- json_build_object)
+            LATERAL (SELECT h.seq, h.id AS message_id, h.message_type,
+                            a.external_id AS sender_external_id, h.content::text AS content,
+                            h.is_late, h.created_at) r
+            WHERE h.meeting_id = p_meeting.id AND h.seq >= coalesce(v_since, 0)
+              AND h.message_type IN ('meeting', 'system');
             v_payload := json_build_object('kind', 'turn', 'meeting_id', p_meeting.id,
                                            'messages', coalesce(v_items, '[]'))::text;
         END IF;
@@ -2631,28 +2632,33 @@ BEGIN
                 'next_speaker_external_id', v_next_ext))
             RETURNING seq
         )
-        SELECT event.seq, turn.turn_deadline, said.items, said.cut
-        INTO v_seq, v_deadline, v_items, v_cut
+        SELECT event.seq, turn.turn_deadline, NOT said.fits,
+               -- built only when it fits (a subquery in CASE runs only if reached)
+               CASE WHEN said.fits THEN (
+                   SELECT json_agg(r ORDER BY r.seq)
+                   FROM amp.messages h
+                   LEFT JOIN amp.agents a ON a.id = h.sender_id,
+                   LATERAL (SELECT h.seq, h.id AS message_id, h.message_type,
+                                   a.external_id AS sender_external_id,
+                                   h.content::text AS content, h.is_late, h.created_at) r
+                   WHERE h.meeting_id = p_meeting AND h.seq >= coalesce(v_since, 0)
+                     AND h.message_type IN ('meeting', 'system')) END
+        INTO v_seq, v_deadline, v_cut, v_items
         FROM event, turn, (
-            SELECT json_agg(r ORDER BY r.seq) FILTER (WHERE h.size <= 6000) AS items,
-                   count(*) > 40 OR bool_or(h.size > 6000) AS cut
-            FROM (SELECT m.seq, m.id, m.message_type, m.sender_id, m.content, m.is_late,
-                         m.created_at,
-                         sum(pg_column_size(m.content) + 160) OVER (ORDER BY m.seq) AS size
-                  FROM amp.messages m
+            -- at most 40 messages, and only while their stored size stays well under
+            -- the 8000 bytes of a payload
+            SELECT v_carry AND count(*) <= 40
+                   AND coalesce(sum(pg_column_size(m.content) + 160), 0) <= 6000 AS fits
+            FROM (SELECT m.content FROM amp.messages m
                   WHERE v_carry AND m.meeting_id = p_meeting
                     AND m.seq >= coalesce(v_since, 0)
                     AND m.message_type IN ('meeting', 'system')
                   ORDER BY m.seq
-                  LIMIT 41) h
-            LEFT JOIN amp.agents a ON a.id = h.sender_id,
-            LATERAL (SELECT h.seq, h.id AS message_id, h.message_type,
-                            a.external_id AS sender_external_id, h.content::text AS content,
-                            h.is_late, h.created_at) r) said;
+                  LIMIT 41) m) said;
         -- the hints of amp._meeting_hand_over and amp._meeting_record_event, the
         -- next speaker's own first (assignments: cheaper than PERFORM)
         IF v_channel IS NOT NULL THEN
-            IF v_carry AND NOT v_cut THEN
+            IF NOT v_cut THEN
                 v_payload := json_build_object('kind', 'turn', 'meeting_id', p_meeting,
                                                'messages', coalesce(v_items, '[]'))::text;
             END IF;
