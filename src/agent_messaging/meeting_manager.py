@@ -2,8 +2,12 @@
 
 All state transitions are ``amp.*`` SQL functions (``sql/meetings.sql``); this module
 calls them and waits. Waiting follows listen -> check -> wait -> re-check: subscribe
-to the meeting's channel, read the turn from the table, wait for a notification (or
-the fallback poll), read again.
+to the meeting's channel and the agent's own, read the turn from the table (or, after
+a ``speak``, take the speak itself as that check), wait for a notification (or the
+fallback poll), read again. The turn's hint to its new speaker, on that agent's
+channel, carries what was said since it last spoke: a wait returns it without a read
+when the hint is provably of a turn given after the wait's own ``speak`` (its history
+holds the message that speak stored); any other hint only wakes the wait to read.
 
 Turn deadlines are kept by :class:`~agent_messaging.turn_sweeper.TurnSweeper`, one
 per SDK process; waits hand it the deadlines they read.
