@@ -771,12 +771,14 @@ END;
 $$;
 
 -- What a waiting participant needs: is it my turn, has the meeting ended, what
--- have I said last, and how long until the current turn expires.
+-- have I said last, how long until the current turn expires, and the seq of the
+-- newest message this read saw (a participant's only): the messages of a later
+-- transition are newer, so a turn hint carrying one was given after this read.
 CREATE OR REPLACE FUNCTION amp.meeting_turn(p_agent text, p_meeting uuid)
 RETURNS TABLE (
     agent_id uuid, meeting_status text, participant_status text,
     current_speaker_external_id text, your_turn boolean, meeting_ended boolean,
-    last_spoke_seq bigint, seconds_left double precision)
+    last_spoke_seq bigint, seconds_left double precision, latest_seq bigint)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_agent amp.agents;
@@ -786,7 +788,9 @@ BEGIN
     SELECT v_agent.id, m.status, p.status, s.external_id,
            m.status = 'active' AND m.current_speaker_id = v_agent.id,
            m.status = 'ended', p.last_spoke_seq,
-           extract(epoch FROM m.turn_deadline - clock_timestamp())::double precision
+           extract(epoch FROM m.turn_deadline - clock_timestamp())::double precision,
+           CASE WHEN p.id IS NOT NULL THEN
+               (SELECT max(x.seq) FROM amp.messages x WHERE x.meeting_id = m.id) END
     FROM amp.meetings m
     LEFT JOIN amp.meeting_participants p ON p.meeting_id = m.id AND p.agent_id = v_agent.id
     LEFT JOIN amp.agents s ON s.id = m.current_speaker_id

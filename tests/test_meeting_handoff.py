@@ -199,14 +199,13 @@ async def test_the_woken_speaker_reads_nothing_back(sdk: SDK) -> None:
     for name in names:
         await sdk.register_agent(name, "org")
     meeting = await sdk.meeting.create_meeting("host", names, turn_duration=60)
-    had_turn: set[str] = set()
-    reads_after_first_turn: list[str] = []
+    reads: dict[str, int] = dict.fromkeys(names, 0)
     fetch_one = sdk.db.fetch_one
 
     async def counting(query: str, params: list[Any], **kwargs: Any) -> Any:
         row = await fetch_one(query, params, **kwargs)
-        if query == queries.MEETING_TURN and params[0] in had_turn and not row["meeting_ended"]:
-            reads_after_first_turn.append(params[0])
+        if query == queries.MEETING_TURN and not row["meeting_ended"]:
+            reads[params[0]] += 1
         return row
 
     sdk.db.fetch_one = counting  # type: ignore[method-assign,assignment]
@@ -219,7 +218,6 @@ async def test_the_woken_speaker_reads_nothing_back(sdk: SDK) -> None:
             heard[name].append(
                 [(m.sender_external_id, m.content) for m in signal.messages if not m.system]
             )
-            had_turn.add(name)
             if name == "host" and len(heard[name]) > rounds:
                 await sdk.meeting.end_meeting(name, meeting)
                 return
@@ -230,7 +228,9 @@ async def test_the_woken_speaker_reads_nothing_back(sdk: SDK) -> None:
     await sdk.meeting.wait_until_ready(meeting, timeout=WAIT)
     await sdk.meeting.start_meeting("host", meeting, {"t": "host0"})
     await asyncio.wait_for(asyncio.gather(participant("host", 4), *guests), WAIT)
-    assert reads_after_first_turn == []
+    # each agent read its turn once, when it began to wait (an attend's wait); every
+    # turn after that came in its hint: given after that read, or after its speak
+    assert reads == dict.fromkeys(names, 1)
     # every signal has what the others said since the agent last spoke, in order
     assert heard["host"] == [[("a", {"t": f"a{i}"}), ("b", {"t": f"b{i}"})] for i in range(1, 6)]
     assert heard["a"] == [
@@ -283,6 +283,19 @@ def test_only_a_hint_newer_than_the_speak_is_taken() -> None:
     # a wait that read nothing (an attend's) takes no hint at all
     attend = _Turn("a", str(meeting))
     assert attend.wanted(fresh) and attend.take_carried() is None
+
+
+def test_a_hint_newer_than_the_last_read_is_taken() -> None:
+    meeting = UUID(int=1)
+    turn = _Turn("a", str(meeting))
+    before = _hint(meeting, "m1", "m2")  # seqs 0, 1
+    after = _hint(meeting, "m1", "m2", "m3")  # seqs 0, 1, 2
+    assert turn.wanted(before) and turn.wanted(after)
+    turn.read_seq = 1  # the read saw m2: a turn given before it, and m3: after it
+    carried = turn.take_carried()
+    assert carried is not None and [m["message_id"] for m in carried] == ["m1", "m2", "m3"]
+    assert turn.wanted(before)
+    assert turn.take_carried() is None
 
 
 def test_a_turn_named_during_the_first_read_is_not_lost() -> None:

@@ -25,7 +25,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "398d87e709db7b65b45e352ceb8185ef45ec8ecccf8797f9e52fe4f12cb4b45d"
+sql_hash = "cf775894c72e775cc5d1448791499eff13e144c3576c9a53a2004f040cd4da22"
 
 
 def upgrade() -> None:

@@ -7,7 +7,8 @@ a ``speak``, take the speak itself as that check), wait for a notification (or t
 fallback poll), read again. The turn's hint to its new speaker, on that agent's
 channel, carries what was said since it last spoke: a wait returns it without a read
 when the hint is provably of a turn given after the wait's own ``speak`` (its history
-holds the message that speak stored); any other hint only wakes the wait to read.
+holds the message that speak stored) or after its last read (its newest message is
+newer than any that read saw); any other hint only wakes the wait to read.
 
 Turn deadlines are kept by :class:`~agent_messaging.turn_sweeper.TurnSweeper`, one
 per SDK process; waits hand it the deadlines they read.
@@ -425,6 +426,8 @@ class MeetingManager(Generic[T]):
                         json.loads(row["history"] or "[]"),
                     )
                 )
+            # a turn given after this read carries a newer message than this
+            turn.read_seq = row["latest_seq"]
             if row["meeting_status"] == "active" and row["seconds_left"] is not None:
                 # hand the deadline to the turn sweeper, which expires it on time
                 self._note(float(row["seconds_left"]))
@@ -504,7 +507,16 @@ class MeetingManager(Generic[T]):
 class _Turn:
     """One agent's wait for its turn in one meeting: what the notifications told it."""
 
-    __slots__ = ("agent", "agent_id", "carried", "meeting", "meeting_id", "speakers", "spoke")
+    __slots__ = (
+        "agent",
+        "agent_id",
+        "carried",
+        "meeting",
+        "meeting_id",
+        "read_seq",
+        "speakers",
+        "spoke",
+    )
 
     def __init__(self, agent: str, meeting: str) -> None:
         self.agent = agent
@@ -514,6 +526,8 @@ class _Turn:
         self.agent_id: str | None = None
         #: the id of the message the agent spoke just before this wait
         self.spoke: str | None = None
+        #: the newest message seq the last read saw (it found no turn)
+        self.read_seq: int | None = None
         #: histories carried by the turn hints heard since the last check
         self.carried: list[list[dict[str, Any]]] = []
         #: speakers (ids) the meeting's hints named while the agent's id was unknown
@@ -545,15 +559,19 @@ class _Turn:
         return not isinstance(notification, _AGENT_TRAFFIC)
 
     def take_carried(self) -> list[dict[str, Any]] | None:
-        """The newest carried history that is known to be of a turn given after the
-        agent spoke (it holds that message); the others are forgotten: stale, or
-        read anyway."""
+        """The newest carried history that is known to be of a turn given after what
+        the wait knows: after the agent's speak (the history holds its message), or
+        after the wait's last read (its newest message is newer than any the read
+        saw: a meeting's transitions store their messages in the order they commit).
+        The others are forgotten: stale, or of a turn a read will see anyway."""
         carried: list[list[dict[str, Any]]] = self.carried
         self.carried = []
-        if self.spoke is None:
-            return None
         for history in carried[::-1]:
-            if any(item.get("message_id") == self.spoke for item in history):
+            if self.read_seq is not None and history and history[-1]["seq"] > self.read_seq:
+                return history
+            if self.spoke is not None and any(
+                item.get("message_id") == self.spoke for item in history
+            ):
                 return history
         return None
 

@@ -33,6 +33,9 @@ CREATE INDEX deliveries_leased_idx ON amp.deliveries (claim_expires_at)
 CREATE INDEX deliveries_requests_idx ON amp.deliveries (recipient_id)
     WHERE message_type = 'sync_request';
 
+-- this revision's result columns of amp.meeting_turn: created again below as 0100's
+DROP FUNCTION amp.meeting_turn(text,uuid);
+
 -- this revision's new names
 DROP FUNCTION amp._acting_agent(text) CASCADE;
 DROP FUNCTION amp._worker_key(uuid) CASCADE;

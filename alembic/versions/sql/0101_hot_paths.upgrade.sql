@@ -52,8 +52,14 @@
 --   read no table) needs no statement on a table: amp.agent_organization,
 --   amp.agent_list (the directory, scoped by the contact policy),
 --   amp.peek_deliveries (an agent's pending pushed messages) and amp.agent_meetings.
--- Not breaking: no public function changed its signature; clients of 0.1.0 call
--- only public functions. Frozen once released: never edit it after the release tag.
+-- * A meeting turn's new speaker is told on its own agent channel, with what was said
+--   since it last spoke when that fits in a payload (amp._meeting_hand_over), so it
+--   need not read it back; amp.speak does its hand-off in fewer statements and
+--   calls; amp.meeting_turn also returns latest_seq (the newest message it saw), by
+--   which a waiter tells a hint given after its read from one given before.
+-- Not breaking: no public function changed its parameters, and the one changed
+-- result (amp.meeting_turn's) only gained a last column; clients of 0.1.0 call only
+-- public functions. Frozen once released: never edit it after the release tag.
 
 DROP INDEX amp.deliveries_leased_idx;
 DROP INDEX amp.deliveries_requests_idx;
@@ -86,6 +92,9 @@ CREATE UNIQUE INDEX sessions_one_live_per_pair
 DROP INDEX amp.sessions_waiting_for_idx;
 DROP INDEX amp.sessions_ended_idx;
 CREATE INDEX sessions_ended_idx ON amp.sessions (ended_at) WHERE ended_at IS NOT NULL;
+
+-- a new result column: created again below
+DROP FUNCTION amp.meeting_turn(text,uuid);
 
 -- the old internal names (CASCADE: the triggers on them, created again below)
 DROP FUNCTION amp.acting_agent(text) CASCADE;
@@ -2866,7 +2875,7 @@ CREATE OR REPLACE FUNCTION amp.meeting_turn(p_agent text, p_meeting uuid)
 RETURNS TABLE (
     agent_id uuid, meeting_status text, participant_status text,
     current_speaker_external_id text, your_turn boolean, meeting_ended boolean,
-    last_spoke_seq bigint, seconds_left double precision)
+    last_spoke_seq bigint, seconds_left double precision, latest_seq bigint)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_agent amp.agents;
@@ -2876,7 +2885,9 @@ BEGIN
     SELECT v_agent.id, m.status, p.status, s.external_id,
            m.status = 'active' AND m.current_speaker_id = v_agent.id,
            m.status = 'ended', p.last_spoke_seq,
-           extract(epoch FROM m.turn_deadline - clock_timestamp())::double precision
+           extract(epoch FROM m.turn_deadline - clock_timestamp())::double precision,
+           CASE WHEN p.id IS NOT NULL THEN
+               (SELECT max(x.seq) FROM amp.messages x WHERE x.meeting_id = m.id) END
     FROM amp.meetings m
     LEFT JOIN amp.meeting_participants p ON p.meeting_id = m.id AND p.agent_id = v_agent.id
     LEFT JOIN amp.agents s ON s.id = m.current_speaker_id
