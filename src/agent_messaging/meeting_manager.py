@@ -212,13 +212,12 @@ class MeetingManager(Generic[T]):
         """
         validation.external_id("agent external id", agent_external_id)
         timeout = validation.timeout("timeout", timeout)
-        await self._sdk.events_ready()
+        sdk = self._sdk
+        await sdk.events_ready()
         meeting = _meeting_id(meeting_id)
-        await self._sdk.db.fetch_value(
-            queries.ATTEND_MEETING,
-            [agent_external_id, meeting],
-        )
-        return await self.wait_for_turn(agent_external_id, meeting_id, timeout)
+        row = await sdk.db.fetch_one(queries.ATTEND_MEETING, [agent_external_id, meeting])
+        sdk.directory.remember_channel(agent_external_id, str(row["channel"]))
+        return await self._wait_for_turn(agent_external_id, meeting_id, timeout)
 
     async def start_meeting(
         self,
