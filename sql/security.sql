@@ -71,7 +71,7 @@ LANGUAGE sql IMMUTABLE AS $$
         -- meetings.sql
         '_meeting_lock', '_meeting_lock_as_host', '_meeting_member', '_meeting_record_event',
         '_meeting_system_message', '_meeting_next_after', '_meeting_pick_next',
-        '_meeting_give_turn', '_meeting_expire', '_meeting_check_ready',
+        '_meeting_give_turn', '_meeting_hand_over', '_meeting_expire', '_meeting_check_ready',
         -- access.sql
         '_is_admin', '_role_may_act_as', '_may_act_as', '_require_actor',
         '_acting_agent', '_require_organization_actor', '_organization_bound', '_require_contact',

@@ -25,7 +25,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "512a7ed099b95a8164ebd1fff222d14d75858b8139508da0b2467cd120703fb8"
+sql_hash = "f393af14c487c0c808aab72eab7aaa9938353ddd54f1487475729a648e251f59"
 
 
 def upgrade() -> None:

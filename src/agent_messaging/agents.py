@@ -75,6 +75,10 @@ class Directory:
         validation.external_id("agent external id", external_id)
         return await get_agent(self._db(), external_id)
 
+    def remember_channel(self, external_id: str, channel: str) -> None:
+        """An agent's channel, read along with another call."""
+        self._channels[external_id] = channel
+
     async def agent_channel(self, external_id: str) -> str:
         """The channel an agent's notifications arrive on (``amp.agent_channel``),
         cached."""

@@ -87,6 +87,9 @@ class Wait:
         #: UNLISTEN the channels on exit if nobody else uses them (set it false for
         #: channels that will not be used again, such as an ended meeting's)
         self.keep_listening = True
+        #: channels of the wait to UNLISTEN on exit (if nobody else uses them) even
+        #: while ``keep_listening`` holds for the others
+        self.done_with: set[str] = set()
 
     def _on_notify(self, _channel: str, notification: AnyNotification) -> None:
         if self._wanted is None or self._wanted(notification):
@@ -377,6 +380,12 @@ class Dispatcher:
             yield wait
         finally:
             self.remove_catch_up(wait._catch_up)
+            if wait.keep_listening and wait.done_with:
+                await self.unsubscribe(
+                    [c for c in channels if c not in wait.done_with], wait._on_notify
+                )
+                channels = [c for c in channels if c in wait.done_with]
+                wait.keep_listening = False
             await self.unsubscribe(channels, wait._on_notify, keep_listening=wait.keep_listening)
 
     async def wait_until(

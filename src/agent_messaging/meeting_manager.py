@@ -2,8 +2,13 @@
 
 All state transitions are ``amp.*`` SQL functions (``sql/meetings.sql``); this module
 calls them and waits. Waiting follows listen -> check -> wait -> re-check: subscribe
-to the meeting's channel, read the turn from the table, wait for a notification (or
-the fallback poll), read again.
+to the meeting's channel and the agent's own, read the turn from the table (or, after
+a ``speak``, take the speak itself as that check), wait for a notification (or the
+fallback poll), read again. The turn's hint to its new speaker, on that agent's
+channel, carries what was said since it last spoke: a wait returns it without a read
+when the hint is provably of a turn given after the wait's own ``speak`` (its history
+holds the message that speak stored) or after its last read (its newest message is
+newer than any that read saw); any other hint only wakes the wait to read.
 
 Turn deadlines are kept by :class:`~agent_messaging.turn_sweeper.TurnSweeper`, one
 per SDK process; waits hand it the deadlines they read.
@@ -15,13 +20,12 @@ import asyncio
 import enum
 import json
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
 from . import content, queries, validation
 from .database import Row
-from .dispatcher import AnyNotification, Check, Outcome, Wanted
+from .dispatcher import AnyNotification, Check, Outcome, Wait, Wanted
 from .exceptions import (
     AgentNotInMeetingError,
     InvalidInputError,
@@ -39,7 +43,13 @@ from .models import (
     SystemMessage,
     TurnSignal,
 )
-from .notifications import MeetingChanged
+from .notifications import (
+    DeliveryFinished,
+    MeetingChanged,
+    MessageStored,
+    SessionChanged,
+    TurnGiven,
+)
 
 if TYPE_CHECKING:
     from .context import PatternContext
@@ -138,11 +148,6 @@ class MeetingManager(Generic[T]):
         )
         return [self._message(row) for row in rows]
 
-    def _turn_history(self, row: dict[str, Any]) -> list[MeetingMessage[T]]:
-        """The history that came with a turn (``queries.MEETING_TURN``): a JSON array
-        built by the server, each message's content JSON text of its own."""
-        return [self._message(item) for item in json.loads(row["history"] or "[]")]
-
     async def expire_turns(self) -> int:
         """Expire every meeting turn whose deadline passed (any process may call it)."""
         return int(await self._sdk.db.fetch_value(queries.EXPIRE_TURNS))
@@ -207,13 +212,12 @@ class MeetingManager(Generic[T]):
         """
         validation.external_id("agent external id", agent_external_id)
         timeout = validation.timeout("timeout", timeout)
-        await self._sdk.events_ready()
+        sdk = self._sdk
+        await sdk.events_ready()
         meeting = _meeting_id(meeting_id)
-        await self._sdk.db.fetch_value(
-            queries.ATTEND_MEETING,
-            [agent_external_id, meeting],
-        )
-        return await self.wait_for_turn(agent_external_id, meeting_id, timeout)
+        row = await sdk.db.fetch_one(queries.ATTEND_MEETING, [agent_external_id, meeting])
+        sdk.directory.remember_channel(agent_external_id, str(row["channel"]))
+        return await self._wait_for_turn(agent_external_id, meeting_id, timeout)
 
     async def start_meeting(
         self,
@@ -282,19 +286,21 @@ class MeetingManager(Generic[T]):
         validation.external_id("speaker external id", speaker_external_id)
         validation.optional_external_id("next speaker external id", next_speaker_external_id)
         timeout = validation.timeout("timeout", timeout)
-        await self._sdk.events_ready()
-        await self._sdk.db.fetch_value(
-            queries.SPEAK,
-            [
-                speaker_external_id,
-                _meeting_id(meeting_id),
-                self._dump(message),
-                next_speaker_external_id,
-            ],
-        )
-        return await self._wait_for_turn(
-            speaker_external_id, meeting_id, timeout, SpeakingTimeoutError
-        )
+        sdk = self._sdk
+        await sdk.events_ready()
+        meeting = _meeting_id(meeting_id)
+        args = [speaker_external_id, meeting, self._dump(message), next_speaker_external_id]
+        turn = _Turn(speaker_external_id, meeting)
+        # listen before speaking: the turn cannot come back unheard between the speak
+        # and the wait, so the speak itself is the wait's first check
+        channels = [meeting_channel(turn.meeting_id)]
+        channels.append(await sdk.directory.agent_channel(speaker_external_id))
+        async with sdk.dispatcher.waiting(channels, turn.wanted) as wait:
+            spoken = await sdk.db.fetch_value(queries.SPEAK, args)
+            # the turn's hint to this speaker is taken as it stands only if it was
+            # given after this message (it then carries this message)
+            turn.spoke = str(spoken)
+            return await self._wait_turn(wait, turn, timeout, SpeakingTimeoutError)
 
     async def leave_meeting(self, agent_external_id: str, meeting_id: UUID) -> None:
         """Leave (not the host); a held turn passes on. Raises
@@ -370,47 +376,92 @@ class MeetingManager(Generic[T]):
         timeout: float | None,
         timeout_error: type[MeetingTimeoutError] = MeetingTimeoutError,
     ) -> TurnSignal[T]:
-        meeting = _meeting_id(meeting_id)
-        state: dict[str, Any] = {}
+        sdk = self._sdk
+        turn = _Turn(agent_external_id, _meeting_id(meeting_id))
+        channels = [meeting_channel(turn.meeting_id)]
+        channels.append(await sdk.directory.agent_channel(agent_external_id))
+        async with sdk.dispatcher.waiting(channels, turn.wanted) as wait:
+            return await self._wait_turn(wait, turn, timeout, timeout_error, check_first=True)
 
-        def wanted(notification: AnyNotification) -> bool:
-            # wake for the turn coming to us, or the end; other turn changes only
-            # move the deadline, which the timed re-check picks up anyway
-            if not isinstance(notification, MeetingChanged):
-                return True
-            return notification.status == "ended" or (
-                notification.speaker_id is not None
-                and str(notification.speaker_id) == state.get("agent_id")
-            )
+    async def _wait_turn(
+        self,
+        wait: Wait,
+        turn: _Turn,
+        timeout: float | None,
+        timeout_error: type[MeetingTimeoutError],
+        check_first: bool = False,
+    ) -> TurnSignal[T]:
+        """Wait (already listening on the meeting's and the agent's channels) until
+        it is the agent's turn or the meeting has ended: the turn's hint when it
+        carries what was said and is known to be newer than the wait, else a read
+        (``queries.MEETING_TURN``)."""
+        sdk = self._sdk
+        agent, meeting = turn.agent, turn.meeting
 
-        async def check(remaining: float | None) -> Outcome[Row] | None:
-            row = await self._sdk.db.fetch_one(
+        async def check(remaining: float | None) -> Outcome[TurnSignal[T]] | None:
+            carried = turn.take_carried()
+            if carried is not None:
+                # committed (a hint is sent on commit) and given after this wait began
+                return Outcome(self._signal(turn, True, False, agent, carried))
+            row = await sdk.db.fetch_one(
                 queries.MEETING_TURN,
-                [agent_external_id, meeting],
+                [agent, meeting],
                 timeout=remaining,
             )
-            state["agent_id"] = str(row["agent_id"])
+            turn.agent_id = str(row["agent_id"])
+            if turn.agent_id in turn.speakers:
+                # the turn came to us while we read, maybe after the read's snapshot
+                wait.wake()
+            turn.speakers.clear()
             if row["participant_status"] is None or row["participant_status"] == "left":
-                raise AgentNotInMeetingError(
-                    f"agent {agent_external_id!r} is not in meeting {meeting}"
-                )
+                raise AgentNotInMeetingError(f"agent {agent!r} is not in meeting {meeting}")
             if row["your_turn"] or row["meeting_ended"]:
-                return Outcome(row)
+                return Outcome(
+                    self._signal(
+                        turn,
+                        bool(row["your_turn"]),
+                        bool(row["meeting_ended"]),
+                        row["current_speaker_external_id"],
+                        json.loads(row["history"] or "[]"),
+                    )
+                )
+            # a turn given after this read carries a newer message than this
+            turn.read_seq = row["latest_seq"]
             if row["meeting_status"] == "active" and row["seconds_left"] is not None:
                 # hand the deadline to the turn sweeper, which expires it on time
                 self._note(float(row["seconds_left"]))
             return None
 
-        row = await self._wait(
-            meeting, wanted, check, timeout, "the turn", timeout_error, ends_meeting=_ended
+        limit = asyncio.get_running_loop().time() + (
+            sdk.config.default_meeting_timeout if timeout is None else timeout
         )
+        await self._watch(turn.meeting_id)
+        outcome = await wait.until(check, limit, sdk.config.poll_interval, check_first=check_first)
+        if outcome is None:
+            raise timeout_error(f"waited too long for the turn in meeting {meeting}")
+        if outcome.value.meeting_ended:
+            await self._unwatch(turn.meeting_id)
+            # an ended meeting's channel is of no further use: UNLISTEN it
+            wait.done_with.add(meeting_channel(turn.meeting_id))
+        return outcome.value
+
+    def _signal(
+        self,
+        turn: _Turn,
+        your_turn: bool,
+        ended: bool,
+        speaker: str | None,
+        history: list[dict[str, Any]],
+    ) -> TurnSignal[T]:
+        """The turn signal: what others said since the agent last spoke."""
+        agent = turn.agent
         return TurnSignal[T](
-            meeting_id=UUID(meeting),
-            your_turn=bool(row["your_turn"]),
-            meeting_ended=bool(row["meeting_ended"]),
-            current_speaker_external_id=row["current_speaker_external_id"],
+            meeting_id=turn.meeting_id,
+            your_turn=your_turn,
+            meeting_ended=ended,
+            current_speaker_external_id=speaker,
             messages=[
-                m for m in self._turn_history(row) if m.sender_external_id != agent_external_id
+                self._message(item) for item in history if item["sender_external_id"] != agent
             ],
         )
 
@@ -436,13 +487,11 @@ class MeetingManager(Generic[T]):
         check: Check[Row],
         timeout: float | None,
         what: str,
-        timeout_error: type[MeetingTimeoutError] = MeetingTimeoutError,
-        ends_meeting: Callable[[Row], bool] = lambda _: False,
     ) -> Row:
         """The dispatcher's wait on the meeting's channel, until ``check`` returns
-        an outcome; raises ``timeout_error`` after ``timeout`` seconds (``None``:
-        ``config.default_meeting_timeout``). The process's turn sweeper watches the
-        meeting meanwhile."""
+        an outcome; raises :class:`MeetingTimeoutError` after ``timeout`` seconds
+        (``None``: ``config.default_meeting_timeout``). The process's turn sweeper
+        watches the meeting meanwhile."""
         sdk = self._sdk
         loop = asyncio.get_running_loop()
         limit = loop.time() + (sdk.config.default_meeting_timeout if timeout is None else timeout)
@@ -450,13 +499,80 @@ class MeetingManager(Generic[T]):
             await self._watch(UUID(meeting))
             outcome = await wait.until(check, limit, sdk.config.poll_interval)
             if outcome is None:
-                raise timeout_error(f"waited too long for {what} in meeting {meeting}")
-            if ends_meeting(outcome.value):
-                await self._unwatch(UUID(meeting))
-                # an ended meeting's channel is of no further use: UNLISTEN it
-                wait.keep_listening = False
+                raise MeetingTimeoutError(f"waited too long for {what} in meeting {meeting}")
             return outcome.value
 
 
-def _ended(row: Row) -> bool:
-    return bool(row["meeting_ended"])
+class _Turn:
+    """One agent's wait for its turn in one meeting: what the notifications told it."""
+
+    __slots__ = (
+        "agent",
+        "agent_id",
+        "carried",
+        "meeting",
+        "meeting_id",
+        "read_seq",
+        "speakers",
+        "spoke",
+    )
+
+    def __init__(self, agent: str, meeting: str) -> None:
+        self.agent = agent
+        self.meeting = meeting
+        self.meeting_id = UUID(meeting)
+        #: the agent's id, once read (a meeting hint names the speaker by id)
+        self.agent_id: str | None = None
+        #: the id of the message the agent spoke just before this wait
+        self.spoke: str | None = None
+        #: the newest message seq the last read saw (it found no turn)
+        self.read_seq: int | None = None
+        #: histories carried by the turn hints heard since the last check
+        self.carried: list[list[dict[str, Any]]] = []
+        #: speakers (ids) the meeting's hints named while the agent's id was unknown
+        self.speakers: set[str] = set()
+
+    def wanted(self, notification: AnyNotification) -> bool:
+        """Whether a notification wakes the wait (it keeps what a turn hint carries)."""
+        if isinstance(notification, TurnGiven):
+            if notification.meeting_id != self.meeting_id:
+                return False
+            if notification.messages is not None:
+                self.carried.append(notification.messages)
+            return True
+        if isinstance(notification, MeetingChanged):
+            # the end, or the turn coming to us (a fallback to the agent's own hint,
+            # by id); other turn changes only move the deadline, which the timed
+            # re-check picks up anyway
+            if notification.status == "ended":
+                return True
+            if notification.speaker_id is None:
+                return False
+            speaker = str(notification.speaker_id)
+            if self.agent_id is None:
+                # our id is not known yet: the read that learns it checks these
+                self.speakers.add(speaker)
+                return False
+            return speaker == self.agent_id
+        # the agent's channel carries its other traffic too: not ours
+        return not isinstance(notification, _AGENT_TRAFFIC)
+
+    def take_carried(self) -> list[dict[str, Any]] | None:
+        """The newest carried history that is known to be of a turn given after what
+        the wait knows: after the agent's speak (the history holds its message), or
+        after the wait's last read (its newest message is newer than any the read
+        saw: a meeting's transitions store their messages in the order they commit).
+        The others are forgotten: stale, or of a turn a read will see anyway."""
+        carried: list[list[dict[str, Any]]] = self.carried
+        self.carried = []
+        for history in carried[::-1]:
+            if self.read_seq is not None and history and history[-1]["seq"] > self.read_seq:
+                return history
+            if self.spoke is not None and any(
+                item.get("message_id") == self.spoke for item in history
+            ):
+                return history
+        return None
+
+
+_AGENT_TRAFFIC = (MessageStored, DeliveryFinished, SessionChanged)

@@ -1,5 +1,6 @@
 """NOTIFY payloads: tiny JSON objects (kind and ids; content only in a sync reply's
-hint, unless the database is set not to carry it: ``amp.notify_content = off``).
+hint and in a meeting turn's hint to its new speaker, both on the agent's own channel,
+unless the database is set not to carry it: ``amp.notify_content = off``).
 
 They are wake-up hints; whoever receives one re-reads the tables. Parsed into a
 pydantic discriminated union on ``kind``.
@@ -84,6 +85,17 @@ class MeetingChanged(BaseModel):
     turn_seconds: float | None = None
 
 
+class TurnGiven(BaseModel):
+    """The turn of a meeting went to the agent of this channel (``amp._meeting_hand_over``)."""
+
+    kind: Literal["turn"]
+    meeting_id: UUID
+    #: what was said in the meeting since the agent last spoke, that message included,
+    #: as ``amp.meeting_history`` rows with the content as JSON text (absent: it did
+    #: not fit in the payload)
+    messages: list[dict[str, Any]] | None = None
+
+
 class MeetingEventRecorded(BaseModel):
     """A meeting event was recorded (global channel ``amp_meeting_events``)."""
 
@@ -116,6 +128,7 @@ Known = (
     | DeliveryFinished
     | SessionChanged
     | MeetingChanged
+    | TurnGiven
     | MeetingEventRecorded
     | SchemaMigrated
 )

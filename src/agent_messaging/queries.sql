@@ -266,8 +266,10 @@ SELECT * FROM amp.get_message($1)
 SELECT amp.create_meeting($1::text, $2::text[], make_interval(secs => $3)) AS id
 
 -- name: attend_meeting
--- Attend a meeting (idempotent); the participant's status.
-SELECT amp.attend_meeting($1::text, $2::text::uuid) AS status
+-- Attend a meeting (idempotent); the meeting's status, and the agent's channel (where
+-- its turn's hints come: the wait that follows listens there) in the same round trip.
+SELECT amp.attend_meeting($1::text, $2::text::uuid) AS status,
+       amp.agent_channel($1::text) AS channel
 
 -- name: start_meeting
 -- Start a ready meeting with the host's opening message; the message's id.

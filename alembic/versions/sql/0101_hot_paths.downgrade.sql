@@ -33,6 +33,9 @@ CREATE INDEX deliveries_leased_idx ON amp.deliveries (claim_expires_at)
 CREATE INDEX deliveries_requests_idx ON amp.deliveries (recipient_id)
     WHERE message_type = 'sync_request';
 
+-- this revision's result columns of amp.meeting_turn: created again below as 0100's
+DROP FUNCTION amp.meeting_turn(text,uuid);
+
 -- this revision's new names
 DROP FUNCTION amp._acting_agent(text) CASCADE;
 DROP FUNCTION amp._worker_key(uuid) CASCADE;
@@ -54,8 +57,9 @@ DROP FUNCTION amp._lock_sync_session(text,text) CASCADE;
 DROP FUNCTION amp._may_act_as(amp.agents) CASCADE;
 DROP FUNCTION amp._may_read_message(amp.messages) CASCADE;
 DROP FUNCTION amp._meeting_check_ready(amp.meetings) CASCADE;
-DROP FUNCTION amp._meeting_expire(amp.meetings) CASCADE;
+DROP FUNCTION amp._meeting_expire(amp.meetings,boolean) CASCADE;
 DROP FUNCTION amp._meeting_give_turn(amp.meetings,uuid) CASCADE;
+DROP FUNCTION amp._meeting_hand_over(amp.meetings,text,bigint) CASCADE;
 DROP FUNCTION amp._meeting_lock(uuid) CASCADE;
 DROP FUNCTION amp._meeting_lock_as_host(text,uuid,text) CASCADE;
 DROP FUNCTION amp._meeting_member(uuid,amp.agents) CASCADE;

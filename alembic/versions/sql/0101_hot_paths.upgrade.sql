@@ -52,8 +52,14 @@
 --   read no table) needs no statement on a table: amp.agent_organization,
 --   amp.agent_list (the directory, scoped by the contact policy),
 --   amp.peek_deliveries (an agent's pending pushed messages) and amp.agent_meetings.
--- Not breaking: no public function changed its signature; clients of 0.1.0 call
--- only public functions. Frozen once released: never edit it after the release tag.
+-- * A meeting turn's new speaker is told on its own agent channel, with what was said
+--   since it last spoke when that fits in a payload (amp._meeting_hand_over), so it
+--   need not read it back; amp.speak does its hand-off in fewer statements and
+--   calls; amp.meeting_turn also returns latest_seq (the newest message it saw), by
+--   which a waiter tells a hint given after its read from one given before.
+-- Not breaking: no public function changed its parameters, and the one changed
+-- result (amp.meeting_turn's) only gained a last column; clients of 0.1.0 call only
+-- public functions. Frozen once released: never edit it after the release tag.
 
 DROP INDEX amp.deliveries_leased_idx;
 DROP INDEX amp.deliveries_requests_idx;
@@ -86,6 +92,9 @@ CREATE UNIQUE INDEX sessions_one_live_per_pair
 DROP INDEX amp.sessions_waiting_for_idx;
 DROP INDEX amp.sessions_ended_idx;
 CREATE INDEX sessions_ended_idx ON amp.sessions (ended_at) WHERE ended_at IS NOT NULL;
+
+-- a new result column: created again below
+DROP FUNCTION amp.meeting_turn(text,uuid);
 
 -- the old internal names (CASCADE: the triggers on them, created again below)
 DROP FUNCTION amp.acting_agent(text) CASCADE;
@@ -2284,10 +2293,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_meeting amp.meetings;
 BEGIN
-    UPDATE amp.meeting_participants SET status = 'waiting'
-    WHERE meeting_id = p_meeting.id AND status = 'speaking';
-    UPDATE amp.meeting_participants SET status = 'speaking'
-    WHERE meeting_id = p_meeting.id AND agent_id = p_agent_id;
+    UPDATE amp.meeting_participants
+    SET status = CASE WHEN agent_id = p_agent_id THEN 'speaking' ELSE 'waiting' END
+    WHERE meeting_id = p_meeting.id AND (status = 'speaking' OR agent_id = p_agent_id);
     UPDATE amp.meetings
     SET current_speaker_id = p_agent_id, turn_started_at = now(),
         turn_deadline = now() + turn_duration
@@ -2297,7 +2305,59 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION amp._meeting_expire(p_meeting amp.meetings)
+CREATE OR REPLACE FUNCTION amp._meeting_hand_over(
+    p_meeting amp.meetings, p_channel text DEFAULT NULL, p_since bigint DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_channel text := p_channel;
+    v_since   bigint := p_since;
+    v_items   json;
+    v_cut     boolean;
+    v_payload text;
+BEGIN
+    IF v_channel IS NULL THEN
+        SELECT c.channel, p.last_spoke_seq INTO v_channel, v_since
+        FROM amp.meeting_participants p JOIN amp.agent_channels c ON c.agent_id = p.agent_id
+        WHERE p.meeting_id = p_meeting.id AND p.agent_id = p_meeting.current_speaker_id;
+    END IF;
+    IF v_channel IS NULL THEN  -- no speaker (an ended meeting), or no channel
+        RETURN NULL;
+    END IF;
+    IF current_setting('amp.notify_content', true) IS DISTINCT FROM 'off' THEN
+        -- at most 40 messages, and only while their stored size stays well under the
+        -- 8000 bytes of a payload; else the hint goes without them (the speaker reads)
+        SELECT count(*) > 40 OR coalesce(sum(pg_column_size(m.content) + 160), 0) > 6000
+        INTO v_cut
+        FROM (SELECT m.content FROM amp.messages m
+              WHERE m.meeting_id = p_meeting.id AND m.seq >= coalesce(v_since, 0)
+                AND m.message_type IN ('meeting', 'system')
+              ORDER BY m.seq
+              LIMIT 41) m;
+        IF NOT v_cut THEN
+            SELECT json_agg(r ORDER BY r.seq) INTO v_items
+            FROM amp.messages h
+            LEFT JOIN amp.agents a ON a.id = h.sender_id,
+            -- the row as it goes out (json_agg of a row: half the work of
+            -- json_build_object)
+            LATERAL (SELECT h.seq, h.id AS message_id, h.message_type,
+                            a.external_id AS sender_external_id, h.content::text AS content,
+                            h.is_late, h.created_at) r
+            WHERE h.meeting_id = p_meeting.id AND h.seq >= coalesce(v_since, 0)
+              AND h.message_type IN ('meeting', 'system');
+            v_payload := json_build_object('kind', 'turn', 'meeting_id', p_meeting.id,
+                                           'messages', coalesce(v_items, '[]'))::text;
+        END IF;
+    END IF;
+    IF v_payload IS NULL OR octet_length(v_payload) >= 8000 THEN
+        v_payload := json_build_object('kind', 'turn', 'meeting_id', p_meeting.id)::text;
+    END IF;
+    PERFORM pg_notify(v_channel, v_payload);
+    RETURN octet_length(v_payload);
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION amp._meeting_expire(p_meeting amp.meetings, p_hand_over boolean)
 RETURNS amp.meetings
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -2309,6 +2369,9 @@ BEGIN
         format('turn of %s s expired without a message',
                round(extract(epoch FROM p_meeting.turn_duration), 3)));
     v_meeting := amp._meeting_give_turn(p_meeting, amp._meeting_next_after(p_meeting.id, v_speaker));
+    IF p_hand_over THEN
+        PERFORM amp._meeting_hand_over(v_meeting);
+    END IF;
     PERFORM amp._meeting_record_event(v_meeting, 'agent_timed_out', v_speaker, jsonb_build_object(
         'message_id', v_message.id, 'seq', v_message.seq,
         'turn_deadline', p_meeting.turn_deadline,
@@ -2456,6 +2519,7 @@ BEGIN
     UPDATE amp.meetings SET status = 'active', started_at = now() WHERE id = p_meeting
     RETURNING * INTO v_meeting;
     v_meeting := amp._meeting_give_turn(v_meeting, v_next);
+    PERFORM amp._meeting_hand_over(v_meeting);
     PERFORM amp._meeting_record_event(v_meeting, 'meeting_started', v_host.id, jsonb_build_object(
         'message_id', v_message.id, 'seq', v_message.seq,
         'next_speaker_external_id', (SELECT external_id FROM amp.agents WHERE id = v_next)));
@@ -2468,33 +2532,147 @@ CREATE OR REPLACE FUNCTION amp.speak(
 RETURNS uuid
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_agent   amp.agents;
-    v_meeting amp.meetings;
-    v_next    uuid;
-    v_message amp.messages;
-    v_late    boolean;
+    v_agent    amp.agents;
+    v_meeting  amp.meetings;
+    v_speaker  uuid;
+    v_status   text;
+    v_next     uuid;
+    v_next_ext text;
+    v_channel  text;
+    v_since    bigint;
+    v_message  amp.messages;
+    v_seq      bigint;
+    v_deadline timestamptz;
+    v_items    json;
+    v_cut      boolean;
+    v_carry    boolean;
+    v_payload  text;
+    v_ignored  text;
+    v_late     boolean;
 BEGIN
     v_agent := amp._acting_agent(p_agent);
-    v_meeting := amp._meeting_lock(p_meeting);
-    PERFORM amp._meeting_member(p_meeting, v_agent);
+    IF p_meeting IS NULL THEN
+        PERFORM amp._raise_error('AM001', 'meeting id must not be null');
+    END IF;
+    SELECT * INTO v_meeting FROM amp.meetings WHERE id = p_meeting FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM amp._raise_error('AM040', format('meeting %s not found', p_meeting));
+    END IF;
+    -- the speaker's participant row and, unless one is named, the next speaker
+    -- round-robin (the first after the speaker in join order who has not left,
+    -- wrapping around), with what its hand-over needs: its channel and the seq of
+    -- its last message
+    SELECT me.status, nx.agent_id, a.external_id, c.channel, nx.last_spoke_seq
+    INTO v_status, v_next, v_next_ext, v_channel, v_since
+    FROM amp.meeting_participants me
+    LEFT JOIN LATERAL (
+        SELECT p.agent_id, p.last_spoke_seq FROM amp.meeting_participants p
+        WHERE p.meeting_id = me.meeting_id AND p.status <> 'left'
+        ORDER BY p.join_order <= me.join_order, p.join_order
+        LIMIT 1) nx ON p_next_speaker IS NULL
+    LEFT JOIN amp.agents a ON a.id = nx.agent_id
+    LEFT JOIN amp.agent_channels c ON c.agent_id = nx.agent_id
+    WHERE me.meeting_id = p_meeting AND me.agent_id = v_agent.id;
+    IF NOT FOUND THEN
+        PERFORM amp._raise_error('AM042', format(
+            'agent %L is not a participant of meeting %s', v_agent.external_id, p_meeting));
+    END IF;
+    IF v_status = 'left' THEN
+        PERFORM amp._raise_error('AM042', format(
+            'agent %L has left meeting %s', v_agent.external_id, p_meeting));
+    END IF;
     IF v_meeting.status <> 'active' THEN
         PERFORM amp._raise_error('AM043', format(
             'meeting %s is %s, not active', p_meeting, v_meeting.status));
     END IF;
+    v_speaker := v_meeting.current_speaker_id;
     IF v_meeting.turn_deadline <= now() THEN
-        v_meeting := amp._meeting_expire(v_meeting);
+        v_meeting := amp._meeting_expire(v_meeting, false);
     END IF;
 
     IF v_meeting.current_speaker_id = v_agent.id THEN
-        v_next := amp._meeting_pick_next(p_meeting, v_agent.id, p_next_speaker);
+        IF p_next_speaker IS NOT NULL THEN
+            v_next := (amp._meeting_member(p_meeting, amp.get_agent(p_next_speaker))).agent_id;
+            SELECT a.external_id, c.channel, p.last_spoke_seq
+            INTO v_next_ext, v_channel, v_since
+            FROM amp.meeting_participants p
+            JOIN amp.agents a ON a.id = p.agent_id
+            LEFT JOIN amp.agent_channels c ON c.agent_id = p.agent_id
+            WHERE p.meeting_id = p_meeting AND p.agent_id = v_next;
+        END IF;
         v_message := amp._store_message('meeting', v_agent.id, NULL, p_content,
                                        p_meeting_id => p_meeting);
-        UPDATE amp.meeting_participants SET last_spoke_seq = v_message.seq
-        WHERE meeting_id = p_meeting AND agent_id = v_agent.id;
-        v_meeting := amp._meeting_give_turn(v_meeting, v_next);
-        PERFORM amp._meeting_record_event(v_meeting, 'agent_spoke', v_agent.id, jsonb_build_object(
-            'message_id', v_message.id, 'seq', v_message.seq, 'is_late', false,
-            'next_speaker_external_id', (SELECT external_id FROM amp.agents WHERE id = v_next)));
+        IF v_next = v_agent.id THEN
+            v_since := v_message.seq;
+        END IF;
+        -- content travels in the hint unless the database keeps it out of payloads
+        v_carry := current_setting('amp.notify_content', true) IS DISTINCT FROM 'off';
+        -- one statement: the speaker waits (its last message is this one), the next
+        -- one speaks, the turn's deadline, the event, and what the next speaker
+        -- hears with its turn (the history of amp._meeting_hand_over)
+        WITH parts AS (
+            UPDATE amp.meeting_participants
+            SET status = CASE WHEN agent_id = v_next THEN 'speaking' ELSE 'waiting' END,
+                last_spoke_seq = CASE WHEN agent_id = v_agent.id THEN v_message.seq
+                                      ELSE last_spoke_seq END
+            WHERE meeting_id = p_meeting
+              AND (status = 'speaking' OR agent_id = v_next OR agent_id = v_agent.id)
+        ), turn AS (
+            UPDATE amp.meetings
+            SET current_speaker_id = v_next, turn_started_at = now(),
+                turn_deadline = now() + turn_duration
+            WHERE id = p_meeting
+            RETURNING turn_deadline
+        ), event AS (
+            INSERT INTO amp.meeting_events (meeting_id, event_type, agent_id, data)
+            VALUES (p_meeting, 'agent_spoke', v_agent.id, jsonb_build_object(
+                'message_id', v_message.id, 'seq', v_message.seq, 'is_late', false,
+                'next_speaker_external_id', v_next_ext))
+            RETURNING seq
+        )
+        SELECT event.seq, turn.turn_deadline, NOT said.fits,
+               -- built only when it fits (a subquery in CASE runs only if reached)
+               CASE WHEN said.fits THEN (
+                   SELECT json_agg(r ORDER BY r.seq)
+                   FROM amp.messages h
+                   LEFT JOIN amp.agents a ON a.id = h.sender_id,
+                   LATERAL (SELECT h.seq, h.id AS message_id, h.message_type,
+                                   a.external_id AS sender_external_id,
+                                   h.content::text AS content, h.is_late, h.created_at) r
+                   WHERE h.meeting_id = p_meeting AND h.seq >= coalesce(v_since, 0)
+                     AND h.message_type IN ('meeting', 'system')) END
+        INTO v_seq, v_deadline, v_cut, v_items
+        FROM event, turn, (
+            -- at most 40 messages, and only while their stored size stays well under
+            -- the 8000 bytes of a payload
+            SELECT v_carry AND count(*) <= 40
+                   AND coalesce(sum(pg_column_size(m.content) + 160), 0) <= 6000 AS fits
+            FROM (SELECT m.content FROM amp.messages m
+                  WHERE v_carry AND m.meeting_id = p_meeting
+                    AND m.seq >= coalesce(v_since, 0)
+                    AND m.message_type IN ('meeting', 'system')
+                  ORDER BY m.seq
+                  LIMIT 41) m) said;
+        -- the hints of amp._meeting_hand_over and amp._meeting_record_event, the
+        -- next speaker's own first (assignments: cheaper than PERFORM)
+        IF v_channel IS NOT NULL THEN
+            IF NOT v_cut THEN
+                v_payload := json_build_object('kind', 'turn', 'meeting_id', p_meeting,
+                                               'messages', coalesce(v_items, '[]'))::text;
+            END IF;
+            IF v_payload IS NULL OR octet_length(v_payload) >= 8000 THEN
+                v_payload := json_build_object('kind', 'turn', 'meeting_id', p_meeting)::text;
+            END IF;
+            v_ignored := pg_notify(v_channel, v_payload);
+        END IF;
+        v_ignored := pg_notify('amp_meeting_' || replace(p_meeting::text, '-', ''),
+            json_strip_nulls(json_build_object(
+                'kind', 'meeting', 'meeting_id', p_meeting, 'status', 'active',
+                'event', 'agent_spoke', 'speaker_id', v_next,
+                'turn_seconds', extract(epoch FROM v_deadline - clock_timestamp())))::text);
+        v_ignored := pg_notify('amp_meeting_events', json_strip_nulls(json_build_object(
+            'kind', 'meeting_event', 'meeting_id', p_meeting, 'seq', v_seq,
+            'event', 'agent_spoke', 'agent_id', v_agent.id))::text);
         RETURN v_message.id;
     END IF;
 
@@ -2509,6 +2687,11 @@ BEGIN
     END IF;
     v_message := amp._store_message('meeting', v_agent.id, NULL, p_content,
                                    p_meeting_id => p_meeting, p_is_late => true);
+    IF v_meeting.current_speaker_id IS DISTINCT FROM v_speaker THEN
+        -- the overdue turn expired above: its new speaker hears of it now, with
+        -- this late message
+        PERFORM amp._meeting_hand_over(v_meeting);
+    END IF;
     PERFORM amp._meeting_record_event(v_meeting, 'agent_spoke', v_agent.id, jsonb_build_object(
         'message_id', v_message.id, 'seq', v_message.seq, 'is_late', true));
     RETURN v_message.id;
@@ -2539,6 +2722,7 @@ BEGIN
     IF v_meeting.current_speaker_id = v_agent.id THEN
         v_meeting := amp._meeting_give_turn(v_meeting,
                                            amp._meeting_next_after(p_meeting, v_agent.id));
+        PERFORM amp._meeting_hand_over(v_meeting);
     END IF;
     v_meeting := amp._meeting_check_ready(v_meeting);
     PERFORM amp._meeting_record_event(v_meeting, 'agent_left', v_agent.id, '{}');
@@ -2585,7 +2769,7 @@ BEGIN
         ORDER BY turn_deadline
         FOR UPDATE SKIP LOCKED
     LOOP
-        PERFORM amp._meeting_expire(v_meeting);
+        PERFORM amp._meeting_expire(v_meeting, true);
         v_count := v_count + 1;
     END LOOP;
     RETURN v_count;
@@ -2680,7 +2864,7 @@ CREATE OR REPLACE FUNCTION amp.meeting_turn(p_agent text, p_meeting uuid)
 RETURNS TABLE (
     agent_id uuid, meeting_status text, participant_status text,
     current_speaker_external_id text, your_turn boolean, meeting_ended boolean,
-    last_spoke_seq bigint, seconds_left double precision)
+    last_spoke_seq bigint, seconds_left double precision, latest_seq bigint)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_agent amp.agents;
@@ -2690,7 +2874,9 @@ BEGIN
     SELECT v_agent.id, m.status, p.status, s.external_id,
            m.status = 'active' AND m.current_speaker_id = v_agent.id,
            m.status = 'ended', p.last_spoke_seq,
-           extract(epoch FROM m.turn_deadline - clock_timestamp())::double precision
+           extract(epoch FROM m.turn_deadline - clock_timestamp())::double precision,
+           CASE WHEN p.id IS NOT NULL THEN
+               (SELECT max(x.seq) FROM amp.messages x WHERE x.meeting_id = m.id) END
     FROM amp.meetings m
     LEFT JOIN amp.meeting_participants p ON p.meeting_id = m.id AND p.agent_id = v_agent.id
     LEFT JOIN amp.agents s ON s.id = m.current_speaker_id
@@ -3124,7 +3310,7 @@ LANGUAGE sql IMMUTABLE AS $$
         -- meetings.sql
         '_meeting_lock', '_meeting_lock_as_host', '_meeting_member', '_meeting_record_event',
         '_meeting_system_message', '_meeting_next_after', '_meeting_pick_next',
-        '_meeting_give_turn', '_meeting_expire', '_meeting_check_ready',
+        '_meeting_give_turn', '_meeting_hand_over', '_meeting_expire', '_meeting_check_ready',
         -- access.sql
         '_is_admin', '_role_may_act_as', '_may_act_as', '_require_actor',
         '_acting_agent', '_require_organization_actor', '_organization_bound', '_require_contact',
