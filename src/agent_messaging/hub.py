@@ -149,6 +149,8 @@ class ShareState:
 
 @dataclass(eq=False)
 class _Peer:
+    """A subscriber in another process, over the socket."""
+
     writer: asyncio.StreamWriter
     channels: set[str] = field(default_factory=set)
     #: workers of the peer's process present on the hub's connection (direct
@@ -164,6 +166,38 @@ class _Peer:
             transport.abort()
             return
         self.writer.write(data)
+
+    def deliver(self, channel: str, payload: str, line: bytes) -> None:
+        self.send(line)
+
+    def close(self) -> None:
+        self.writer.transport.abort()
+
+    def socket_fd(self) -> int | None:
+        sock = self.writer.get_extra_info("socket")
+        return None if sock is None else int(sock.fileno())
+
+
+@dataclass(eq=False)
+class _LocalPeer:
+    """The hub's own process: notifications go straight onto its event loop's queue
+    (no socket, no JSON), requests run on the hub's loop."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[tuple[str, str] | None]
+    channels: set[str] = field(default_factory=set)
+    workers: set[uuid.UUID] = field(default_factory=set)
+
+    def deliver(self, channel: str, payload: str, line: bytes) -> None:
+        with contextlib.suppress(RuntimeError):  # its loop is closed: it is gone
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (channel, payload))
+
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, None)
+
+    def socket_fd(self) -> int | None:
+        return None
 
 
 class _Hub:
@@ -186,7 +220,7 @@ class _Hub:
         self._stop: asyncio.Event | None = None
         self._server: asyncio.Server | None = None
         self._real: Listener | None = None
-        self._peers: set[_Peer] = set()
+        self._peers: set[_Peer | _LocalPeer] = set()
         self._peer_tasks: set[asyncio.Task[None]] = set()
         self._listened: set[str] = set()
         self._channel = f"amp_hub_{uuid.uuid4().hex}"
@@ -212,6 +246,17 @@ class _Hub:
             self._loop.call_soon_threadsafe(self._request_stop)
         if self._thread.is_alive():
             await asyncio.wait({asyncio.wrap_future(self._done)}, timeout=10.0)
+
+    def attach_local(self, queue: asyncio.Queue[tuple[str, str] | None]) -> _LocalPeer:
+        """Subscribe the hub's own process (its running loop) without the socket."""
+        peer = _LocalPeer(asyncio.get_running_loop(), queue)
+        self._loop.call_soon_threadsafe(self._peers.add, peer)
+        return peer
+
+    async def ask(self, peer: _LocalPeer, request: dict[str, Any]) -> dict[str, Any]:
+        """Run a request of the hub's own process on the hub's loop."""
+        future = asyncio.run_coroutine_threadsafe(self._answer(peer, request), self._loop)
+        return await asyncio.wrap_future(future)
 
     # -- the hub's thread ----------------------------------------------------------
 
@@ -241,9 +286,7 @@ class _Hub:
         if self._server is not None:
             fds += [sock.fileno() for sock in self._server.sockets]
         for peer in self._peers:
-            sock = peer.writer.get_extra_info("socket")
-            if sock is not None:
-                fds.append(sock.fileno())
+            fds.append(peer.socket_fd())
         for fd in fds:
             if fd is not None and fd >= 0:
                 with contextlib.suppress(OSError):
@@ -291,7 +334,7 @@ class _Hub:
                 with contextlib.suppress(FileNotFoundError):
                     self._sock_path.unlink()
             for peer in list(self._peers):
-                peer.writer.transport.abort()
+                peer.close()
             self._peers.clear()
             if self._peer_tasks:
                 # their sockets are closed: they end by themselves (cancelling them
@@ -381,7 +424,7 @@ class _Hub:
             if task is not None:
                 self._peer_tasks.discard(task)
 
-    async def _answer(self, peer: _Peer, request: dict[str, Any]) -> dict[str, Any]:
+    async def _answer(self, peer: _Peer | _LocalPeer, request: dict[str, Any]) -> dict[str, Any]:
         real = self._real
         op = request.get("op")
         reply: dict[str, Any] = {"id": request.get("id")}
@@ -454,7 +497,7 @@ class _Hub:
             if channel in peer.channels:
                 if data is None:
                     data = (json.dumps({"c": channel, "p": payload}) + "\n").encode()
-                peer.send(data)
+                peer.deliver(channel, payload, data)
 
 
 class SharedListener:
@@ -476,8 +519,10 @@ class SharedListener:
         self._role = ""
         # own
         self._real: Listener | None = None
-        # hub (this process runs it, and subscribes to it like everyone else)
+        # hub (this process runs it, and subscribes to it on its thread, without the
+        # socket)
         self._hub: _Hub | None = None
+        self._local: _LocalPeer | None = None
         # hub and client: the subscription
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -528,7 +573,8 @@ class SharedListener:
             if fd is not None:
                 self._hub = _Hub(self._db, self._sock_path, fd, self._check_interval)
                 await self._hub.start(self._db.connect_timeout)
-                await self._subscribe_to_hub()
+                # this process takes its notifications from the hub's thread directly
+                self._local = self._hub.attach_local(self._queue)
                 self._role = "hub"
                 return
             try:
@@ -578,6 +624,15 @@ class SharedListener:
             self._pending.clear()
 
     async def _request(self, timeout: float, **request: Any) -> dict[str, Any]:
+        if self._local is not None and self._hub is not None:
+            request["timeout"] = timeout
+            try:
+                reply = await asyncio.wait_for(self._hub.ask(self._local, request), timeout + 1.0)
+            except (TimeoutError, RuntimeError):
+                raise ConnectionLostError("the host's shared listener did not answer") from None
+            if "error" in reply:
+                raise ConnectionLostError(f"the host's shared listener failed: {reply['error']}")
+            return reply
         writer = self._writer
         if writer is None or writer.transport.is_closing():
             raise ConnectionLostError("the host's shared listener left")
@@ -672,6 +727,7 @@ class SharedListener:
                 await self._read_task
             self._read_task = None
         hub, self._hub = self._hub, None
+        self._local = None
         if hub is not None:
             await hub.stop()
         real, self._real = self._real, None
