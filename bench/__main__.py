@@ -14,8 +14,9 @@ import json
 import os
 import platform
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -28,6 +29,8 @@ from bench.delivery import batch_sdk, handler_start_raw, handler_start_sdk
 from bench.mcp import mcp_ask
 from bench.meetings import meetings
 from bench.scale import attached_processes
+
+R = TypeVar("R")
 
 # -- 4. footprint ---------------------------------------------------------------
 
@@ -98,6 +101,22 @@ def vacuum(dsn: str) -> None:
             "VACUUM (ANALYZE) amp.deliveries, amp.messages, amp.sessions, amp.meetings,"
             " amp.meeting_participants, amp.meeting_events, bench_raw"
         )
+
+
+async def own_listeners(dsn: str, measure: Callable[[AgentMessaging[Any]], Awaitable[R]]) -> R:
+    """``measure`` with listeners of their own (``share_listener`` off) in this
+    process and the children it starts: the cost of the shared listener's hop."""
+    saved = os.environ.get("AMP_SHARE_LISTENER")
+    os.environ["AMP_SHARE_LISTENER"] = "0"
+    try:
+        config = Config(database_url=dsn, apply_migrations=False, share_listener=False)
+        async with AgentMessaging[Any](config) as own:
+            return await measure(own)
+    finally:
+        if saved is None:
+            os.environ.pop("AMP_SHARE_LISTENER", None)
+        else:
+            os.environ["AMP_SHARE_LISTENER"] = saved
 
 
 async def bench(
@@ -174,6 +193,9 @@ async def bench(
                 finally:
                     with psycopg.connect(dsn, autocommit=True) as conn:
                         conn.execute(f'ALTER DATABASE "{database}" RESET amp.notify_content')
+                sync["sdk_own_listener"] = latency(
+                    await own_listeners(dsn, lambda own: sync_sdk(dsn, own, n_sync))
+                )
                 result["sync_round_trip"] = sync
                 ratios["sync_p50"] = round(sync["sdk"]["p50_ms"] / sync["raw"]["p50_ms"], 3)
                 ratios["sync_p50_reply_read_back"] = round(
@@ -185,6 +207,9 @@ async def bench(
                     "n": n_latency,
                     "sdk": latency(await handler_start_sdk(dsn, sdk, n_latency)),
                     "raw_notify_hop": latency(await handler_start_raw(dsn, n_latency)),
+                    "sdk_own_listener": latency(
+                        await own_listeners(dsn, lambda own: handler_start_sdk(dsn, own, n_latency))
+                    ),
                 }
                 result["handler_start"] = start
                 ratios["handler_start_p50_vs_notify_hop"] = round(
@@ -274,6 +299,13 @@ def print_table(result: dict[str, Any]) -> None:
                 f"{sync['raw'][key]:.2f}",
                 f"{ratio:.2f}",
             )
+        own = sync["sdk_own_listener"]
+        table.add_row(
+            "sync p50 / p99 ms, listeners of their own (share_listener off)",
+            f"{own['p50_ms']:.2f} / {own['p99_ms']:.2f}",
+            "",
+            f"{own['p50_ms'] / sync['raw']['p50_ms']:.2f}",
+        )
         read_back = sync["sdk_reply_read_back"]
         table.add_row(
             "sync p50 / p99 ms, reply read back (amp.notify_content = off)",
@@ -291,6 +323,13 @@ def print_table(result: dict[str, Any]) -> None:
                 f"{start['raw_notify_hop'][key]:.2f} (NOTIFY hop)",
                 f"{ratio:.2f}",
             )
+        own_start = start["sdk_own_listener"]
+        table.add_row(
+            "send -> handler start p50 / p99 ms, listeners of their own",
+            f"{own_start['p50_ms']:.2f} / {own_start['p99_ms']:.2f}",
+            "",
+            f"{own_start['p50_ms'] / start['raw_notify_hop']['p50_ms']:.2f}",
+        )
     for peer, figures in result.get("peers", {}).items():
         if "skipped" in figures:
             table.add_row(f"peer {peer}", "skipped: not installed", "", "")
