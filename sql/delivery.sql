@@ -186,7 +186,10 @@ DECLARE
     v_size integer := v_content_size + coalesce(octet_length(p_metadata::text), 0);
     v_worker uuid;           -- direct delivery: the worker it is handed to
     v_lease interval;
-    v_names record;
+    v_sender text;           -- and what its handler is told (names are up to 1000
+    v_sender_name text;      -- characters: the hint must fit a payload)
+    v_recipient text;
+    v_recipient_name text;
 BEGIN
     IF p_idempotency_key IS NOT NULL THEN
         v_message := amp._idempotent_message(p_sender_id, p_idempotency_key, p_type,
@@ -209,8 +212,12 @@ BEGIN
        -- ones, and a worker's claims keep bounding what it holds (a backlog is
        -- claimed, in order and in batches)
        AND NOT EXISTS (SELECT 1 FROM amp.deliveries d WHERE d.recipient_id = p_recipient_id) THEN
-        SELECT w.id, w.direct_lease INTO v_worker, v_lease
-        FROM amp.worker_agents wa JOIN amp.workers w ON w.id = wa.worker_id
+        SELECT w.id, w.direct_lease, s.external_id, s.name, r.external_id, r.name
+        INTO v_worker, v_lease, v_sender, v_sender_name, v_recipient, v_recipient_name
+        FROM amp.worker_agents wa
+        JOIN amp.workers w ON w.id = wa.worker_id
+        JOIN amp.agents r ON r.id = wa.agent_id
+        LEFT JOIN amp.agents s ON s.id = p_sender_id
         WHERE wa.agent_id = p_recipient_id AND w.direct_lease IS NOT NULL
           -- present: its lock is held (a shared try fails); held by this transaction
           -- to its end where it is not, which only delays a worker taking it anew
@@ -218,16 +225,10 @@ BEGIN
                   hashtextextended('amp.worker:' || w.id::text, 0))  -- amp._worker_key
         ORDER BY random()
         LIMIT 1;
-        IF v_worker IS NOT NULL THEN
-            SELECT s.external_id AS sender, s.name AS sender_name,
-                   r.external_id AS recipient, r.name AS recipient_name
-            INTO v_names
-            FROM amp.agents r LEFT JOIN amp.agents s ON s.id = p_sender_id
-            WHERE r.id = p_recipient_id;
-            IF v_size + octet_length(v_names.sender_name) + octet_length(v_names.recipient_name)
-               + octet_length(v_names.sender) + octet_length(v_names.recipient) > 6500 THEN
-                v_worker := NULL;
-            END IF;
+        IF v_worker IS NOT NULL
+           AND v_size + octet_length(v_recipient) + octet_length(v_recipient_name)
+               + coalesce(octet_length(v_sender) + octet_length(v_sender_name), 0) > 6500 THEN
+            v_worker := NULL;  -- its hint would not fit a NOTIFY payload
         END IF;
     END IF;
     IF p_idempotency_key IS NULL THEN
@@ -267,8 +268,8 @@ BEGIN
                 'kind', 'message', 'message_id', v_message.id, 'message_type', p_type,
                 'session_id', p_session_id, 'meeting_id', p_meeting_id,
                 'worker', v_worker, 'attempt', 1,
-                'sender', v_names.sender, 'sender_name', v_names.sender_name,
-                'recipient', v_names.recipient, 'recipient_name', v_names.recipient_name,
+                'sender', v_sender, 'sender_name', v_sender_name,
+                'recipient', v_recipient, 'recipient_name', v_recipient_name,
                 'content', p_content, 'metadata', v_message.metadata)::text);
     ELSIF v_message.message_type = 'sync_reply' THEN
         PERFORM amp._notify_message(v_message, 1, p_channel);  -- it may carry the content

@@ -25,7 +25,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "f393af14c487c0c808aab72eab7aaa9938353ddd54f1487475729a648e251f59"
+sql_hash = "fdf4088308356e2b285cdf86c39e236aca94f61d58475a63ebebc1d85314c27f"
 
 
 def upgrade() -> None:
