@@ -25,7 +25,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "fdf4088308356e2b285cdf86c39e236aca94f61d58475a63ebebc1d85314c27f"
+sql_hash = "a50850b56d2058210bd4e673cc2188130d63ad94d1c3d7e256dcd5c4f0f2c7fd"
 
 
 def upgrade() -> None:

@@ -1104,8 +1104,11 @@ BEGIN
        AND current_setting('amp.notify_content', true) IS DISTINCT FROM 'off'
        -- only to a recipient with nothing pending: a message never overtakes older
        -- ones, and a worker's claims keep bounding what it holds (a backlog is
-       -- claimed, in order and in batches)
-       AND NOT EXISTS (SELECT 1 FROM amp.deliveries d WHERE d.recipient_id = p_recipient_id) THEN
+       -- claimed, in order and in batches). Asked from the newest end of the
+       -- recipient's index: a pending message is a recent one, where the oldest end
+       -- holds the entries of settled ones until the next vacuum
+       AND (SELECT d.seq FROM amp.deliveries d WHERE d.recipient_id = p_recipient_id
+            ORDER BY d.seq DESC LIMIT 1) IS NULL THEN
         SELECT w.id, w.direct_lease, s.external_id, s.name, r.external_id, r.name
         INTO v_worker, v_lease, v_sender, v_sender_name, v_recipient, v_recipient_name
         FROM amp.worker_agents wa
