@@ -560,7 +560,10 @@ class Dispatcher:
             done, _ = await asyncio.wait({reader, checker}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task.exception() is not None:
-                    log.warning("listener lost: %s", task.exception())
+                    # a hub whose process left is handed over as a matter of course;
+                    # a connection the server lost is worth a warning
+                    level = logging.WARNING if listener.ends_with_server else logging.INFO
+                    log.log(level, "listener lost: %s", task.exception())
             if reader in done and listener.ends_with_server:
                 # the server closed the listener's connection (a restart, a crash):
                 # the pool's idle connections went with it
