@@ -25,7 +25,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "a50850b56d2058210bd4e673cc2188130d63ad94d1c3d7e256dcd5c4f0f2c7fd"
+sql_hash = "f223655911ef57180a68ef449e6247bf8eb3a9a8deb295298bdc2337f9094edb"
 
 
 def upgrade() -> None:

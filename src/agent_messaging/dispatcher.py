@@ -84,11 +84,8 @@ class Wait:
     def __init__(self, wanted: Wanted | None) -> None:
         self._wanted = wanted
         self._woken = asyncio.Event()
-        #: UNLISTEN the channels on exit if nobody else uses them (set it false for
-        #: channels that will not be used again, such as an ended meeting's)
-        self.keep_listening = True
-        #: channels of the wait to UNLISTEN on exit (if nobody else uses them) even
-        #: while ``keep_listening`` holds for the others
+        #: channels of the wait that will not be used again (an ended meeting's):
+        #: UNLISTENed on exit unless someone else uses them (the others stay LISTENed)
         self.done_with: set[str] = set()
 
     def _on_notify(self, _channel: str, notification: AnyNotification) -> None:
@@ -380,13 +377,12 @@ class Dispatcher:
             yield wait
         finally:
             self.remove_catch_up(wait._catch_up)
-            if wait.keep_listening and wait.done_with:
-                await self.unsubscribe(
-                    [c for c in channels if c not in wait.done_with], wait._on_notify
-                )
-                channels = [c for c in channels if c in wait.done_with]
-                wait.keep_listening = False
-            await self.unsubscribe(channels, wait._on_notify, keep_listening=wait.keep_listening)
+            kept = [c for c in channels if c not in wait.done_with]
+            done = [c for c in channels if c in wait.done_with]
+            if kept:
+                await self.unsubscribe(kept, wait._on_notify)
+            if done:
+                await self.unsubscribe(done, wait._on_notify, keep_listening=False)
 
     async def wait_until(
         self,

@@ -2060,7 +2060,8 @@ BEGIN
             CASE WHEN p_request IS NULL THEN '' ELSE format(' to request %s', p_request) END));
     END IF;
     -- (amp._unlock_session and amp._settle_deliveries for this one request, written
-    -- out: this is half of every round trip)
+    -- out: this is half of every round trip, and the two calls cost 7-14 % of a
+    -- question and its answer's server CPU, measured)
     UPDATE amp.sessions
     SET status = 'active', locked_agent_id = NULL, waiting_for = NULL, waiting_since = NULL,
         wait_deadline = NULL
