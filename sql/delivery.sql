@@ -242,7 +242,7 @@ BEGIN
                 p_session_id, p_meeting_id, p_reply_to, p_is_late,
                 CASE WHEN p_push THEN 'pending' END,
                 CASE WHEN v_worker IS NULL THEN 0 ELSE 1 END, v_worker,
-                now() + v_lease)
+                now() + CASE WHEN v_worker IS NOT NULL THEN v_lease END)
         RETURNING * INTO v_message;
     ELSE
         INSERT INTO amp.messages (message_type, sender_id, recipient_id, content, metadata,
@@ -252,7 +252,7 @@ BEGIN
                 p_session_id, p_meeting_id, p_reply_to, p_is_late,
                 CASE WHEN p_push THEN 'pending' END,
                 CASE WHEN v_worker IS NULL THEN 0 ELSE 1 END, v_worker,
-                now() + v_lease, p_idempotency_key)
+                now() + CASE WHEN v_worker IS NOT NULL THEN v_lease END, p_idempotency_key)
         ON CONFLICT (sender_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING * INTO v_message;
         IF v_message.id IS NULL THEN  -- a concurrent send with the same key stored it

@@ -209,3 +209,29 @@ async def test_a_full_worker_hands_back_what_it_cannot_run(dsn: str) -> None:
         finally:
             release.set()
             await other.stop()
+
+
+async def test_a_hint_too_large_to_hand_over_is_claimed_at_once(dsn: str) -> None:
+    """A message whose hint would not fit a NOTIFY payload (content, names and ids
+    past 6500 bytes) is not handed over: it waits to be claimed, and is claimed at
+    once, not once a lease it never had expires (60 s here)."""
+    async with SDK(make_config(dsn)) as sdk:
+        await sdk.register_organization("org1")
+        long_name = "é" * 1000  # 2000 bytes
+        for name in ("alice", "bob"):
+            await sdk.register_agent(name, "org1", long_name)
+        proc = await AgentProcess.start(dsn, "--lease", "60", "handle", "bob")
+        try:
+            await proc.expect("ready")
+            with psycopg.connect(dsn, autocommit=True) as sql:
+                await until(
+                    lambda: sql.execute(
+                        "SELECT id FROM amp.workers WHERE direct_lease IS NOT NULL"
+                    ).fetchone()
+                )
+                sent = await sdk.one_way.send("alice", "bob", {"text": "x" * 3000})
+                handled = await proc.expect("handled", timeout=20)
+                assert UUID(handled["id"]) == sent
+                assert handed_to(sql, sent) is None  # claimed
+        finally:
+            await proc.stop()

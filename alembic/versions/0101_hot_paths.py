@@ -25,7 +25,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "f223655911ef57180a68ef449e6247bf8eb3a9a8deb295298bdc2337f9094edb"
+sql_hash = "9a6016a882064ac552826ebbcf97b34820ebc0de14b2ef61645bd0095c38fff8"
 
 
 def upgrade() -> None:
