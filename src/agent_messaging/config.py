@@ -158,6 +158,14 @@ class Config(BaseModel):
     handler_concurrency: int = Field(
         default=16, ge=1, description="handlers of this process running at once"
     )
+    coalesce_sends: bool = Field(
+        default=True,
+        description="one_way.send calls of this process made while another is in flight "
+        "(no idempotency key, outside a transaction) are stored together when it returns, "
+        "in one transaction (amp.send_one_way_many): one commit and one hint per recipient "
+        "for the lot, each caller still getting its own id or error; false "
+        "(AMP_COALESCE_SENDS=0): one transaction per send",
+    )
     delivery_prefetch: int = Field(
         default=16,
         ge=0,

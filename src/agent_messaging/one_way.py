@@ -9,15 +9,37 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 from . import content, queries
-from .context import Pattern
+from .context import Pattern, PatternContext
 from .dispatcher import AnyNotification, Outcome
-from .exceptions import DeliveryTimeoutError, HandlerExecutionError, InvalidInputError
+from .exceptions import (
+    TRANSIENT_ERRORS,
+    AgentMessagingError,
+    DeliveryTimeoutError,
+    HandlerExecutionError,
+    InvalidInputError,
+)
 from .notifications import DeliveryFinished
 
 if TYPE_CHECKING:
-    pass
+    from .database import Statements
 
 T = TypeVar("T")
+
+
+#: most sends stored together in one transaction (see OneWayMessenger._drain)
+_BATCH = 100
+
+
+def _settle(
+    waiting: asyncio.Future[UUID], value: UUID | None = None, exc: BaseException | None = None
+) -> None:
+    if waiting.done():  # its caller was cancelled
+        return
+    if exc is not None:
+        waiting.set_exception(exc)
+    else:
+        assert value is not None
+        waiting.set_result(value)
 
 
 class OneWayMessenger(Pattern, Generic[T]):
@@ -28,7 +50,17 @@ class OneWayMessenger(Pattern, Generic[T]):
     the message waits and is delivered when one registers. A handler registered in
     this process is handed the message at once (no poll), and leaving ``async with``
     delivers what is pending for this process's handlers first.
+
+    Sends made at the same time (from several tasks) are stored together, in one
+    transaction, while one is in flight (``Config.coalesce_sends``).
     """
+
+    def __init__(self, sdk: PatternContext, db: Statements | None = None) -> None:
+        super().__init__(sdk, db)
+        #: a send of this messenger is in flight: others wait in _waiting
+        self._busy = False
+        self._waiting: list[tuple[list[Any], asyncio.Future[UUID]]] = []
+        self._drainer: asyncio.Task[None] | None = None
 
     async def send(
         self,
@@ -47,18 +79,103 @@ class OneWayMessenger(Pattern, Generic[T]):
         string of 1-200 bytes, unique per sender) and get the original id back, never
         a second message.
         """
-        sdk = self._sdk
-        value = await self._db.fetch_value(
-            queries.SEND_ONE_WAY,
-            [
-                *sdk.codec.message_args(
-                    sender_external_id, recipient_external_id, message, metadata
-                ),
-                idempotency_key,
-            ],
+        args = self._sdk.codec.message_args(
+            sender_external_id, recipient_external_id, message, metadata
         )
-        sdk.poke_delivery(recipient_external_id)
+        if (
+            idempotency_key is not None
+            or self._tx is not None
+            or not self._sdk.config.coalesce_sends
+        ):
+            return await self._store(args, idempotency_key)
+        if not self._busy:  # nothing of ours in flight: store it now, on its own
+            self._busy = True
+            try:
+                return await self._store(args, None)
+            finally:
+                self._busy = False
+                self._store_waiting()
+        # another send is in flight: wait for it, then go with whatever else came
+        waiting: asyncio.Future[UUID] = asyncio.get_running_loop().create_future()
+        self._waiting.append((args, waiting))
+        return await waiting
+
+    async def _store(self, args: list[Any], idempotency_key: str | None) -> UUID:
+        """``amp.send_one_way``: one message, one transaction."""
+        value = await self._db.fetch_value(queries.SEND_ONE_WAY, [*args, idempotency_key])
+        self._sdk.poke_delivery(args[1])
         return UUID(str(value))
+
+    # -- concurrent sends, stored together ----------------------------------
+    #
+    # Every NOTIFYing commit of a database takes one lock, held through its WAL
+    # flush: concurrent sends queue for it one by one, each paying a flush. So
+    # sends that come while one of this process's is in flight wait for it and
+    # then go together, one amp.send_one_way_many per sender and metadata: one
+    # commit, one flush and one hint per recipient for the lot. A send alone never
+    # waits. All or nothing in the database, but not for the callers: if the batch
+    # is refused, each is sent again on its own, so each caller gets its own
+    # outcome (an unknown agent fails only the send that named it).
+
+    def _store_waiting(self) -> None:
+        if self._waiting and not self._busy:
+            self._busy = True
+            self._drainer = asyncio.create_task(self._drain(), name="amp-sends")
+
+    async def _drain(self) -> None:
+        batch: list[tuple[list[Any], asyncio.Future[UUID]]] = []
+        try:
+            while self._waiting:
+                # a caller cancelled while it waited: its message never went out
+                batch = [item for item in self._waiting[:_BATCH] if not item[1].done()]
+                del self._waiting[:_BATCH]
+                if batch:
+                    await self._store_batch(batch)
+        except BaseException:
+            for _, waiting in batch + self._waiting:
+                waiting.cancel()  # a no-op for those settled
+            self._waiting.clear()
+            raise
+        finally:
+            self._busy = False
+
+    async def _store_batch(self, batch: list[tuple[list[Any], asyncio.Future[UUID]]]) -> None:
+        groups: dict[tuple[str, str], list[tuple[list[Any], asyncio.Future[UUID]]]] = {}
+        for item in batch:
+            args = item[0]
+            groups.setdefault((args[0], args[3]), []).append(item)
+        for (sender, meta), items in groups.items():
+            if len(items) == 1:
+                await self._store_alone(*items[0])
+                continue
+            recipients = [args[1] for args, _ in items]
+            try:
+                rows = await self._db.fetch(
+                    queries.SEND_ONE_WAY_MANY,
+                    [sender, recipients, [args[2] for args, _ in items], meta],
+                )
+            except TRANSIENT_ERRORS as exc:
+                for _, waiting in items:  # stored or not, as for a send of its own
+                    _settle(waiting, exc=exc)
+                continue
+            except AgentMessagingError:
+                for item in items:  # none was stored: each on its own, for its error
+                    await self._store_alone(*item)
+                continue
+            except Exception as exc:  # not the database's answer: each caller hears it
+                for _, waiting in items:
+                    _settle(waiting, exc=exc)
+                continue
+            for recipient in dict.fromkeys(recipients):
+                self._sdk.poke_delivery(recipient)
+            for (_, waiting), row in zip(items, rows, strict=True):
+                _settle(waiting, UUID(str(row["id"])))
+
+    async def _store_alone(self, args: list[Any], waiting: asyncio.Future[UUID]) -> None:
+        try:
+            _settle(waiting, await self._store(args, None))
+        except Exception as exc:
+            _settle(waiting, exc=exc)
 
     async def send_many(
         self,
