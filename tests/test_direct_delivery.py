@@ -39,6 +39,15 @@ def handed_to(sql: psycopg.Connection[Any], message: UUID) -> Any:
     return row[0]
 
 
+async def direct_workers(sql: psycopg.Connection[Any], n: int) -> None:
+    """Wait until ``n`` workers have asked for direct delivery (amp.hold_worker)."""
+    await until(
+        lambda: sql.execute(
+            "SELECT count(*) = %s FROM amp.workers WHERE direct_lease IS NOT NULL", [n]
+        ).fetchone()[0]
+    )
+
+
 async def test_a_message_runs_from_its_hint(dsn: str) -> None:
     async with SDK(make_config(dsn)) as sdk:
         await sdk.register_organization("org1")
@@ -191,11 +200,7 @@ async def test_a_full_worker_hands_back_what_it_cannot_run(dsn: str) -> None:
         try:
             await other.expect("ready")
             with psycopg.connect(dsn, autocommit=True) as sql:
-                await until(
-                    lambda: sql.execute(
-                        "SELECT count(*) = 2 FROM amp.workers WHERE direct_lease IS NOT NULL"
-                    ).fetchone()[0]
-                )
+                await direct_workers(sql, 2)
             await sdk.one_way.send("alice", "carol", "block")
             await asyncio.wait_for(carol_started.wait(), 30)
             # bob's messages go to either worker; this one handles none while full
@@ -224,11 +229,7 @@ async def test_a_hint_too_large_to_hand_over_is_claimed_at_once(dsn: str) -> Non
         try:
             await proc.expect("ready")
             with psycopg.connect(dsn, autocommit=True) as sql:
-                await until(
-                    lambda: sql.execute(
-                        "SELECT id FROM amp.workers WHERE direct_lease IS NOT NULL"
-                    ).fetchone()
-                )
+                await direct_workers(sql, 1)
                 sent = await sdk.one_way.send("alice", "bob", {"text": "x" * 3000})
                 handled = await proc.expect("handled", timeout=20)
                 assert UUID(handled["id"]) == sent
