@@ -25,7 +25,7 @@ depends_on = None
 breaking = False
 #: sql/ state hash once this revision is applied (`python scripts/migrations.py hash`);
 #: tests/test_migrations.py checks the head's against sql/.
-sql_hash = "9a6016a882064ac552826ebbcf97b34820ebc0de14b2ef61645bd0095c38fff8"
+sql_hash = "bf3af29fb9f80dd1872bf208100d4a104f67921b62c06a5021974bee017cab03"
 
 
 def upgrade() -> None:

@@ -60,6 +60,7 @@ class OneWayMessenger(Pattern, Generic[T]):
         #: a send of this messenger is in flight: others wait in _waiting
         self._busy = False
         self._waiting: list[tuple[list[Any], asyncio.Future[UUID]]] = []
+        #: the task storing them (held here: the event loop keeps tasks only weakly)
         self._drainer: asyncio.Task[None] | None = None
 
     async def send(

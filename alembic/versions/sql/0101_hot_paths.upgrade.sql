@@ -2556,6 +2556,8 @@ DECLARE
     v_late     boolean;
 BEGIN
     v_agent := amp._acting_agent(p_agent);
+    -- amp._meeting_lock, written out like the rest of this hand-off (one statement a
+    -- step, no nested call): keep the two alike
     IF p_meeting IS NULL THEN
         PERFORM amp._raise_error('AM001', 'meeting id must not be null');
     END IF;
